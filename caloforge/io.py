@@ -1,0 +1,549 @@
+"""Shower files: CaloChallenge and CaloGAN HDF5, streamed, validated, written atomically.
+
+Array layout (what every caloforge function takes and returns)
+--------------------------------------------------------------
+``ShowerData.incident_energy``  (N,)            float, MeV, > 0
+``ShowerData.showers``          (N, n_voxels)   float, MeV, ≥ 0, voxel order of the geometry
+``ShowerData.conditions``       name → (N,)     optional: ``incident_theta``, ``incident_phi``
+                                                [rad], ``impact_x``, ``impact_y`` [mm]
+
+CaloChallenge file: datasets ``incident_energies`` (N, 1) and ``showers`` (N, n_voxels)
+in MeV, plus the optional condition datasets above, each (N, 1).
+
+CaloGAN file: ``energy`` (N, 1) in GeV, ``layer_0`` (N, 3, 96), ``layer_1`` (N, 12, 12),
+``layer_2`` (N, 12, 6) in MeV, optional ``overflow`` (N, 3); mapped onto the
+``calogan`` geometry.
+
+Example
+-------
+>>> import numpy as np, tempfile, os
+>>> from caloforge.io import write_showers, read_showers
+>>> path = os.path.join(tempfile.mkdtemp(), "tiny.h5")
+>>> write_showers(path, np.array([1000.0, 2000.0]), np.ones((2, 368)))
+>>> data = read_showers(path, geometry="ds1-photons")
+>>> len(data), data.showers.shape
+(2, (2, 368))
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from caloforge.errors import DataError
+from caloforge.geometry import Geometry, load_geometry
+
+__all__ = [
+    "CONDITION_NAMES",
+    "ShowerData",
+    "ShowerWriter",
+    "FileSummary",
+    "detect_format",
+    "read_showers",
+    "iter_showers",
+    "write_showers",
+    "write_calogan",
+    "summarize",
+    "atomic_path",
+]
+
+CONDITION_NAMES = ("incident_theta", "incident_phi", "impact_x", "impact_y")
+CALOGAN_LAYERS = ("layer_0", "layer_1", "layer_2")
+DEFAULT_CHUNK_BYTES = 64 * 2**20  # per streamed chunk of showers
+
+
+@dataclass
+class ShowerData:
+    """Showers with their conditions; see the module docstring for the layout."""
+
+    incident_energy: np.ndarray
+    showers: np.ndarray
+    conditions: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.incident_energy = np.asarray(self.incident_energy).reshape(-1)
+        self.showers = np.asarray(self.showers)
+        if self.showers.ndim != 2 or len(self.showers) != len(self.incident_energy):
+            raise DataError(
+                f"showers must be (N, n_voxels) with N = {len(self.incident_energy)}, got {self.showers.shape}"
+            )
+        self.conditions = {k: np.asarray(v).reshape(-1) for k, v in self.conditions.items()}
+        for k, v in self.conditions.items():
+            if len(v) != len(self.incident_energy):
+                raise DataError(f"condition {k!r} has {len(v)} rows, expected {len(self.incident_energy)}")
+
+    def __len__(self) -> int:
+        return len(self.incident_energy)
+
+    @property
+    def n_voxels(self) -> int:
+        return self.showers.shape[1]
+
+    def select(self, index) -> "ShowerData":
+        """Rows ``index`` (slice, mask or integer array) as a new ShowerData."""
+        return ShowerData(
+            self.incident_energy[index], self.showers[index], {k: v[index] for k, v in self.conditions.items()}
+        )
+
+    @staticmethod
+    def concatenate(parts: list["ShowerData"]) -> "ShowerData":
+        if not parts:
+            raise DataError("nothing to concatenate")
+        keys = set(parts[0].conditions)
+        return ShowerData(
+            np.concatenate([p.incident_energy for p in parts]),
+            np.concatenate([p.showers for p in parts]),
+            {k: np.concatenate([p.conditions[k] for p in parts]) for k in keys},
+        )
+
+
+# ----------------------------------------------------------------------------------
+# Opening and validating
+# ----------------------------------------------------------------------------------
+@contextmanager
+def _open(path: Path):
+    import h5py
+
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a shower file")
+    if not h5py.is_hdf5(path):
+        raise DataError(f"{path}: not an HDF5 file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open HDF5 file, truncated or corrupted ({_h5_reason(exc)})") from None
+    try:
+        yield f
+    except OSError as exc:  # a damaged chunk surfaces only when it is read
+        raise DataError(f"{path}: cannot read data, truncated or corrupted ({_h5_reason(exc)})") from None
+    finally:
+        f.close()
+
+
+def _h5_reason(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.split("(")[0].strip().rstrip(",") or text
+
+
+def detect_format(path: str | Path) -> str:
+    """``"calochallenge"`` or ``"calogan"``, from the datasets a file holds."""
+    path = Path(path)
+    with _open(path) as f:
+        return _detect(path, f)
+
+
+def _detect(path: Path, f) -> str:
+    names = set(f.keys())
+    if {"incident_energies", "showers"} <= names:
+        return "calochallenge"
+    if {"energy", *CALOGAN_LAYERS} <= names:
+        return "calogan"
+    missing = [n for n in ("incident_energies", "showers") if n not in names]
+    if "energy" in names or any(n.startswith("layer_") for n in names):
+        missing = [n for n in ("energy", *CALOGAN_LAYERS) if n not in names]
+    hints = []
+    for name in missing:
+        close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+        hints.append(f"{name!r}" + (f" (found {close[0]!r})" if close else ""))
+    found = ", ".join(sorted(names)) or "none"
+    raise DataError(f"{path}: missing dataset {', '.join(hints)}; datasets in file: {found}")
+
+
+def _check_float(path: Path, name: str, ds) -> None:
+    if ds.dtype.kind != "f":
+        raise DataError(f"{path}: dataset {name!r} has dtype {ds.dtype}, expected floating point")
+
+
+@dataclass
+class _Layout:
+    """Where the pieces of one file are and how many rows it has."""
+
+    format: str
+    n: int
+    n_voxels: int
+    conditions: tuple[str, ...]
+
+
+def _layout(path: Path, f, geometry: Geometry | None) -> _Layout:
+    fmt = _detect(path, f)
+    if fmt == "calochallenge":
+        e, s = f["incident_energies"], f["showers"]
+        _check_float(path, "incident_energies", e)
+        _check_float(path, "showers", s)
+        if e.ndim not in (1, 2) or (e.ndim == 2 and e.shape[1] != 1):
+            raise DataError(f"{path}: 'incident_energies' must have shape (N, 1), got {e.shape}")
+        if s.ndim != 2:
+            raise DataError(f"{path}: 'showers' must have shape (N, n_voxels), got {s.shape}")
+        if e.shape[0] != s.shape[0]:
+            raise DataError(f"{path}: 'incident_energies' has {e.shape[0]} rows but 'showers' has {s.shape[0]}")
+        conds = []
+        for name in CONDITION_NAMES:
+            if name in f:
+                c = f[name]
+                _check_float(path, name, c)
+                if c.shape[0] != s.shape[0] or c.size != s.shape[0]:
+                    raise DataError(f"{path}: {name!r} has shape {c.shape}, expected ({s.shape[0]}, 1)")
+                conds.append(name)
+        layout = _Layout(fmt, s.shape[0], s.shape[1], tuple(conds))
+    else:
+        e = f["energy"]
+        _check_float(path, "energy", e)
+        n = e.shape[0]
+        n_vox = 0
+        for name, shape in zip(CALOGAN_LAYERS, ((3, 96), (12, 12), (12, 6))):
+            ds = f[name]
+            _check_float(path, name, ds)
+            if ds.shape[1:] != shape:
+                raise DataError(f"{path}: {name!r} must have shape (N, {shape[0]}, {shape[1]}), got {ds.shape}")
+            if ds.shape[0] != n:
+                raise DataError(f"{path}: 'energy' has {n} rows but {name!r} has {ds.shape[0]}")
+            n_vox += shape[0] * shape[1]
+        layout = _Layout(fmt, n, n_vox, ())
+        if geometry is None:
+            geometry = load_geometry("calogan")
+    if geometry is not None and layout.n_voxels != geometry.n_voxels:
+        raise DataError(
+            f"{path}: showers have {layout.n_voxels} voxels, but geometry {geometry.name!r} has {geometry.n_voxels}"
+        )
+    return layout
+
+
+def _read_rows(path: Path, f, layout: _Layout, start: int, stop: int, validate: bool) -> ShowerData:
+    if layout.format == "calochallenge":
+        energy = np.asarray(f["incident_energies"][start:stop], dtype=np.float64).reshape(-1)
+        showers = np.asarray(f["showers"][start:stop])
+        conditions = {k: np.asarray(f[k][start:stop], dtype=np.float64).reshape(-1) for k in layout.conditions}
+        names = ("incident_energies", "showers")
+    else:
+        energy = np.asarray(f["energy"][start:stop], dtype=np.float64).reshape(-1) * 1000.0  # GeV → MeV
+        showers = np.concatenate([np.asarray(f[k][start:stop]).reshape(stop - start, -1) for k in CALOGAN_LAYERS], 1)
+        conditions = {}
+        names = ("energy", "layer_*")
+    if validate:
+        _validate_rows(path, names, energy, showers, conditions, start)
+    return ShowerData(energy, showers, conditions)
+
+
+def _validate_rows(path: Path, names, energy, showers, conditions, offset: int) -> None:
+    e_name, s_name = names
+    bad = ~np.isfinite(energy)
+    if bad.any():
+        raise DataError(f"{path}: {e_name!r} contains NaN/inf (row {offset + int(np.argmax(bad))})")
+    bad = energy <= 0
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(f"{path}: {e_name!r} must be > 0, row {offset + row} is {energy[row]:g}")
+    finite = np.isfinite(showers).all(axis=1)
+    if not finite.all():
+        raise DataError(f"{path}: {s_name!r} contains NaN/inf (row {offset + int(np.argmin(finite))})")
+    row_min = showers.min(axis=1) if showers.size else np.zeros(len(showers))
+    if (row_min < 0).any():
+        row = int(np.argmin(row_min))
+        raise DataError(f"{path}: {s_name!r} has negative energies (row {offset + row}, {row_min[row]:g} MeV)")
+    for k, v in conditions.items():
+        bad = ~np.isfinite(v)
+        if bad.any():
+            raise DataError(f"{path}: {k!r} contains NaN/inf (row {offset + int(np.argmax(bad))})")
+
+
+def _chunk_rows(n_voxels: int, chunk_size: int | None) -> int:
+    if chunk_size:
+        return max(int(chunk_size), 1)
+    return max(DEFAULT_CHUNK_BYTES // (8 * max(n_voxels, 1)), 1)
+
+
+# ----------------------------------------------------------------------------------
+# Public readers
+# ----------------------------------------------------------------------------------
+def iter_showers(
+    path: str | Path,
+    geometry: Geometry | str | None = None,
+    chunk_size: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
+    validate: bool = True,
+) -> Iterator[ShowerData]:
+    """Stream a shower file in chunks of ``chunk_size`` rows (default: ~64 MB each).
+
+    Memory stays bounded by one chunk whatever the file size.  Every chunk is
+    validated (finite, non-negative showers, positive incident energies) before it is
+    yielded; a bad chunk raises :class:`DataError` naming the file and row.
+    """
+    path = Path(path)
+    geo = load_geometry(geometry) if geometry is not None else None
+    with _open(path) as f:
+        layout = _layout(path, f, geo)
+        stop = layout.n if stop is None else min(stop, layout.n)
+        step = _chunk_rows(layout.n_voxels, chunk_size)
+        for lo in range(start, stop, step):
+            yield _read_rows(path, f, layout, lo, min(lo + step, stop), validate)
+
+
+def read_showers(
+    path: str | Path,
+    geometry: Geometry | str | None = None,
+    start: int = 0,
+    stop: int | None = None,
+    validate: bool = True,
+    dtype=np.float32,
+) -> ShowerData:
+    """Read (rows ``start:stop`` of) a CaloChallenge or CaloGAN file into memory.
+
+    The file is read and validated chunk by chunk, so a bad row is reported before
+    the whole file is in memory.  Showers are returned as ``dtype``.
+    """
+    path = Path(path)
+    geo = load_geometry(geometry) if geometry is not None else None
+    with _open(path) as f:
+        layout = _layout(path, f, geo)
+        stop = layout.n if stop is None else min(stop, layout.n)
+        n = max(stop - start, 0)
+        energy = np.empty(n, np.float64)
+        showers = np.empty((n, layout.n_voxels), dtype)
+        conds = {k: np.empty(n, np.float64) for k in layout.conditions}
+        step = _chunk_rows(layout.n_voxels, None)
+        for lo in range(start, stop, step):
+            hi = min(lo + step, stop)
+            part = _read_rows(path, f, layout, lo, hi, validate)
+            energy[lo - start : hi - start] = part.incident_energy
+            showers[lo - start : hi - start] = part.showers
+            for k in conds:
+                conds[k][lo - start : hi - start] = part.conditions[k]
+    return ShowerData(energy, showers, conds)
+
+
+def count_showers(path: str | Path) -> int:
+    """Number of showers in a file, without reading them."""
+    path = Path(path)
+    with _open(path) as f:
+        return _layout(path, f, None).n
+
+
+# ----------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------
+@contextmanager
+def atomic_path(path: str | Path, keep_partial: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    On an exception the temporary file is deleted (or, with ``keep_partial``, renamed
+    to ``<stem>.partial<suffix>``), and an existing ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+    except BaseException:
+        if keep_partial and tmp_path.exists() and tmp_path.stat().st_size > 0:
+            os.replace(tmp_path, path.with_name(f"{path.stem}.partial{path.suffix}"))
+        else:
+            tmp_path.unlink(missing_ok=True)
+        raise
+    os.replace(tmp_path, path)
+
+
+class ShowerWriter:
+    """Append showers to a CaloChallenge file chunk by chunk, atomically.
+
+    The file is built under a temporary name and renamed onto ``path`` when the
+    writer closes without error.  Each :meth:`append` is flushed, so if the process
+    is interrupted the showers written so far survive, complete, in
+    ``<stem>.partial.h5`` (on an exception) or in the temporary file (on a kill).
+
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "out.h5")
+    >>> with ShowerWriter(path, n_voxels=4) as w:
+    ...     w.append(np.array([10.0]), np.ones((1, 4)))
+    ...     w.append(np.array([20.0, 30.0]), np.zeros((2, 4)))
+    >>> len(read_showers(path))
+    3
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        n_voxels: int,
+        conditions: tuple[str, ...] | list[str] = (),
+        dtype=np.float32,
+        compression: str | None = "gzip",
+        attrs: Mapping[str, object] | None = None,
+    ) -> None:
+        unknown = set(conditions) - set(CONDITION_NAMES)
+        if unknown:
+            raise DataError(f"unknown condition(s) {sorted(unknown)}; known: {', '.join(CONDITION_NAMES)}")
+        self.path = Path(path)
+        self.n_voxels = int(n_voxels)
+        self.conditions = tuple(conditions)
+        self.dtype = dtype
+        self.compression = compression
+        self.attrs = dict(attrs or {})
+        self.n = 0
+        self._ctx = None
+        self._file = None
+
+    def __enter__(self) -> "ShowerWriter":
+        import h5py
+
+        self._ctx = atomic_path(self.path, keep_partial=True)
+        tmp = self._ctx.__enter__()
+        self._file = h5py.File(tmp, "w")
+        rows = max(1, min(1024, (1 << 20) // (4 * self.n_voxels)))
+        opts = dict(compression=self.compression) if self.compression else {}
+        if self.compression == "gzip":
+            opts.update(compression_opts=4, shuffle=True)
+        f = self._file
+        f.create_dataset("incident_energies", (0, 1), maxshape=(None, 1), dtype=np.float64, chunks=(4096, 1))
+        f.create_dataset(
+            "showers", (0, self.n_voxels), maxshape=(None, self.n_voxels), dtype=self.dtype,
+            chunks=(rows, self.n_voxels), **opts,
+        )
+        for name in self.conditions:
+            f.create_dataset(name, (0, 1), maxshape=(None, 1), dtype=np.float64, chunks=(4096, 1))
+        for k, v in self.attrs.items():
+            f.attrs[k] = v
+        return self
+
+    def append(self, incident_energy, showers, conditions: Mapping[str, np.ndarray] | None = None) -> None:
+        """Append a block of complete showers and flush it to disk."""
+        energy = np.asarray(incident_energy, dtype=np.float64).reshape(-1, 1)
+        showers = np.asarray(showers)
+        conditions = dict(conditions or {})
+        if showers.shape != (len(energy), self.n_voxels):
+            raise DataError(f"{self.path}: expected showers of shape ({len(energy)}, {self.n_voxels}), got {showers.shape}")
+        if set(conditions) != set(self.conditions):
+            raise DataError(f"{self.path}: expected conditions {list(self.conditions)}, got {sorted(conditions)}")
+        f, lo, hi = self._file, self.n, self.n + len(energy)
+        f["incident_energies"].resize(hi, axis=0)
+        f["incident_energies"][lo:hi] = energy
+        f["showers"].resize(hi, axis=0)
+        f["showers"][lo:hi] = showers
+        for name in self.conditions:
+            f[name].resize(hi, axis=0)
+            f[name][lo:hi] = np.asarray(conditions[name], dtype=np.float64).reshape(-1, 1)
+        f.flush()
+        self.n = hi
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._file.close()
+        if exc_type is None:
+            self._ctx.__exit__(None, None, None)
+            return False
+        return bool(self._ctx.__exit__(exc_type, exc, tb))
+
+
+def write_showers(
+    path: str | Path,
+    incident_energy: np.ndarray,
+    showers: np.ndarray,
+    conditions: Mapping[str, np.ndarray] | None = None,
+    dtype=np.float32,
+    compression: str | None = "gzip",
+    attrs: Mapping[str, object] | None = None,
+) -> None:
+    """Write a CaloChallenge-format file atomically (temp file + rename).
+
+    ``incident_energy`` (N,) MeV, ``showers`` (N, n_voxels) MeV, optional
+    ``conditions`` from :data:`CONDITION_NAMES`.
+    """
+    showers = np.asarray(showers)
+    conditions = dict(conditions or {})
+    with ShowerWriter(path, showers.shape[1], tuple(conditions), dtype, compression, attrs) as w:
+        step = max(1, DEFAULT_CHUNK_BYTES // (4 * showers.shape[1]))
+        for lo in range(0, len(showers), step):
+            sl = slice(lo, lo + step)
+            w.append(np.asarray(incident_energy).reshape(-1)[sl], showers[sl], {k: np.asarray(v).reshape(-1)[sl] for k, v in conditions.items()})
+        if len(showers) == 0:
+            w.append(np.zeros(0), np.zeros((0, showers.shape[1])), {k: np.zeros(0) for k in conditions})
+
+
+def write_calogan(path: str | Path, incident_energy: np.ndarray, showers: np.ndarray, overflow=None) -> None:
+    """Write showers of the ``calogan`` geometry in the CaloGAN HDF5 layout (atomic)."""
+    import h5py
+
+    geo = load_geometry("calogan")
+    showers = np.asarray(showers, dtype=np.float32)
+    geo.check_voxels(showers.shape[-1], str(path))
+    layers = geo.split(showers)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("energy", data=np.asarray(incident_energy, np.float64).reshape(-1, 1) / 1000.0)
+        for name, arr in zip(CALOGAN_LAYERS, layers):
+            f.create_dataset(name, data=arr, compression="gzip", compression_opts=4)
+        if overflow is not None:
+            f.create_dataset("overflow", data=np.asarray(overflow, np.float32).reshape(len(showers), 3))
+
+
+# ----------------------------------------------------------------------------------
+# Summary (caloforge info)
+# ----------------------------------------------------------------------------------
+@dataclass
+class FileSummary:
+    path: str
+    format: str
+    n_showers: int
+    n_voxels: int
+    conditions: tuple[str, ...]
+    energy_min: float
+    energy_max: float
+    distinct_energies: list[float] | None  # None when more than ``max_distinct`` values
+    mean_response: float  # mean of (sum of voxels) / incident energy
+    sparsity: float  # fraction of zero voxels
+    geometry: str | None = None
+    geometry_match: bool | None = None
+    geometry_message: str = ""
+
+
+def summarize(path: str | Path, geometry: Geometry | str | None = None, max_distinct: int = 50) -> FileSummary:
+    """Stream through a file, validate every row and summarise it (bounded memory)."""
+    path = Path(path)
+    with _open(path) as f:
+        layout = _layout(path, f, None)
+    geo = load_geometry(geometry) if geometry is not None else None
+    n = 0
+    e_min, e_max = np.inf, -np.inf
+    distinct: set[float] | None = set()
+    resp_sum = 0.0
+    zeros = 0
+    for part in iter_showers(path):
+        e = part.incident_energy
+        n += len(e)
+        if len(e):
+            e_min, e_max = min(e_min, e.min()), max(e_max, e.max())
+        if distinct is not None:
+            distinct.update(np.unique(np.round(e, 6)).tolist())
+            if len(distinct) > max_distinct:
+                distinct = None
+        resp_sum += float((part.showers.sum(axis=1, dtype=np.float64) / e).sum())
+        zeros += int(np.count_nonzero(part.showers == 0))
+    summary = FileSummary(
+        path=str(path),
+        format=layout.format,
+        n_showers=n,
+        n_voxels=layout.n_voxels,
+        conditions=layout.conditions,
+        energy_min=float(e_min) if n else float("nan"),
+        energy_max=float(e_max) if n else float("nan"),
+        distinct_energies=sorted(distinct) if distinct is not None else None,
+        mean_response=resp_sum / n if n else float("nan"),
+        sparsity=zeros / (n * layout.n_voxels) if n else float("nan"),
+    )
+    if geo is not None:
+        summary.geometry = geo.name
+        summary.geometry_match = layout.n_voxels == geo.n_voxels
+        summary.geometry_message = (
+            f"matches geometry {geo.name!r} ({geo.n_voxels} voxels)"
+            if summary.geometry_match
+            else f"does NOT match geometry {geo.name!r}: file has {layout.n_voxels} voxels, geometry {geo.n_voxels}"
+        )
+    return summary
