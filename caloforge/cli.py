@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -72,16 +73,19 @@ def geometry_cmd(
     from caloforge.geometry import load_geometry
 
     geo = load_geometry(spec)
-    table = Table(title=f"{geo.name} — {geo.description}" if geo.description else geo.name)
-    for col in ("id", "name", "binning", "extent", "voxels", "z front [mm]", "thick [mm]", "X0", "λ_I", "material", "f_samp"):
-        table.add_column(col, justify="left" if col in ("name", "binning", "extent", "material") else "right")
+    table = Table(title=f"{geo.name}: {geo.description}" if geo.description else geo.name, box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    for col in ("id", "name", "readout", "voxels", "z₀ [mm]", "Δz [mm]", "X0", "λ_I", "material", "f_samp"):
+        table.add_column(col, justify="left" if col in ("name", "readout", "material") else "right", no_wrap=True)
     for row in geo.describe():
         table.add_row(
-            str(row["id"]), row["name"], row["binning"], row["extent"], str(row["voxels"]),
-            f"{row['z_front']:.1f}", f"{row['thickness']:.1f}", f"{row['X0']:.2f}", f"{row['lambda_I']:.3f}",
-            row["material"], f"{row['sampling_fraction']:.3g}",
+            str(row["id"]), row["name"], f"{row['binning']}, {row['extent']}" if row["voxels"] else "-",
+            str(row["voxels"]), f"{row['z_front']:.1f}", f"{row['thickness']:.1f}", f"{row['X0']:.2f}",
+            f"{row['lambda_I']:.2f}", row["material"] if row["thickness"] else "-",
+            f"{row['sampling_fraction']:.3g}" if row["thickness"] else "-",
         )
-    console.print(table)
+    # piped output has no terminal width; keep the table readable in logs
+    (console if console.is_terminal else Console(highlight=False, width=120)).print(table)
     total_x0 = sum(r["X0"] for r in geo.describe())
     console.print(f"layers: {geo.n_layers} ({len(geo.active_layers)} read out), depth {total_x0:.1f} X0"
                   + (f" + {geo.upstream_X0:g} X0 upstream" if geo.upstream_X0 else ""))

@@ -351,11 +351,11 @@ class Geometry:
         rows = []
         for layer in self.layers:
             if layer.kind == "polar":
-                binning = f"{layer.n_alpha} α × {layer.n_r} r" if layer.n_r else "no readout"
+                binning = f"{layer.n_alpha}α × {layer.n_r}r" if layer.n_r else "no readout"
                 extent = f"r ≤ {layer.outer_radius:g} mm" if layer.n_r else "-"
             else:
                 binning = f"{layer.ny} × {layer.nx}"
-                extent = f"{layer.cell_x:g} × {layer.cell_y:g} mm cells"
+                extent = f"{layer.cell_x:g}×{layer.cell_y:g} mm"
             rows.append(
                 {
                     "id": layer.id,

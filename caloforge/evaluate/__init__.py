@@ -1,0 +1,1 @@
+"""Physics validation of generated showers against a reference sample."""
