@@ -12,3 +12,13 @@ Rooms of the house (one concept each):
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # lazy: `import caloforge; caloforge.simulate(...)` imports the (callable) simulator
+    # module on first use, without slowing down `import caloforge`
+    if name == "simulate":
+        import importlib
+
+        return importlib.import_module("caloforge.simulate")
+    raise AttributeError(f"module 'caloforge' has no attribute {name!r}")

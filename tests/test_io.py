@@ -268,3 +268,15 @@ def test_cli_info_and_geometry(tmp_path: Path, reference_xml_dir: Path) -> None:
         assert result.output.strip().splitlines()[-1] == f"voxels: {total}"
     bad = runner.invoke(app, ["geometry", "nope"])
     assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1
+
+
+def test_written_files_honour_the_umask(tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "perm.h5"
+    old = os.umask(0o022)
+    try:
+        write_showers(path, np.ones(2), np.ones((2, 3)))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
