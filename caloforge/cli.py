@@ -123,8 +123,253 @@ def info_cmd(
 
 
 # --- simulate (caloforge.simulate) -------------------------------------------------
+@app.command("simulate")
+@user_errors
+def simulate_cmd(
+    output: Path = typer.Option(..., "--output", "-o", help="Output shower file (.h5, CaloChallenge format)."),
+    geometry: Optional[str] = typer.Option(None, "--geometry", "-g",
+                                           help="Geometry preset, .xml or .yaml (default: the preset's)."),
+    particle: Optional[str] = typer.Option(None, "--particle", "-p",
+                                           help="photon | electron | pion (default: the preset's)."),
+    energies: Optional[str] = typer.Option(None, "--energies",
+                                           help="Discrete energies, e.g. 1GeV,10GeV,100GeV (--n showers each)."),
+    energy_range: Optional[str] = typer.Option(None, "--energy-range",
+                                               help="Energy range LOW:HIGH, e.g. 1GeV:100GeV (--n showers in all)."),
+    log: bool = typer.Option(False, "--log", help="Log-uniform instead of uniform in --energy-range."),
+    theta: Optional[str] = typer.Option(None, "--theta",
+                                        help="Polar angle in degrees (90 = perpendicular), or a range, e.g. 30:90."),
+    phi: Optional[str] = typer.Option(None, "--phi", help="Azimuth of the tilt in degrees, or a range LOW:HIGH."),
+    n: Optional[int] = typer.Option(None, "--n", "-n", help="Number of showers (per energy for --energies)."),
+    preset: Optional[str] = typer.Option(None, "--preset",
+                                         help="Dataset preset: ds1-photons, ds1-pions, calogan, clic, ild, atlas-4layer."),
+    scale: float = typer.Option(1.0, "--scale", help="With --preset: multiply the preset's counts."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed → identical file)."),
+    workers: int = typer.Option(0, "--workers", "-j", help="Worker processes (0 = all cores)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Simulate reference showers (parametrised GFlash EM + hadronic model) into a CaloChallenge file."""
+    from caloforge.errors import ConfigError
+    from caloforge.simulate import EnergySpec, Part, get_preset, parse_angle, parse_range, write_plan
+    from caloforge.simulate.api import normalize_particle
+
+    def angle(text: Optional[str]):
+        if text is None:
+            return None
+        if ":" in text:
+            return parse_range(text, parse_angle)
+        return parse_angle(text)
+
+    def azimuth(text: Optional[str]):
+        if text is None:
+            return None
+        conv = lambda s: math.radians(float(s))  # noqa: E731
+        try:
+            return tuple(conv(s) for s in text.split(":")) if ":" in text else conv(text)
+        except ValueError:
+            raise ConfigError(f"bad --phi {text!r}: expected degrees or LOW:HIGH") from None
+
+    if preset is not None:
+        if energies or energy_range or n is not None or theta or phi:
+            raise ConfigError("--preset fixes energies, counts and angles: drop --energies/--energy-range/--n/--theta/--phi")
+        p = get_preset(preset)
+        parts = p.parts(particle, scale)
+        geo = geometry or p.geometry
+        attrs = {"preset": preset}
+    else:
+        if particle is None or geometry is None:
+            raise ConfigError("--geometry and --particle are required (or use --preset)")
+        if (energies is None) == (energy_range is None):
+            raise ConfigError("give exactly one of --energies and --energy-range (or --preset)")
+        if n is None or n <= 0:
+            raise ConfigError("--n must be a positive number of showers")
+        spec = EnergySpec.parse(energies, log=False) if energies else EnergySpec.parse(energy_range, log=log)
+        if energy_range and spec.kind == "discrete":
+            raise ConfigError(f"--energy-range needs LOW:HIGH, got {energy_range!r}")
+        th, ph = angle(theta), azimuth(phi)
+        kind = normalize_particle(particle)
+        if spec.kind == "discrete":
+            import numpy as np
+
+            e = np.repeat(np.asarray(spec.values), n)
+            parts = [Part(kind, e, len(e), theta=th, phi=ph)]
+        else:
+            parts = [Part(kind, spec, n, theta=th, phi=ph)]
+        geo, attrs = geometry, {}
+    count = write_plan(output, geo, parts, seed=seed, workers=workers or None, progress=not quiet, attrs=attrs)
+    console.print(f"wrote {count} showers to {output}")
+
+
 # --- evaluate (caloforge.evaluate) -------------------------------------------------
+@app.command("evaluate")
+@user_errors
+def evaluate_cmd(
+    reference: Path = typer.Option(..., "--reference", help="Reference shower file (e.g. Geant4 or the "
+                                   "reference simulator), CaloChallenge or CaloGAN HDF5."),
+    generated: Path = typer.Option(..., "--generated", help="Generated shower file to validate."),
+    geometry: str = typer.Option(..., "--geometry", help="Geometry of both files (preset name, .xml or .yaml)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory for metrics.json, the PNG plots and "
+                                "report.html (created if missing)."),
+    classifier: bool = typer.Option(False, "--classifier/--no-classifier", help="Also train the CaloChallenge "
+                                    "DNN classifier on voxels and on high-level features (AUC; slower)."),
+    per_energy: bool = typer.Option(True, "--per-energy/--no-per-energy", help="Compare every feature at each "
+                                    "incident-energy point as well as inclusively."),
+    seed: int = typer.Option(0, "--seed", help="Seed for subsampling, FPD/KPD and the classifier."),
+    max_showers: Optional[int] = typer.Option(None, "--max-showers", min=1, help="Use only the first N rows "
+                                              "of each file (mind files sorted by energy)."),
+    device: str = typer.Option("cpu", "--device", help="Torch device for the classifier: cpu, cuda "
+                                "or auto."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the PNG plots (metrics.json and "
+                               "report.html are always written)."),
+    training: Optional[Path] = typer.Option(None, "--training", help="The model's training file: adds the "
+                                            "nearest-neighbour memorisation check (the reference must be "
+                                            "independent of it)."),
+) -> None:
+    """Validate generated showers against a reference: per-feature separation power and χ²/ndf
+    (inclusive and per incident energy), E_tot χ², FPD/KPD, optional classifier AUC, plots and an
+    offline HTML report.  Files are streamed, so DS3-sized files fit in memory."""
+    from caloforge.evaluate import compare
+    from caloforge.evaluate.report import format_headline, write_report
+    from caloforge.geometry import load_geometry
+
+    geo = load_geometry(geometry)
+    if output.exists() and not output.is_dir():  # before minutes of work, not after
+        fail(f"{output}: exists and is not a directory; choose another output directory")
+    result = compare(reference, generated, geo, per_energy=per_energy, classifier=classifier, seed=seed,
+                     device=device, progress=True, max_showers=max_showers, training=training)
+    with console.status("writing plots and report"):
+        html_path = write_report(result, output, plots=plots)
+    m = result.metrics
+    worst = m["summary"]["worst_chi2_ndf"]
+    line = f"[bold]{m['n_generated']}[/] generated vs [bold]{m['n_reference']}[/] reference showers on {geo.name}"
+    if worst is not None:
+        line += f"; worst feature: {m['summary']['worst_feature']} (χ²/ndf {worst:.3g})"
+    console.print(line)
+    for note in m.get("notes") or []:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(format_headline(result.headline))
+    console.print(f"metrics: {Path(output) / 'metrics.json'}")
+    print(f"report: {html_path}")
+
+
 # --- train / generate (caloforge.train, caloforge.generate) -----------------------
+@app.command("train")
+@user_errors
+def train_cmd(
+    config: str = typer.Option(..., "--config", "-c", help="Training config YAML, or a shipped config name: "
+                               "caloshowergan-photons, caloshowergan-pions, demo."),
+    data: Path = typer.Option(..., "--data", "-d", help="Training shower file (CaloChallenge HDF5)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Run directory: checkpoints, best, scores.csv, log.csv, tensorboard/."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUTPUT from its newest checkpoint."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    max_time: Optional[str] = typer.Option(None, "--max-time", help="Time budget for this call, e.g. 90s, 10m, 2h."),
+    max_iterations: Optional[int] = typer.Option(None, "--max-iterations", help="Stop after N generator iterations in total."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override training.seed of the config."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Train a model (WGAN-GP); checkpoints are scored by the E_tot χ² on held-out showers."""
+    from caloforge.errors import ConfigError
+    from caloforge.train import load_config, parse_duration, train
+
+    cfg = load_config(config)
+    if seed is not None and seed < 0:
+        raise ConfigError(f"--seed must be non-negative, got {seed}")
+    if max_time is not None:
+        parse_duration(max_time)  # a bad value fails before the data is read
+    if max_iterations is not None and max_iterations <= 0:
+        raise ConfigError(f"--max-iterations must be positive, got {max_iterations}")
+    result = train(cfg, data, output, resume=resume, device=device, max_time=max_time,
+                   max_iterations=max_iterations, progress=progress, seed=seed)
+    if result.best_iteration is not None:
+        console.print(f"best checkpoint: iteration {result.best_iteration}, E_tot χ² {result.best_score:.4g}")
+    if result.stopped == "diverged":
+        fail(result.message, code=1)
+    console.print(f"{result.message}; run directory {result.run_dir}")
+    if result.best_checkpoint is not None:
+        print(f"best: {result.best_checkpoint}")
+
+
+@app.command("generate")
+@user_errors
+def generate_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint directory (e.g. RUN_DIR/best) or run directory."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output shower file (CaloChallenge HDF5)."),
+    energies: Optional[str] = typer.Option(None, "--energies", "-e", help="Comma-separated incident energies, "
+                                           "e.g. 1GeV,65GeV (bare numbers are MeV)."),
+    n: Optional[int] = typer.Option(None, "--n", "-n", help="Showers per energy given with --energies."),
+    like: Optional[Path] = typer.Option(None, "--like", help="Reference file: generate one shower per reference "
+                                        "shower, with its incident energy (and conditions)."),
+    batch_size: int = typer.Option(10_000, "--batch-size", help="Showers per forward pass."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+) -> None:
+    """Generate showers from a trained model into a CaloChallenge-format file."""
+    import warnings
+
+    import numpy as np
+
+    from caloforge.errors import ConfigError
+    from caloforge.generate import generate_to_file, load_model, parse_energies
+
+    if (energies is None) == (like is None):
+        raise ConfigError("give either --energies with --n, or --like REF.h5")
+    if energies is not None and (n is None or n <= 0):
+        raise ConfigError("--energies needs --n N (showers per energy, N > 0)")
+    if like is not None and n is not None:
+        raise ConfigError("--n goes with --energies; --like generates one shower per reference shower")
+    gen = load_model(model, device=device)
+    conditions = None
+    if like is not None:
+        from caloforge.io import read_showers
+
+        ref = read_showers(like)
+        incident, conditions = ref.incident_energy, ref.conditions
+        if ref.n_voxels != gen.n_voxels:
+            console.print(f"[yellow]warning:[/] {like} has {ref.n_voxels} voxels, the model {gen.n_voxels}; "
+                          "only its energies are used")
+        if conditions:
+            console.print(f"[yellow]warning:[/] {gen.config.get('name')} is conditioned on incident energy only; "
+                          f"{', '.join(conditions)} are copied to the output unused")
+    else:
+        incident = np.repeat(parse_energies(energies), n)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        generate_to_file(gen, output, incident, conditions=conditions, batch_size=batch_size, device=device,
+                         seed=seed, progress=True)
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}")
+    console.print(f"wrote {len(incident)} showers ({gen.n_voxels} voxels, {gen.geometry}) from {gen.path}")
+    print(f"output: {output}")
+
+
+
+@app.command("demo")
+@user_errors
+def demo_cmd(
+    output: Path = typer.Option(Path("demo-run"), "--output", "-o", help="Directory for files, checkpoints and report."),
+    minutes: float = typer.Option(8.0, "--minutes", help="Training time budget in minutes."),
+    scale: float = typer.Option(0.1, "--scale", help="Fraction of the DS1-photon preset to train on (1 = 121k)."),
+    holdout_scale: float = typer.Option(0.05, "--holdout-scale", help="Fraction of the preset held out for evaluation."),
+    classifier: bool = typer.Option(True, "--classifier/--no-classifier", help="Run the classifier two-sample test."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the whole chain."),
+) -> None:
+    """Simulate → train → generate → evaluate on the embedded DS1-photon default; print the report path."""
+    from caloforge.demo import run_demo
+
+    if minutes <= 0 or not 0 < scale <= 1 or not 0 < holdout_scale <= 1:
+        fail("--minutes must be > 0 and --scale / --holdout-scale in (0, 1]")
+    result = run_demo(output, scale=scale, holdout_scale=holdout_scale, train_minutes=minutes,
+                      classifier=classifier, seed=seed, log=console.print, progress=console.is_terminal)
+    h = result.headline
+    console.print()
+    console.print(f"[bold]report:[/] {result.report.resolve()}")
+    for key, label, fmt in (("etot_chi2_ndf", "χ²/ndf of E_tot/E_inc over energy points", "{:.2f}"),
+                            ("classifier_auc", "classifier AUC (low-level; 0.5 = indistinguishable)", "{:.3f}"),
+                            ("fpd", "FPD ×10³ (CaloChallenge units)", "{:.2f}")):
+        value = h.get(key)
+        if value is not None:
+            console.print(f"  {label:52s} {fmt.format(value * 1e3 if key == 'fpd' else value)}")
+    total = sum(result.timings.values())
+    console.print(f"done in {total / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items()) + ")")
 
 
 def main() -> None:  # console-script entry point
