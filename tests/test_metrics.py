@@ -218,3 +218,22 @@ def test_compare_feature_per_energy_finds_the_bad_point(rng):
     assert per[1e3]["chi2_ndf"] < 2 and per[1e5]["chi2_ndf"] < 2
     # inclusive the shift is diluted by the two good points
     assert M.compare_feature(ref, gen, bins=20)["chi2_ndf"] < per[1e4]["chi2_ndf"]
+
+
+def test_kpd_error_is_nonzero_when_samples_are_smaller_than_a_batch() -> None:
+    from caloforge.evaluate.metrics import kpd
+
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=(600, 4)), rng.normal(size=(600, 4))
+    value, error = kpd(a, b, batch_size=5000)
+    assert error > 0
+    assert abs(value) < 3 * error + 1e-3
+
+
+def test_continuous_energy_points_keep_the_highest_shower() -> None:
+    from caloforge.evaluate.metrics import assign_energy_points, energy_points
+
+    e = np.random.default_rng(3).uniform(1e3, 1e6, 5000)
+    points, discrete = energy_points(e, max_points=10)
+    assert not discrete
+    assert np.all(assign_energy_points(e, points, discrete) >= 0)

@@ -381,10 +381,6 @@ def _energy_grouping(ref_e: np.ndarray) -> tuple[np.ndarray, bool]:
     points, discrete = M.energy_points(ref_e, 30)
     if not discrete:
         points, discrete = M.energy_points(ref_e, CONTINUOUS_ENERGY_BINS)
-        if not discrete:
-            # logspace rounds its end points: pin them to the sample so no shower falls outside
-            points = points.copy()
-            points[0], points[-1] = ref_e.min(), ref_e.max()
     return points, discrete
 
 
@@ -442,10 +438,8 @@ def _fpd_kpd(ref: SampleSummary, gen: SampleSummary, seed: int) -> dict[str, Any
     from caloforge.evaluate import metrics as M
 
     out: dict[str, Any] = {}
-    n = min(len(ref.hl_matrix), len(gen.hl_matrix))
     fpd = M.fpd(ref.hl_matrix, gen.hl_matrix, seed=seed)
-    # KPD batches must be smaller than the samples, or every batch is the same and the spread is 0
-    kpd = M.kpd(ref.hl_matrix, gen.hl_matrix, seed=seed, batch_size=min(5_000, max(n // 2, 2)))
+    kpd = M.kpd(ref.hl_matrix, gen.hl_matrix, seed=seed)
     for name, val in (("fpd", fpd), ("kpd", kpd)):
         value, error = (val if isinstance(val, tuple) else (val, float("nan")))
         out[name] = {"value": float(value), "error": float(error), "value_x1e3": 1e3 * float(value),
