@@ -28,11 +28,13 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.5)
     ap.add_argument("--holdout-scale", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-iterations", type=int, default=10**9, help="default: only the time budget stops training")
     ap.add_argument("--output", default="runs/fidelity")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     result = run_demo(args.output, scale=args.scale, holdout_scale=args.holdout_scale, train_minutes=args.minutes,
-                      config=args.config, threads=args.threads, seed=args.seed, progress=False)
+                      max_iterations=args.max_iterations, config=args.config, threads=args.threads, seed=args.seed,
+                      progress=False)
     metrics = json.loads((result.report.parent / "metrics.json").read_text())
     clf = metrics.get("classifier") or {}
     print(f"\nconfig {args.config}, {args.minutes:g} min training, "

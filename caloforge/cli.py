@@ -27,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # log lines stay whole in files and pipes
 err_console = Console(stderr=True, highlight=False)
 
 

@@ -31,6 +31,7 @@ def run_demo(
     scale: float = 0.1,
     holdout_scale: float = 0.05,
     train_minutes: float = 8.0,
+    max_iterations: int | None = None,
     classifier: bool = True,
     config: str | Path = "demo",
     threads: int | None = 1,
@@ -42,9 +43,10 @@ def run_demo(
 
     ``scale`` / ``holdout_scale`` shrink the DS1-photon per-energy counts of the training
     and held-out reference sets (1.0 = the full ≈121k showers).  ``config`` is a shipped
-    config name or a YAML path.  ``threads`` sets torch's intra-op threads for training:
-    the demo network is small enough that one thread beats two on a 2-core machine
-    (the second thread mostly waits on synchronisation).
+    config name or a YAML path; ``max_iterations`` overrides its iteration budget.
+    ``threads`` sets torch's intra-op threads for training: the demo network is small
+    enough that one thread beats two on a 2-core machine (the second mostly waits on
+    synchronisation).
     """
     import torch
 
@@ -84,8 +86,8 @@ def run_demo(
     if threads:
         torch.set_num_threads(threads)
     try:
-        result = train(train_config, train_data, out / "run", max_time=train_minutes * 60.0, progress=progress,
-                       seed=seed)
+        result = train(train_config, train_data, out / "run", max_time=train_minutes * 60.0,
+                       max_iterations=max_iterations, progress=progress, seed=seed)
     finally:
         torch.set_num_threads(threads_before)
     done("train")
