@@ -647,7 +647,7 @@ PRESETS = {
 # ----------------------------------------------------------------------------------
 # YAML / dict
 # ----------------------------------------------------------------------------------
-_LAYER_KEYS = {f for f in Layer.__dataclass_fields__} - {"material"} | {"material"}
+_LAYER_KEYS = set(Layer.__dataclass_fields__)
 _MATERIAL_KEYS = {"Z", "X0", "lambda_I", "moliere_radius", "critical_energy"}
 
 
