@@ -21,6 +21,21 @@ def response(data) -> np.ndarray:
     return data.showers.sum(1) / data.incident_energy
 
 
+def peak_position(prof: np.ndarray) -> float:
+    """Index of the maximum of a profile, refined by the parabola through the peak bin and its neighbours."""
+    i = int(np.argmax(prof[1:-1])) + 1
+    y0, y1, y2 = prof[i - 1 : i + 2]
+    return i + 0.5 * (y0 - y2) / (y0 - 2 * y1 + y2)
+
+
+def layer_centroids(geo, mean_shower: np.ndarray, axis: str) -> tuple[np.ndarray, np.ndarray]:
+    """(energy, energy-weighted ``axis`` coordinate) per layer of a Cartesian geometry."""
+    c = geo.voxel_centers[axis][geo.layer_slices[0]]
+    per_layer = geo.split(mean_shower)
+    e = np.array([p.sum() for p in per_layer])
+    return e, np.array([(p.ravel() * c).sum() / max(p.sum(), 1e-12) for p in per_layer])
+
+
 def fit_resolution(energies_gev, rel_sigma) -> tuple[float, float]:
     f = lambda e, a, b: np.sqrt(a**2 / e + b**2)  # noqa: E731
     (a, b), _ = curve_fit(f, energies_gev, rel_sigma, p0=(0.1, 0.01), bounds=([0, 0], [1, 0.2]))
@@ -88,9 +103,7 @@ def test_shower_maximum_grows_linearly_with_log_energy(clic_electrons):
     t_max = []
     for d in data:
         prof = geo.layer_energy(d.showers).mean(0)  # one layer = 1 X0
-        i = int(np.argmax(prof[1:-1])) + 1
-        y0, y1, y2 = prof[i - 1 : i + 2]
-        t_max.append(i + 0.5 + 0.5 * (y0 - y2) / (y0 - 2 * y1 + y2))  # parabola through the peak
+        t_max.append(peak_position(prof) + 0.5)
     ln_e = np.log(energies)
     slope, icpt = np.polyfit(ln_e, t_max, 1)
     assert 0.75 < slope < 1.25, (slope, t_max)
@@ -139,16 +152,27 @@ def test_tilted_showers_move_across_layers_by_depth_cot_theta():
     for theta, phi, axis in ((60, 0, "x"), (120, 0, "x"), (70, 90, "y")):
         d = caloforge.simulate(geo, "electron", [30e3] * 200, theta=math.radians(theta), phi=math.radians(phi), seed=4)
         assert set(d.conditions) == {"incident_theta", "incident_phi", "impact_x", "impact_y"}
-        per_layer = geo.split(d.showers.mean(0))
-        c = geo.voxel_centers[axis][geo.layer_slices[0]]
-        e = np.array([p.ravel().sum() for p in per_layer])
-        cen = np.array([(p.ravel() * c).sum() / max(p.sum(), 1e-12) for p in per_layer])
+        e, cen = layer_centroids(geo, d.showers.mean(0), axis)
         use = e > 0.02 * e.max()  # layers with enough energy for a centroid
         slope = np.polyfit(z[use], cen[use], 1)[0]
         assert slope == pytest.approx(1 / math.tan(math.radians(theta)), abs=0.06), (theta, phi, slope)
-        other = geo.voxel_centers["y" if axis == "x" else "x"][geo.layer_slices[0]]
-        cen_other = np.array([(p.ravel() * other).sum() / max(p.sum(), 1e-12) for p in per_layer])
+        _, cen_other = layer_centroids(geo, d.showers.mean(0), "y" if axis == "x" else "x")
         assert abs(np.polyfit(z[use], cen_other[use], 1)[0]) < 0.03  # no drift across the tilt plane
+
+
+def test_default_axis_crosses_the_centre_at_the_shower_maximum():
+    """Without an impact point the axis meets x = 0 at the mean maximum: later for photons
+    (conversion first), not for electrons."""
+    geo = load_geometry("clic")
+    z = np.array([L.z_center for L in geo.layers]) - geo.layers[0].z_front
+    for particle in ("photon", "electron"):
+        for e in (8e3, 128e3):
+            d = caloforge.simulate(geo, particle, [e] * 200, theta=math.radians(60), seed=4)
+            prof, cen = layer_centroids(geo, d.showers.mean(0), "x")
+            use = prof > 0.02 * prof.max()
+            slope, icpt = np.polyfit(z[use], cen[use], 1)
+            z_max = np.interp(peak_position(prof), np.arange(len(z)), z)
+            assert -icpt / slope == pytest.approx(z_max, abs=3.0), (particle, e, -icpt / slope, z_max)
 
 
 def test_impact_point_lands_in_the_right_cells():
@@ -233,3 +257,17 @@ def test_em_fraction_of_pion_showers():
         assert f.mean() == pytest.approx(1 - e_gev ** (0.816 - 1), abs=0.01)
         spread.append(f.std())
     assert spread[0] > 0.08 and spread[0] < spread[1] < spread[2]
+
+
+def test_zero_suppression_acts_on_the_summed_signal():
+    """A voxel whose EM and hadronic shares are each below the readout threshold, but not
+    their sum, reads the sum (pions add two separately smeared components)."""
+    from caloforge.simulate.deposit import VISIBLE_THRESHOLD, Stack, suppress, visible
+
+    layers = [dict(thickness=10.0, material="atlas-tile-fe-scint", nx=3, ny=3, cell_x=40.0, cell_y=40.0)]
+    stack = Stack.build(geometry_from_dict({"name": "one", "layers": layers}))  # no sampling: no smearing
+    rng = np.random.default_rng(0)
+    share = np.full((2, 9), 0.6 * VISIBLE_THRESHOLD)
+    assert np.all(visible(rng, stack, share) == 0)
+    both = suppress(visible(rng, stack, share, threshold=0.0) + visible(rng, stack, share, threshold=0.0))
+    assert np.allclose(both, 1.2 * VISIBLE_THRESHOLD)

@@ -16,9 +16,10 @@ import sys
 import threading
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -26,9 +27,10 @@ from caloforge.errors import ConfigError
 from caloforge.geometry import Geometry, load_geometry
 from caloforge.io import CONDITION_NAMES, ShowerData, ShowerWriter
 
-from .deposit import Stack, deposit, mip_spots, visible
-from .em import capped_spots, em_spots, n_spots
-from .hadronic import E_OVER_H, HADRONIC_SAMPLING_SCALE, hadronic_spots, pi0_showers, sample_em_fraction
+from .deposit import Stack, deposit, mip_spots, suppress, visible
+from .em import MIN_SPOTS, capped_spots, em_spots, n_spots
+from .hadronic import (HADRONIC_SAMPLING_SCALE, hadronic_spots, pi0_showers, sample_em_fraction,
+                       sample_hadronic_visible, sample_interaction_depth)
 from .units import parse_energy, parse_energy_list, parse_range
 
 __all__ = ["PARTICLES", "EnergySpec", "Part", "simulate", "simulate_to_file", "simulate_plan", "iter_plan",
@@ -129,14 +131,12 @@ def _as_part(particle, energies, n, theta, phi, impact) -> Part:
     if isinstance(energies, str):
         energies = EnergySpec.parse(energies)
     if isinstance(energies, EnergySpec):
+        if n is None:
+            raise ConfigError("a list of energies needs n (showers per energy)" if energies.kind == "discrete"
+                              else "an energy range needs n (number of showers)")
         if energies.kind == "discrete":
-            if n is None:
-                raise ConfigError("a list of energies needs n (showers per energy)")
-            energies = np.repeat(np.asarray(energies.values), int(n))
-            n = None
+            energies = energies.values  # listed energies, n showers each (below)
         else:
-            if n is None:
-                raise ConfigError("an energy range needs n (number of showers)")
             if not (0 < energies.low <= energies.high and math.isfinite(energies.high)):
                 raise ConfigError(f"bad energy range {energies.low}–{energies.high} MeV")
             return _check_angles(Part(particle, energies, int(n), theta, phi, impact))
@@ -184,14 +184,11 @@ def spot_cap(geometry: Geometry) -> int:
 
 @dataclass(frozen=True)
 class _Task:
+    """Block ``block`` of part ``stream``: that slice of the part, with its own random stream."""
+
     stream: int
     block: int
-    particle: str
-    n: int
-    energies: np.ndarray | EnergySpec
-    theta: object
-    phi: object
-    impact: object
+    part: Part
 
 
 def _slice_cond(value, lo: int, hi: int):
@@ -202,16 +199,21 @@ def _slice_cond(value, lo: int, hi: int):
     return value
 
 
+def _slice_part(part: Part, lo: int, hi: int) -> Part:
+    """Showers ``lo:hi`` of a part (ranges and scalars are shared, per-shower arrays sliced)."""
+    energies = part.energies if isinstance(part.energies, EnergySpec) else np.asarray(part.energies, float)[lo:hi]
+    return replace(part, energies=energies, n=hi - lo,
+                   theta=_slice_cond(part.theta, lo, hi), phi=_slice_cond(part.phi, lo, hi),
+                   impact=_slice_cond(part.impact, lo, hi))
+
+
 def _tasks(parts: Sequence[Part], bsize: int) -> list[_Task]:
     tasks = []
     for p_idx, part in enumerate(parts):
         if isinstance(part.energies, EnergySpec) and part.energies.kind == "discrete":
             raise ConfigError("a Part with a discrete EnergySpec must list its per-shower energies (np.repeat)")
         for b, lo in enumerate(range(0, part.n, bsize)):
-            hi = min(lo + bsize, part.n)
-            energies = part.energies[lo:hi] if isinstance(part.energies, np.ndarray) else part.energies
-            tasks.append(_Task(p_idx, b, part.particle, hi - lo, energies, _slice_cond(part.theta, lo, hi),
-                               _slice_cond(part.phi, lo, hi), _slice_cond(part.impact, lo, hi)))
+            tasks.append(_Task(p_idx, b, _slice_part(part, lo, min(lo + bsize, part.n))))
     return tasks
 
 
@@ -226,9 +228,13 @@ def _draw(rng: np.random.Generator, value, n: int, default: float) -> np.ndarray
 # ----------------------------------------------------------------------------------
 # The physics of one block
 # ----------------------------------------------------------------------------------
-def _expected_depth_mm(stack: Stack, energy: np.ndarray, cos_tilt: np.ndarray) -> np.ndarray:
-    """Depth [mm, from the entrance face along z] of the mean EM shower maximum."""
-    t_max = np.log(np.maximum(energy / stack.main.critical_energy, 2.0)) - 0.5 + PHOTON_CONVERSION_X0
+def _expected_depth_mm(stack: Stack, particle: str, energy: np.ndarray, cos_tilt: np.ndarray) -> np.ndarray:
+    """Depth [mm, from the entrance face along z] of the mean EM shower maximum: ``ln y − 0.5``
+    (Rossi), after the conversion length where a photon's shower starts.  Pions use it too (their
+    π⁰ showers), which keeps the axis inside the readout of thin calorimeters."""
+    t_max = np.log(np.maximum(energy / stack.main.critical_energy, 2.0)) - 0.5
+    if particle != "electron":
+        t_max = t_max + PHOTON_CONVERSION_X0
     seg, z = stack.locate_depth(t_max * cos_tilt, "X0")
     back = stack.z_front[-1] + stack.thickness[-1]
     return np.where(seg >= 0, z, back) - stack.z_entrance
@@ -240,21 +246,18 @@ def _showers(stack: Stack, particle: str, rng: np.random.Generator, energy: np.n
     n = len(energy)
     Z, Ec = stack.main.Z, stack.main.critical_energy
     if particle in ("photon", "electron"):
-        if particle == "photon":
-            t0 = rng.exponential(PHOTON_CONVERSION_X0, n)
-        else:
-            t0 = np.zeros(n)
+        t0 = rng.exponential(PHOTON_CONVERSION_X0, n) if particle == "photon" else np.zeros(n)
         spots = em_spots(rng, energy, t0, Z, Ec, stack.sampling, cap)
         showers = visible(rng, stack, deposit(stack, spots, n, cos_tilt, slope, impact))
     else:
-        s_int = rng.exponential(1.0, n)  # first inelastic interaction [λ along the axis]
+        s_int = sample_interaction_depth(rng, n)  # first inelastic interaction [λ along the axis]
         total = stack.cum_lambda[-1] / cos_tilt
         interacts = s_int < total
         track = mip_spots(stack, np.minimum(s_int, total), cos_tilt, energy)
         e_track = np.bincount(track.shower, weights=track.weight, minlength=n)
         e_avail = np.where(interacts, np.maximum(energy - e_track, 0.0), 0.0)
         f_em = sample_em_fraction(rng, energy)
-        h_visible = np.clip((1.0 / E_OVER_H) * (1.0 + 0.08 * rng.standard_normal(n)), 0.3, 1.0)
+        h_visible = sample_hadronic_visible(rng, n)
         # the EM part: a few π⁰ showers starting at and somewhat after the interaction
         owner, e_sub, s_sub = pi0_showers(rng, f_em * e_avail, s_int)
         t_sub = stack.convert(s_sub * cos_tilt[owner], "lambda", "X0") / cos_tilt[owner]
@@ -263,34 +266,37 @@ def _showers(stack: Stack, particle: str, rng: np.random.Generator, energy: np.n
         dep_em = deposit(stack, track, n, cos_tilt, slope, impact)
         deposit(stack, em, n, cos_tilt, slope, impact, out=dep_em)
         dep_had = deposit(stack, had, n, cos_tilt, slope, impact)
-        showers = visible(rng, stack, dep_em) + visible(rng, stack, dep_had, HADRONIC_SAMPLING_SCALE)
+        # zero suppression acts on the voxel's whole signal, not on each component
+        showers = suppress(visible(rng, stack, dep_em, threshold=0.0)
+                           + visible(rng, stack, dep_had, HADRONIC_SAMPLING_SCALE, threshold=0.0))
     return showers
 
 
 def simulate_block(stack: Stack, task: _Task, seed: int) -> ShowerData:
     """Simulate one block; every random number comes from the block's own stream."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), task.stream, task.block]))
-    n = task.n
-    energy = task.energies.sample(rng, n) if isinstance(task.energies, EnergySpec) else np.asarray(task.energies, float)
-    theta = _draw(rng, task.theta, n, math.pi / 2)
-    phi = _draw(rng, task.phi, n, 0.0)
+    part, n = task.part, task.part.n
+    energy = part.energies.sample(rng, n) if isinstance(part.energies, EnergySpec) else np.asarray(part.energies, float)
+    theta = _draw(rng, part.theta, n, math.pi / 2)
+    phi = _draw(rng, part.phi, n, 0.0)
     cos_tilt = np.sin(theta)  # angle between the axis and the layer normal is |π/2 − θ|
     cot = np.cos(theta) / cos_tilt
     slope = (cot * np.cos(phi), cot * np.sin(phi))
-    if task.impact is None:  # centre the axis on x = y = 0 at the expected shower maximum
-        zc = _expected_depth_mm(stack, energy, cos_tilt)
+    if part.impact is None:  # centre the axis on x = y = 0 at the expected shower maximum
+        zc = _expected_depth_mm(stack, part.particle, energy, cos_tilt)
         impact = (-zc * slope[0], -zc * slope[1])
     else:
-        impact = (_draw(rng, task.impact[0], n, 0.0), _draw(rng, task.impact[1], n, 0.0))
+        impact = (_draw(rng, part.impact[0], n, 0.0), _draw(rng, part.impact[1], n, 0.0))
     geo, cap = stack.geometry, spot_cap(stack.geometry)
     # bound memory: sub-batches of at most MAX_SPOTS spots, drawn in order from the same stream
-    est = capped_spots(n_spots(energy, stack.main.Z, stack.sampling), 24, cap) * (2 if task.particle == "pion" else 1)
+    est = capped_spots(n_spots(energy, stack.main.Z, stack.sampling), MIN_SPOTS, cap)
+    est *= 2 if part.particle == "pion" else 1
     showers = np.empty((n, geo.n_voxels), dtype=np.float32)
     lo = 0
     while lo < n:
         hi = lo + max(1, int(np.searchsorted(np.cumsum(est[lo:]), MAX_SPOTS, side="right")))
         sl = slice(lo, hi)
-        showers[sl] = _showers(stack, task.particle, rng, energy[sl], cos_tilt[sl], (slope[0][sl], slope[1][sl]),
+        showers[sl] = _showers(stack, part.particle, rng, energy[sl], cos_tilt[sl], (slope[0][sl], slope[1][sl]),
                                (impact[0][sl], impact[1][sl]), cap)
         lo = hi
     cond = {"incident_theta": theta, "incident_phi": phi, "impact_x": impact[0], "impact_y": impact[1]}
@@ -305,7 +311,6 @@ _WORKER_STACK: Stack | None = None
 
 def _init_worker(geometry: Geometry) -> None:
     global _WORKER_STACK
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     # Ctrl-C is the parent's business: it cancels the queue and keeps the finished showers
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER_STACK = Stack.build(geometry)
@@ -329,79 +334,77 @@ def _default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
+def _run_tasks(geo: Geometry, tasks: Sequence[_Task], seed: int, workers: int) -> Iterator[ShowerData]:
+    """The tasks' blocks, in order: here, or on ``workers`` processes with a bounded window in flight."""
+    if workers == 1:
+        stack = Stack.build(geo)
+        for t in tasks:
+            yield simulate_block(stack, t, seed)
+        return
+    ctx = multiprocessing.get_context(_start_method())
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(geo,)) as pool:
+        pending: deque = deque()
+        try:
+            for t in tasks:
+                pending.append(pool.submit(_run_task, (t, seed)))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 def iter_plan(geometry: Geometry | str, parts: Sequence[Part], seed: int = 0, workers: int | None = 1,
               progress: bool = False, description: str = "simulating") -> Iterator[ShowerData]:
     """Yield the plan's showers block by block, in order (conditions: all four, always)."""
     geo = load_geometry(geometry)
     tasks = _tasks(parts, block_size(geo))
     workers = _default_workers() if workers is None or workers <= 0 else int(workers)
-    workers = min(workers, max(len(tasks), 1))
-    bar = _progress(progress, description, sum(t.n for t in tasks))
-    with bar as (update):
-        if workers == 1:
-            stack = Stack.build(geo)
-            for t in tasks:
-                out = simulate_block(stack, t, seed)
-                update(len(out))
-                yield out
-            return
-        ctx = multiprocessing.get_context(_start_method())
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(geo,)) as pool:
-            pending: deque = deque()
-            it = iter(tasks)
-            try:
-                for t in it:  # keep a bounded window in flight, collect in order
-                    pending.append(pool.submit(_run_task, (t, seed)))
-                    if len(pending) >= 2 * workers:
-                        out = pending.popleft().result()
-                        update(len(out))
-                        yield out
-                while pending:
-                    out = pending.popleft().result()
-                    update(len(out))
-                    yield out
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+    with (_progress(progress, description, sum(p.n for p in parts)) as update,
+          closing(_run_tasks(geo, tasks, seed, min(workers, max(len(tasks), 1)))) as blocks):
+        for out in blocks:
+            update(len(out))
+            yield out
 
 
-class _progress:
-    """A rich progress bar (or nothing) as a context manager yielding an ``update(n)`` function."""
+@contextmanager
+def _progress(enabled: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar (or nothing), yielding an ``update(n)`` function."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    def __init__(self, enabled: bool, description: str, total: int) -> None:
-        self.enabled, self.description, self.total = enabled, description, total
-        self._bar = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeRemainingColumn(), transient=False)
-        self._bar.__enter__()
-        task = self._bar.add_task(self.description, total=self.total)
-        return lambda n: self._bar.advance(task, n)
-
-    def __exit__(self, *exc) -> bool:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-        return False
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
-def _select_conditions(data: ShowerData, keep: bool) -> ShowerData:
-    return ShowerData(data.incident_energy, data.showers, dict(data.conditions) if keep else {})
+def _condition_names(parts: Sequence[Part]) -> tuple[str, ...]:
+    """Conditions to keep: all four when any part sets a direction or impact, else none."""
+    return CONDITION_NAMES if any(p.has_conditions for p in parts) else ()
 
 
 def simulate_plan(geometry: Geometry | str, parts: Sequence[Part], seed: int = 0, workers: int | None = 1,
                   progress: bool = False) -> ShowerData:
     """Simulate all parts into memory (conditions kept when any part sets them)."""
     geo = load_geometry(geometry)
-    keep = any(p.has_conditions for p in parts)
-    blocks = [_select_conditions(b, keep) for b in iter_plan(geo, parts, seed, workers, progress)]
-    if not blocks:
-        names = CONDITION_NAMES if keep else ()
-        return ShowerData(np.zeros(0), np.zeros((0, geo.n_voxels), np.float32), {k: np.zeros(0) for k in names})
-    return ShowerData.concatenate(blocks)
+    names = _condition_names(parts)
+    total = sum(p.n for p in parts)
+    # filled block by block: no list of blocks plus a concatenated copy (half the peak memory)
+    out = ShowerData(np.empty(total), np.empty((total, geo.n_voxels), np.float32),
+                     {k: np.empty(total) for k in names})
+    lo = 0
+    for block in iter_plan(geo, parts, seed, workers, progress):
+        hi = lo + len(block)
+        out.incident_energy[lo:hi] = block.incident_energy
+        out.showers[lo:hi] = block.showers
+        for k in names:
+            out.conditions[k][lo:hi] = block.conditions[k]
+        lo = hi
+    return out
 
 
 def simulate(
@@ -444,8 +447,7 @@ def write_plan(path: str | Path, geometry: Geometry | str, parts: Sequence[Part]
                attrs: dict | None = None) -> int:
     """Stream a plan into a CaloChallenge HDF5 file (atomic; partial on interruption). Returns the count."""
     geo = load_geometry(geometry)
-    keep = any(p.has_conditions for p in parts)
-    names = CONDITION_NAMES if keep else ()
+    names = _condition_names(parts)
     meta = {"generator": "caloforge.simulate", "geometry": geo.name, "seed": int(seed),
             "particles": ",".join(sorted({p.particle for p in parts}))}
     meta.update(attrs or {})

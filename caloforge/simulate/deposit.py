@@ -29,7 +29,7 @@ from caloforge.geometry import Geometry, Material
 
 from .em import Spots
 
-__all__ = ["Stack", "GAP_DENSITY", "VISIBLE_THRESHOLD", "deposit", "visible", "mip_spots"]
+__all__ = ["Stack", "GAP_DENSITY", "VISIBLE_THRESHOLD", "deposit", "visible", "suppress", "mip_spots"]
 
 # The gaps between readout layers (cryostat walls, services) are modelled as the
 # preceding layer's material at this fraction of its density.
@@ -54,6 +54,8 @@ class Stack:
     cum_lambda: np.ndarray
     main: Material  # the material that dominates the EM shower (sets Z, Ec)
     sampling: bool  # GFlash sampling-calorimeter fluctuations
+    voxel_fraction: np.ndarray  # (n_voxels,) sampling fraction of each voxel's layer
+    voxel_term: np.ndarray  # (n_voxels,) stochastic term [√GeV] of each voxel's layer
 
     @classmethod
     def build(cls, geometry: Geometry) -> "Stack":
@@ -95,6 +97,8 @@ class Stack:
             cum_lambda=np.concatenate([[0.0], np.cumsum(th / lam)]),
             main=main,
             sampling=sampling,
+            voxel_fraction=np.array([L.sampling_fraction for L in geometry.layers])[geometry.voxel_layer],
+            voxel_term=np.array([L.sampling_term for L in geometry.layers])[geometry.voxel_layer],
         )
 
     @property
@@ -108,21 +112,22 @@ class Stack:
     def length(self, unit: str) -> np.ndarray:
         return self.X0 if unit == "X0" else self.lambda_I
 
+    def _segment(self, depth_normal: np.ndarray, unit: str) -> tuple[np.ndarray, np.ndarray]:
+        """(segment holding the depth, or -1 outside; that index clipped into the stack,
+        so the outer segments extrapolate) for a normal-incidence depth in ``unit``."""
+        seg = np.searchsorted(self.cum(unit), depth_normal, side="right") - 1
+        inside = (seg >= 0) & (seg < len(self.z_front))
+        return np.where(inside, seg, -1), np.clip(seg, 0, len(self.z_front) - 1)
+
     def locate_depth(self, depth_normal: np.ndarray, unit: str) -> tuple[np.ndarray, np.ndarray]:
         """Normal-incidence depth (X0 or λ) → (segment index or -1 beyond the back, z [mm])."""
-        cum = self.cum(unit)
-        seg = np.searchsorted(cum, depth_normal, side="right") - 1
-        inside = (seg >= 0) & (seg < len(self.z_front))
-        s = np.clip(seg, 0, len(self.z_front) - 1)
-        z = self.z_front[s] + (depth_normal - cum[s]) * self.length(unit)[s]
-        return np.where(inside, seg, -1), z
+        seg, s = self._segment(depth_normal, unit)
+        return seg, self.z_front[s] + (depth_normal - self.cum(unit)[s]) * self.length(unit)[s]
 
     def convert(self, depth_normal: np.ndarray, src: str, dst: str) -> np.ndarray:
         """Convert a normal-incidence depth between X0 and λ units (beyond the back: extrapolated)."""
-        cs, cd = self.cum(src), self.cum(dst)
-        seg = np.clip(np.searchsorted(cs, depth_normal, side="right") - 1, 0, len(self.z_front) - 1)
-        frac = (depth_normal - cs[seg]) * self.length(src)[seg] / self.length(dst)[seg]
-        return cd[seg] + frac
+        _, s = self._segment(depth_normal, src)
+        return self.cum(dst)[s] + (depth_normal - self.cum(src)[s]) * self.length(src)[s] / self.length(dst)[s]
 
 
 def deposit(
@@ -155,56 +160,64 @@ def deposit(
     r = spots.r[keep] * (stack.moliere if spots.unit == "X0" else stack.lambda_I)[seg]
     psi = spots.psi[keep]
     w = spots.weight[keep]
-    sx, sy = slope[0][sh], slope[1][sh]
     dz = z - stack.z_entrance
-    x_axis = impact[0][sh] + dz * sx
-    y_axis = impact[1][sh] + dz * sy
+    x_axis = impact[0][sh] + dz * slope[0][sh]
+    y_axis = impact[1][sh] + dz * slope[1][sh]
     # offset in the plane ⟂ axis, projected onto the layer along the axis: the
-    # component along the tilt direction is stretched by 1/cos(tilt)
+    # component along the tilt direction (unit vector u, per shower) is stretched by 1/cos(tilt)
     a = r * np.cos(psi) / c
     b = r * np.sin(psi)
-    tilt_norm = np.hypot(sx, sy)
+    tilt_norm = np.hypot(slope[0], slope[1])
     has_tilt = tilt_norm > 0
-    ux = np.where(has_tilt, sx / np.where(has_tilt, tilt_norm, 1.0), 1.0)
-    uy = np.where(has_tilt, sy / np.where(has_tilt, tilt_norm, 1.0), 0.0)
+    ux = np.where(has_tilt, slope[0] / np.where(has_tilt, tilt_norm, 1.0), 1.0)[sh]
+    uy = np.where(has_tilt, slope[1] / np.where(has_tilt, tilt_norm, 1.0), 0.0)[sh]
     x = x_axis + a * ux - b * uy
     y = y_axis + a * uy + b * ux
+    # group the spots by layer (a stable sort keeps their order, hence the summation order)
     layer_of = stack.layer[seg]
+    order = np.argsort(layer_of, kind="stable")
     n_vox = geo.n_voxels
     idx_parts, w_parts = [], []
-    for li in np.unique(layer_of):
+    for group in np.split(order, np.flatnonzero(np.diff(layer_of[order])) + 1):
+        li = layer_of[group[0]]
         L = geo.layers[li]
         if L.n_voxels == 0:
             continue
-        m = layer_of == li
-        local = L.locate(x[m], y[m])
+        local = L.locate(x[group], y[group])
         hit = local >= 0
-        idx_parts.append(sh[m][hit] * n_vox + geo.layer_slices[li].start + local[hit])
-        w_parts.append(w[m][hit])
+        idx_parts.append(sh[group][hit] * n_vox + geo.layer_slices[li].start + local[hit])
+        w_parts.append(w[group][hit])
     if idx_parts:
         flat = out.reshape(-1)
         flat += np.bincount(np.concatenate(idx_parts), weights=np.concatenate(w_parts), minlength=flat.size)
     return out
 
 
-def visible(rng: np.random.Generator, stack: Stack, deposited: np.ndarray, stochastic_scale: float = 1.0) -> np.ndarray:
-    """Deposited → visible energy: sampling fraction and per-voxel sampling fluctuations."""
-    geo = stack.geometry
-    f = np.array([L.sampling_fraction for L in geo.layers])[geo.voxel_layer]
-    a = np.array([L.sampling_term for L in geo.layers])[geo.voxel_layer] * stochastic_scale
+def visible(rng: np.random.Generator, stack: Stack, deposited: np.ndarray, stochastic_scale: float = 1.0,
+            threshold: float = VISIBLE_THRESHOLD) -> np.ndarray:
+    """Deposited → visible energy: sampling fraction and per-voxel sampling fluctuations.
+
+    ``threshold`` [MeV visible] is the readout's zero suppression; pass 0 for one
+    component of a voxel's signal and apply the threshold to the sum (:func:`suppress`).
+    """
     out = np.zeros_like(deposited)
     rows, cols = np.nonzero(deposited > 0)
     e = deposited[rows, cols]
-    var_unit = a[cols] ** 2 * 1e3  # MeV: variance = a² · E[GeV] · (1 GeV)²
+    var_unit = (stack.voxel_term[cols] * stochastic_scale) ** 2 * 1e3  # MeV: variance = a² · E[GeV] · (1 GeV)²
     smear = var_unit > 0
     vis = e.copy()
     if np.any(smear):
         vis[smear] = rng.gamma(e[smear] / var_unit[smear], var_unit[smear])
-    vis *= f[cols]
-    # a voxel whose share of a sampled deposit falls below the readout threshold reads zero
-    vis[vis < VISIBLE_THRESHOLD] = 0.0
+    vis *= stack.voxel_fraction[cols]
+    vis[vis < threshold] = 0.0  # zero suppression (on the hit voxels only: the rest are 0 already)
     out[rows, cols] = vis
     return out
+
+
+def suppress(showers: np.ndarray, threshold: float = VISIBLE_THRESHOLD) -> np.ndarray:
+    """Zero suppression, in place: a voxel whose visible signal is below ``threshold`` reads zero."""
+    showers[showers < threshold] = 0.0
+    return showers
 
 
 def mip_spots(stack: Stack, length_lambda: np.ndarray, cos_tilt: np.ndarray, energy: np.ndarray) -> Spots:
@@ -223,10 +236,9 @@ def mip_spots(stack: Stack, length_lambda: np.ndarray, cos_tilt: np.ndarray, ene
     cross = np.clip(np.minimum(end, hi) - lo, 0.0, None)  # λ crossed per segment (normal)
     x0_crossed = cross * (stack.lambda_I / stack.X0)[None, :] / cos_tilt[:, None]
     loss = np.minimum(np.cumsum(x0_crossed * stack.critical[None, :], axis=1), np.asarray(energy)[:, None])
-    energy = np.diff(loss, axis=1, prepend=0.0)
+    dep = np.diff(loss, axis=1, prepend=0.0).ravel()  # per (shower, segment)
     mid_lambda = lo + 0.5 * cross
     mid_x0 = stack.convert(mid_lambda.ravel(), "lambda", "X0").reshape(n, S) / cos_tilt[:, None]
     sh = np.repeat(np.arange(n), S)
-    keep = energy.ravel() > 0
-    return Spots(sh[keep], mid_x0.ravel()[keep], np.zeros(keep.sum()), np.zeros(keep.sum()),
-                 energy.ravel()[keep], "X0")
+    keep = dep > 0
+    return Spots(sh[keep], mid_x0.ravel()[keep], np.zeros(keep.sum()), np.zeros(keep.sum()), dep[keep], "X0")

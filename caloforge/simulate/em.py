@@ -38,12 +38,14 @@ import numpy as np
 from scipy.special import ndtri
 
 __all__ = ["Spots", "GFlashParameters", "mean_parameters", "sample_profiles", "n_spots", "em_spots",
-           "radial_parameters", "gamma_quantile", "capped_spots"]
+           "radial_parameters", "gamma_quantile", "capped_spots", "spot_layout", "lorentz_radii"]
 
 GOLDEN = 0.6180339887498949  # low-discrepancy pairing of depth and radius strata
 WIDEN_DEPTH = 0.6  # importance sampling: proposal profile shape 1 + κ(α−1), same maximum
 WIDEN_TAIL = 1.5  # … tail radius × 1.5
 CORE_SHARE = 0.6  # … and the core drawn with 0.6 × its weight
+MIN_SPOTS = 24  # spots placed even for the smallest shower
+R_QUANTILE_MAX = 0.995  # the Lorentzian-like radial profiles are cut at √199 ≈ 14 R
 
 
 @dataclass
@@ -159,6 +161,24 @@ def ragged_index(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return owner, np.arange(len(owner)) - starts[owner]
 
 
+def spot_layout(n_physical: np.ndarray, energy: np.ndarray, min_spots: int, cap: int):
+    """Spots placed per shower (none for zero energy), then (counts, owner, index within shower)."""
+    m = capped_spots(n_physical, min_spots, cap)
+    m[np.asarray(energy) <= 0] = 0
+    return (m, *ragged_index(m))
+
+
+def lorentz_radii(radius: np.ndarray, k: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Radii from ``2rR²/(r²+R²)²`` (inverse CDF ``R·√(u/(1−u))``) at low-discrepancy
+    quantiles ``u = (k·golden + shift) mod 1`` of the ``k``-th spot of a shower.
+
+    >>> lorentz_radii(np.array([2.0, 2.0]), np.array([0, 0]), np.array([0.5, 0.8])).tolist()  # median: R
+    [2.0, 4.0]
+    """
+    u = np.clip(np.mod(k * GOLDEN + shift, 1.0), 0.0, R_QUANTILE_MAX)
+    return radius * np.sqrt(u / (1.0 - u))
+
+
 def em_spots(
     rng: np.random.Generator,
     energy: np.ndarray,
@@ -167,7 +187,7 @@ def em_spots(
     Ec: float,
     sampling: bool,
     cap: int,
-    min_spots: int = 24,
+    min_spots: int = MIN_SPOTS,
     shower_index: np.ndarray | None = None,
 ) -> Spots:
     """Spots of EM showers of ``energy`` [MeV] starting at depth ``t_start`` [X0 along the axis].
@@ -180,13 +200,9 @@ def em_spots(
     if shower_index is None:
         shower_index = np.arange(n)
     alpha, beta, mean_alpha = sample_profiles(rng, energy, Z, Ec, sampling)
-    m = capped_spots(n_spots(energy, Z, sampling), min_spots, cap)
-    m[energy <= 0] = 0
-    owner, k = ragged_index(m)
-    mo = m[owner]
-    shift = rng.random(n)
-    u_t = (k + rng.random(len(owner))) / mo  # stratified depth quantiles
-    u_r = np.mod(k * GOLDEN + shift[owner], 1.0)  # low-discrepancy radius quantiles
+    m, owner, k = spot_layout(n_spots(energy, Z, sampling), energy, min_spots, cap)
+    shift = rng.random(n)  # per-shower offset of the low-discrepancy radius quantiles
+    u_t = (k + rng.random(len(owner))) / m[owner]  # stratified depth quantiles
     # Importance sampling: spots are drawn from a wider profile (shape 1 + κ(α−1), same
     # maximum) and a heavier radial tail, and carry weights f/g normalised per shower,
     # so the early/late layers and the halo get hits while the mean profile is exact.
@@ -207,8 +223,7 @@ def em_spots(
     q_core = CORE_SHARE * p_core
     r_tail_q = r_tail * WIDEN_TAIL
     radius = np.where(rng.random(len(owner)) < q_core, r_core, r_tail_q)
-    u_r = np.clip(u_r, 0.0, 0.995)  # the Lorentzian-like tail is cut at √199 ≈ 14 R
-    r = radius * np.sqrt(u_r / (1.0 - u_r))
+    r = lorentz_radii(radius, k, shift[owner])
     r2 = r * r
     lorentz = lambda R: R * R / (r2 + R * R) ** 2  # noqa: E731  (2r/π factors cancel)
     ratio = (p_core * lorentz(r_core) + (1 - p_core) * lorentz(r_tail)) / (

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .em import GOLDEN, Spots, capped_spots, ragged_index
+from .em import MIN_SPOTS, Spots, lorentz_radii, ragged_index, spot_layout
 
 __all__ = ["E_OVER_H", "HADRONIC_SAMPLING_SCALE", "em_fraction_mean", "sample_em_fraction",
-           "sample_interaction_depth", "pi0_showers", "hadronic_spots"]
+           "sample_hadronic_visible", "sample_interaction_depth", "pi0_showers", "hadronic_spots"]
 
 E0_MEV = 1000.0
 K_EXP = 0.816
@@ -54,6 +54,12 @@ def sample_em_fraction(rng: np.random.Generator, energy: np.ndarray) -> np.ndarr
     sigma = np.minimum(sigma, 0.8 * np.sqrt(mu * (1 - mu)))
     nu = mu * (1 - mu) / sigma**2 - 1.0
     return rng.beta(mu * nu, (1 - mu) * nu)
+
+
+def sample_hadronic_visible(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Per-event visible share of the hadronic energy: ``1/(e/h)`` with an 8 % Gaussian
+    spread (nuclear binding losses fluctuate), kept within [0.3, 1]."""
+    return np.clip((1.0 / E_OVER_H) * (1.0 + 0.08 * rng.standard_normal(n)), 0.3, 1.0)
 
 
 def sample_interaction_depth(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -82,7 +88,7 @@ def hadronic_spots(
     energy: np.ndarray,
     s_start: np.ndarray,
     cap: int,
-    min_spots: int = 24,
+    min_spots: int = MIN_SPOTS,
     shower_index: np.ndarray | None = None,
 ) -> Spots:
     """Spots of the hadronic component (``energy`` = visible-equivalent deposit [MeV]),
@@ -94,15 +100,12 @@ def hadronic_spots(
     ln_e = np.log(np.maximum(energy, 100.0) / 1e3)
     a = np.maximum(0.6165 + 0.3183 * ln_e, 0.5) * np.exp(0.25 * rng.standard_normal(n))
     d = np.maximum(0.9099 - 0.0237 * ln_e, 0.3) * np.exp(0.10 * rng.standard_normal(n))
-    m = capped_spots(40.0 * (energy / 1e3) ** 0.8, min_spots, cap)
-    m[energy <= 0] = 0
-    owner, k = ragged_index(m)
+    m, owner, k = spot_layout(40.0 * (energy / 1e3) ** 0.8, energy, min_spots, cap)
     depth_rel = rng.gamma(a[owner]) / d[owner]  # λ after the interaction point
     tau = depth_rel * d[owner] / a[owner]  # relative to the profile's mean depth
     widen = 0.6 + 0.4 * np.minimum(tau, 3.0)
     radius = np.where(rng.random(len(owner)) < 0.55, 0.07, 0.30) * widen
-    u_r = np.clip(np.mod(k * GOLDEN + rng.random(n)[owner], 1.0), 0.0, 0.995)
-    r = radius * np.sqrt(u_r / (1.0 - u_r))
+    r = lorentz_radii(radius, k, rng.random(n)[owner])
     psi = rng.uniform(-np.pi, np.pi, len(owner))
     weight = (energy / np.maximum(m, 1))[owner]
     return Spots(shower_index[owner], s_start[owner] + depth_rel, r, psi, weight, "lambda")

@@ -30,13 +30,13 @@ DS1_PION_COUNTS = [10_000] * 11 + [4_000, 3_000, 2_000, 1_000]  # 120k
 GeV = 1e3
 
 
-def _discrete(particle: str, energies, counts, scale: float) -> list[Part]:
-    e = np.concatenate([np.full(max(1, round(c * scale)), v) for v, c in zip(energies, counts)])
-    return [Part(particle, e, len(e))]
-
-
 def _n(count: int, scale: float) -> int:
     return max(1, round(count * scale))
+
+
+def _discrete(particle: str, energies, counts, scale: float) -> list[Part]:
+    e = np.concatenate([np.full(_n(c, scale), v) for v, c in zip(energies, counts)])
+    return [Part(particle, e, len(e))]
 
 
 @dataclass(frozen=True)
@@ -103,19 +103,22 @@ def preset_parts(name: str, particle: str | None = None, scale: float = 1.0) -> 
     return get_preset(name).parts(particle, scale)
 
 
+def _plan(name: str, particle: str | None, scale: float, geometry) -> tuple[object, list[Part]]:
+    """(geometry, parts) of a preset; ``geometry`` defaults to the preset's own."""
+    p = get_preset(name)
+    return geometry or p.geometry, p.parts(particle, scale)
+
+
 def simulate_preset(name: str, seed: int = 0, scale: float = 1.0, workers: int | None = None,
                     particle: str | None = None, geometry=None, progress: bool = False) -> ShowerData:
     """Simulate a preset into memory (``particle`` defaults to the preset's photon / pion set;
     ``geometry`` defaults to the preset's own)."""
-    p = get_preset(name)
-    return simulate_plan(geometry or p.geometry, p.parts(particle, scale), seed=seed, workers=workers,
-                         progress=progress)
+    return simulate_plan(*_plan(name, particle, scale, geometry), seed=seed, workers=workers, progress=progress)
 
 
 def simulate_preset_to_file(path: str | Path, name: str, seed: int = 0, scale: float = 1.0,
                             workers: int | None = None, particle: str | None = None, geometry=None,
                             progress: bool = False, chunk: int = 4096) -> int:
     """Stream a preset into a CaloChallenge file; returns the number of showers."""
-    p = get_preset(name)
-    return write_plan(path, geometry or p.geometry, p.parts(particle, scale), seed=seed, workers=workers,
+    return write_plan(path, *_plan(name, particle, scale, geometry), seed=seed, workers=workers,
                       progress=progress, chunk=chunk, attrs={"preset": name})
