@@ -267,17 +267,10 @@ def train_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Train a model (WGAN-GP); checkpoints are scored by the E_tot χ² on held-out showers."""
-    from caloforge.errors import ConfigError
-    from caloforge.train import load_config, parse_duration, train
+    from caloforge.train import train
 
-    cfg = load_config(config)
-    if seed is not None and seed < 0:
-        raise ConfigError(f"--seed must be non-negative, got {seed}")
-    if max_time is not None:
-        parse_duration(max_time)  # a bad value fails before the data is read
-    if max_iterations is not None and max_iterations <= 0:
-        raise ConfigError(f"--max-iterations must be positive, got {max_iterations}")
-    result = train(cfg, data, output, resume=resume, device=device, max_time=max_time,
+    # train() checks the config, --seed, --max-time and --max-iterations before it reads the data
+    result = train(config, data, output, resume=resume, device=device, max_time=max_time,
                    max_iterations=max_iterations, progress=progress, seed=seed)
     if result.best_iteration is not None:
         console.print(f"best checkpoint: iteration {result.best_iteration}, E_tot χ² {result.best_score:.4g}")
@@ -308,7 +301,7 @@ def generate_cmd(
     import numpy as np
 
     from caloforge.errors import ConfigError
-    from caloforge.generate import generate_to_file, load_model, parse_energies
+    from caloforge.generate import generate_to_file, load_model, parse_energies, reference_energies
 
     if (energies is None) == (like is None):
         raise ConfigError("give either --energies with --n, or --like REF.h5")
@@ -319,12 +312,9 @@ def generate_cmd(
     gen = load_model(model, device=device)
     conditions = None
     if like is not None:
-        from caloforge.io import read_showers
-
-        ref = read_showers(like)
-        incident, conditions = ref.incident_energy, ref.conditions
-        if ref.n_voxels != gen.n_voxels:
-            console.print(f"[yellow]warning:[/] {like} has {ref.n_voxels} voxels, the model {gen.n_voxels}; "
+        incident, conditions, ref_voxels = reference_energies(like)
+        if ref_voxels not in (None, gen.n_voxels):
+            console.print(f"[yellow]warning:[/] {like} has {ref_voxels} voxels, the model {gen.n_voxels}; "
                           "only its energies are used")
         if conditions:
             console.print(f"[yellow]warning:[/] {gen.config.get('name')} is conditioned on incident energy only; "
@@ -333,13 +323,12 @@ def generate_cmd(
         incident = np.repeat(parse_energies(energies), n)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        generate_to_file(gen, output, incident, conditions=conditions, batch_size=batch_size, device=device,
-                         seed=seed, progress=True)
+        generate_to_file(gen, output, incident, conditions=conditions, batch_size=batch_size, seed=seed,
+                         progress=True)  # gen is already on --device
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}")
     console.print(f"wrote {len(incident)} showers ({gen.n_voxels} voxels, {gen.geometry}) from {gen.path}")
     print(f"output: {output}")
-
 
 
 @app.command("demo")
@@ -355,8 +344,6 @@ def demo_cmd(
     """Simulate → train → generate → evaluate on the embedded DS1-photon default; print the report path."""
     from caloforge.demo import run_demo
 
-    if minutes <= 0 or not 0 < scale <= 1 or not 0 < holdout_scale <= 1:
-        fail("--minutes must be > 0 and --scale / --holdout-scale in (0, 1]")
     result = run_demo(output, scale=scale, holdout_scale=holdout_scale, train_minutes=minutes,
                       classifier=classifier, seed=seed, log=console.print, progress=console.is_terminal)
     h = result.headline

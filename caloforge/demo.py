@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -51,66 +52,62 @@ def run_demo(
     import torch
 
     from caloforge import io
+    from caloforge.errors import ConfigError
     from caloforge.evaluate import compare
     from caloforge.evaluate.report import write_report
     from caloforge.generate import generate, load_model
     from caloforge.simulate import simulate_preset
-    from caloforge.train import load_config, train
+    from caloforge.train import train
 
+    if not train_minutes > 0 or not 0 < scale <= 1 or not 0 < holdout_scale <= 1:  # before minutes of simulation
+        raise ConfigError("--minutes must be > 0 and --scale / --holdout-scale in (0, 1]")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
-    def step(name: str):
-        timings[name] = time.perf_counter()
-
-    def done(name: str) -> None:
-        timings[name] = time.perf_counter() - timings[name]
+    @contextmanager
+    def timed(name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        timings[name] = time.perf_counter() - t0
 
     # 1. reference showers: an independent held-out set for the final comparison
-    step("simulate")
     train_file, holdout_file = out / "reference_train.h5", out / "reference_holdout.h5"
     log(f"[1/4] simulating DS1-photon-like reference showers (scale {scale} + held-out {holdout_scale})")
-    train_data = simulate_preset("ds1-photons", seed=seed, scale=scale, progress=progress)
-    io.write_showers(train_file, train_data.incident_energy, train_data.showers, train_data.conditions)
-    holdout = simulate_preset("ds1-photons", seed=seed + 1, scale=holdout_scale, progress=progress)
-    io.write_showers(holdout_file, holdout.incident_energy, holdout.showers, holdout.conditions)
-    done("simulate")
+    with timed("simulate"):
+        train_data = simulate_preset("ds1-photons", seed=seed, scale=scale, progress=progress)
+        io.write_showers(train_file, train_data.incident_energy, train_data.showers, train_data.conditions)
+        holdout = simulate_preset("ds1-photons", seed=seed + 1, scale=holdout_scale, progress=progress)
+        io.write_showers(holdout_file, holdout.incident_energy, holdout.showers, holdout.conditions)
     log(f"      {len(train_data)} training showers → {train_file}, {len(holdout)} held out → {holdout_file}")
 
     # 2. train for a bounded time; the best checkpoint is chosen by the E_tot χ²
-    step("train")
     log(f"[2/4] training CaloShowerGAN ({config} config) for at most {train_minutes:g} min")
-    train_config = load_config(config)
     threads_before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        result = train(train_config, train_data, out / "run", max_time=train_minutes * 60.0,
-                       max_iterations=max_iterations, progress=progress, seed=seed)
+        with timed("train"):
+            result = train(config, train_data, out / "run", max_time=train_minutes * 60.0,
+                           max_iterations=max_iterations, progress=progress, seed=seed)
     finally:
         torch.set_num_threads(threads_before)
-    done("train")
     if result.best_checkpoint is None:
         raise RuntimeError(f"training produced no scored checkpoint ({result.stopped})")
     log(f"      {result.iterations} iterations, best checkpoint {result.best_checkpoint} "
         f"(iteration {result.best_iteration}, E_tot χ² {result.best_score:.1f})")
 
     # 3. generate as many showers as the held-out reference, same energies
-    step("generate")
     log(f"[3/4] generating {len(holdout)} showers with the best checkpoint")
-    model = load_model(result.best_checkpoint)
-    generated = generate(model, holdout.incident_energy, seed=seed)
-    gen_file = out / "generated.h5"
-    io.write_showers(gen_file, generated.incident_energy, generated.showers)
-    done("generate")
+    with timed("generate"):
+        generated = generate(load_model(result.best_checkpoint), holdout.incident_energy, seed=seed)
+        io.write_showers(out / "generated.h5", generated.incident_energy, generated.showers)
 
     # 4. evaluate against the held-out reference
-    step("evaluate")
     log("[4/4] evaluating generated vs held-out reference" + (" (with classifier test)" if classifier else ""))
-    evaluation = compare(holdout, generated, "ds1-photons", classifier=classifier, seed=seed, training=train_data)
-    report = write_report(evaluation, out / "report")
-    done("evaluate")
+    with timed("evaluate"):
+        evaluation = compare(holdout, generated, "ds1-photons", classifier=classifier, seed=seed, training=train_data)
+        report = write_report(evaluation, out / "report")
 
     headline = dict(evaluation.headline)
     headline["train_iterations"] = result.iterations

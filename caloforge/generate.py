@@ -21,8 +21,6 @@ Output is always finite and ≥ 0, in MeV, in the CaloChallenge layout.
 from __future__ import annotations
 
 import json
-import math
-import re
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -32,9 +30,10 @@ import numpy as np
 import torch
 
 from caloforge.errors import ConfigError, DataError
-from caloforge.io import ShowerData, ShowerWriter
+from caloforge.io import ShowerData, ShowerWriter, iter_showers
 
-__all__ = ["ShowerGenerator", "OutOfRangeWarning", "load_model", "generate", "generate_to_file", "parse_energies"]
+__all__ = ["ShowerGenerator", "OutOfRangeWarning", "load_model", "generate", "generate_to_file", "parse_energies",
+           "reference_energies"]
 
 REFUSED_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 
@@ -111,14 +110,14 @@ def load_model(path: str | Path, device: str = "cpu") -> ShowerGenerator:
         known = {f.name for f in fields(entry.config)}
         cfg = entry.config(**{k: v for k, v in model_cfg.items() if k in known})
         preps = [Preprocessing(**p) for p in meta["preprocessing"]]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        model = build_model(cfg, preps)  # an edited config.json (bad activation, ranges ≠ split) fails here
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{cfg_file}: not a caloforge model config ({type(exc).__name__}: {exc})") from None
     dev = resolve_device(device)
     try:
         state = load_file(weights, device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise DataError(f"{weights}: corrupt or truncated safetensors file ({str(exc).splitlines()[0]})") from None
-    model = build_model(cfg, preps)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -129,14 +128,24 @@ def load_model(path: str | Path, device: str = "cpu") -> ShowerGenerator:
                            meta.get("score"), model_cfg)
 
 
-def _as_generator(model) -> ShowerGenerator:
-    return model if isinstance(model, ShowerGenerator) else load_model(model)
+def _prepare(model, incident_energy, conditions, batch_size: int, device: str | None):
+    """(generator on its device, energies, conditions), all checked before an output file is opened."""
+    from caloforge.train import resolve_device
 
-
-def _check_energies(gen: ShowerGenerator, energy: np.ndarray) -> None:
-    if energy.size == 0:
-        return
-    if not np.all(np.isfinite(energy)) or np.any(energy <= 0):
+    if batch_size <= 0:
+        raise ConfigError(f"--batch-size must be positive, got {batch_size}")
+    if isinstance(model, ShowerGenerator):
+        gen = model
+        if device is not None:
+            gen.model.to(resolve_device(device))
+    else:
+        gen = load_model(model, device=device or "cpu")
+    energy = np.asarray(incident_energy, dtype=np.float64).reshape(-1)
+    conditions = {k: np.asarray(v).reshape(-1) for k, v in (conditions or {}).items()}
+    for k, v in conditions.items():
+        if len(v) != len(energy):
+            raise DataError(f"condition {k!r} has {len(v)} rows, expected {len(energy)}")
+    if energy.size and (not np.all(np.isfinite(energy)) or np.any(energy <= 0)):
         raise DataError("incident energies must be finite and > 0 MeV")
     outside = (energy < gen.e_min * (1 - 1e-9)) | (energy > gen.e_max * (1 + 1e-9))
     if outside.any():
@@ -144,15 +153,12 @@ def _check_energies(gen: ShowerGenerator, energy: np.ndarray) -> None:
             f"{int(outside.sum())} of {energy.size} incident energies lie outside the trained range "
             f"{gen.e_min:g}–{gen.e_max:g} MeV ({energy[outside].min():g}–{energy[outside].max():g} MeV asked); "
             "the model extrapolates there", OutOfRangeWarning, stacklevel=3)
+    return gen, energy, conditions
 
 
-def _batches(gen: ShowerGenerator, energy: np.ndarray, batch_size: int, device: str, seed: int):
-    from caloforge.train import resolve_device
-
-    if batch_size <= 0:
-        raise ConfigError(f"--batch-size must be positive, got {batch_size}")
-    dev = resolve_device(device)
-    gen.model.to(dev).eval()
+def _batches(gen: ShowerGenerator, energy: np.ndarray, batch_size: int, seed: int):
+    dev = next(gen.model.parameters()).device
+    gen.model.eval()
     rng = torch.Generator(device=dev).manual_seed(int(seed))
     for lo in range(0, len(energy), batch_size):
         e = energy[lo:lo + batch_size]
@@ -164,34 +170,27 @@ def _batches(gen: ShowerGenerator, energy: np.ndarray, batch_size: int, device: 
 
 
 def generate(model, incident_energy, *, conditions: Mapping[str, np.ndarray] | None = None,
-             batch_size: int = 10_000, device: str = "cpu", seed: int = 0) -> ShowerData:
+             batch_size: int = 10_000, device: str | None = None, seed: int = 0) -> ShowerData:
     """Showers (MeV, float32, finite, ≥ 0) for incident energies (N,) in MeV.
 
     ``model`` is a :class:`ShowerGenerator` or a path for :func:`load_model`.
     ``conditions`` (angles, impact points) are copied to the output row for row;
     CaloShowerGAN is conditioned on the incident energy only.  Energies outside
-    the trained range raise an :class:`OutOfRangeWarning`.
+    the trained range raise an :class:`OutOfRangeWarning`.  ``device`` moves the
+    model there; None keeps it where it is (a path is loaded on the CPU).
     """
-    gen = _as_generator(model)
-    energy = np.asarray(incident_energy, dtype=np.float64).reshape(-1)
-    conditions = {k: np.asarray(v).reshape(-1) for k, v in (conditions or {}).items()}
-    _check_energies(gen, energy)
+    gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device)
     out = np.empty((len(energy), gen.n_voxels), dtype=np.float32)
-    for lo, e, showers in _batches(gen, energy, batch_size, device, seed):
+    for lo, e, showers in _batches(gen, energy, batch_size, seed):
         out[lo:lo + len(e)] = showers
     return ShowerData(energy, out, conditions)
 
 
 def generate_to_file(model, path: str | Path, incident_energy, *, conditions: Mapping[str, np.ndarray] | None = None,
-                     batch_size: int = 10_000, device: str = "cpu", seed: int = 0, progress: bool = False) -> Path:
-    """Stream generated showers into a CaloChallenge HDF5 file (atomic: temp + rename)."""
-    gen = _as_generator(model)
-    energy = np.asarray(incident_energy, dtype=np.float64).reshape(-1)
-    conditions = {k: np.asarray(v).reshape(-1) for k, v in (conditions or {}).items()}
-    for k, v in conditions.items():
-        if len(v) != len(energy):
-            raise DataError(f"condition {k!r} has {len(v)} rows, expected {len(energy)}")
-    _check_energies(gen, energy)
+                     batch_size: int = 10_000, device: str | None = None, seed: int = 0,
+                     progress: bool = False) -> Path:
+    """Stream generated showers into a CaloChallenge HDF5 file (atomic: temp + rename); see :func:`generate`."""
+    gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device)
     attrs = {"generator": "caloforge", "model": str(gen.path), "model_iteration": gen.iteration,
              "geometry": gen.geometry, "seed": int(seed)}
     bar = None
@@ -204,35 +203,41 @@ def generate_to_file(model, path: str | Path, incident_energy, *, conditions: Ma
         bar.start()
     try:
         with ShowerWriter(path, gen.n_voxels, conditions=tuple(conditions), attrs=attrs) as w:
-            for lo, e, showers in _batches(gen, energy, batch_size, device, seed):
+            for lo, e, showers in _batches(gen, energy, batch_size, seed):
                 w.append(e, showers, {k: v[lo:lo + len(e)] for k, v in conditions.items()})
                 if bar is not None:
                     bar.update(task, advance=len(e))
-            if len(energy) == 0:
-                w.append(np.zeros(0), np.zeros((0, gen.n_voxels)), {k: np.zeros(0) for k in conditions})
     finally:
         if bar is not None:
             bar.stop()
     return Path(path)
 
 
-_ENERGY = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kMGT]?eV)?\s*$")
-_SCALE = {None: 1.0, "keV": 1e-3, "MeV": 1.0, "GeV": 1e3, "TeV": 1e6}
+def reference_energies(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray], int | None]:
+    """Incident energies (MeV), conditions and voxel count (None for an empty file) of a shower file.
+
+    Streamed chunk by chunk so that only these columns are held: ``--like`` needs one
+    generated shower per reference row, never the (possibly DS3-sized) reference showers.
+    """
+    energy, conditions, n_voxels = [], [], None
+    for part in iter_showers(path):
+        energy.append(part.incident_energy)
+        conditions.append(part.conditions)
+        n_voxels = part.n_voxels
+    if not energy:
+        return np.zeros(0), {}, None
+    return np.concatenate(energy), {k: np.concatenate([c[k] for c in conditions]) for k in conditions[0]}, n_voxels
 
 
 def parse_energies(text: str) -> np.ndarray:
-    """'1GeV,65GeV,256MeV' → MeV array; a bare number is MeV.
+    """'1GeV,65GeV,256MeV' → MeV array; a bare number is MeV (the ``--energies`` option).
 
     >>> parse_energies("1GeV, 65 GeV,256").tolist()
     [1000.0, 65000.0, 256.0]
     """
-    out = []
-    for item in str(text).split(","):
-        m = _ENERGY.match(item)
-        if not m:
-            raise ConfigError(f"--energies: cannot read {item.strip()!r} as an energy (e.g. 1GeV,65GeV or 256MeV)")
-        value = float(m.group(1)) * _SCALE[m.group(2)]
-        if not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"--energies: energies must be positive, got {item.strip()!r}")
-        out.append(value)
-    return np.asarray(out, dtype=np.float64)
+    from caloforge.simulate.units import parse_energy_list
+
+    try:
+        return parse_energy_list(text)
+    except ConfigError as exc:
+        raise ConfigError(f"--energies: {exc} (e.g. 1GeV,65GeV or 256MeV)") from None

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import json
 import math
 import os
 import re
 import shutil
 import time
+import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -122,6 +124,8 @@ def parse_duration(value: str | float | int, key: str = "max-time") -> float:
         seconds = float(value)
     else:
         text = str(value).strip().replace(" ", "")
+        if not text:
+            raise ConfigError(f"{key}: expected a duration like 90s, 10m or 2h, got an empty value")
         pos, seconds = 0, 0.0
         while pos < len(text):
             m = _DURATION.match(text, pos)
@@ -129,8 +133,6 @@ def parse_duration(value: str | float | int, key: str = "max-time") -> float:
                 raise ConfigError(f"{key}: expected a duration like 90s, 10m or 2h, got {value!r}")
             seconds += float(m.group(1)) * _UNIT_S[m.group(2).lower() if m.group(2) else None]
             pos = m.end()
-        if not text:
-            raise ConfigError(f"{key}: expected a duration like 90s, 10m or 2h, got an empty value")
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(f"{key}: duration must be positive, got {value!r}")
     return seconds
@@ -141,7 +143,7 @@ def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return _from_dict(tp, value, key + ".", source)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
@@ -188,8 +190,6 @@ def _from_dict(cls: type, data: Any, prefix: str, source: str):
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            import difflib
-
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(names)})"
             raise ConfigError(f"{source}: unknown key {prefix}{key}{hint}")
@@ -329,17 +329,32 @@ def split_validation(data: ShowerData, fraction: float, seed: int) -> tuple[Show
     return data.select(np.sort(perm[n_val:])), data.select(np.sort(perm[:n_val]))
 
 
+def _showers(data: ShowerData | str | Path, geo, what: str) -> ShowerData:
+    """Showers for ``geo``: a file is read (and validated) by read_showers, in-memory data is checked here."""
+    if not isinstance(data, ShowerData):
+        return read_showers(data, geometry=geo)
+    if data.n_voxels != geo.n_voxels:
+        raise DataError(f"{what}: showers have {data.n_voxels} voxels but geometry {geo.name} has {geo.n_voxels}")
+    e = data.incident_energy
+    if not (np.all(np.isfinite(e)) and np.all(e > 0)):
+        raise DataError(f"{what}: incident energies must be finite and > 0 MeV")
+    if not np.all(np.isfinite(data.showers)) or np.any(data.showers < 0):
+        raise DataError(f"{what}: shower energies must be finite and ≥ 0 MeV")
+    return data
+
+
 def _fingerprint(data: ShowerData) -> dict:
-    e = np.ascontiguousarray(data.incident_energy, dtype=np.float64)
+    e = np.asarray(data.incident_energy, dtype=np.float64)
     return {"n_showers": len(data), "n_voxels": data.n_voxels, "sum_incident_energy": float(e.sum()),
             "sum_energy_deposit": float(np.asarray(data.showers, dtype=np.float64).sum())}
 
 
 def _preprocessings(model_cfg, train_data: ShowerData, geometry_name: str):
     from caloforge.models import Preprocessing
+    from caloforge.models.energy_split import range_index
 
     e = train_data.incident_energy
-    route = np.searchsorted(np.asarray(model_cfg.energy_split, dtype=np.float64), e, side="right")
+    route = range_index(model_cfg.energy_split, e)
     out = []
     for k in range(len(model_cfg.energy_split) + 1):
         part = e[route == k]
@@ -642,24 +657,13 @@ def train(
     geo = load_geometry(cfg.model.geometry)
 
     source = str(data) if not isinstance(data, ShowerData) else "training data"
-    if not isinstance(data, ShowerData):
-        data = read_showers(data, geometry=geo)
-    if data.n_voxels != geo.n_voxels:
-        raise DataError(f"{source}: showers have {data.n_voxels} voxels but geometry {geo.name} has {geo.n_voxels}")
+    data = _showers(data, geo, source)
     if len(data) < 2:
         raise DataError(f"{source}: need at least 2 showers to train, got {len(data)}")
-    e = data.incident_energy
-    if not (np.all(np.isfinite(e)) and np.all(e > 0)):
-        raise DataError(f"{source}: incident energies must be finite and > 0 MeV")
-    if not np.all(np.isfinite(data.showers)) or np.any(data.showers < 0):
-        raise DataError(f"{source}: shower energies must be finite and ≥ 0 MeV")
     if validation is None:
         train_data, val_data = split_validation(data, tc.validation_fraction, tc.seed)
     else:
-        train_data = data
-        val_data = validation if isinstance(validation, ShowerData) else read_showers(validation, geometry=geo)
-        if val_data.n_voxels != geo.n_voxels:
-            raise DataError(f"validation data: {val_data.n_voxels} voxels, geometry {geo.name} has {geo.n_voxels}")
+        train_data, val_data = data, _showers(validation, geo, "validation data")
     if len(val_data) > tc.score_max_showers:  # a fixed, seeded subset keeps scoring cheap
         keep = np.sort(np.random.default_rng(tc.seed).permutation(len(val_data))[: tc.score_max_showers])
         val_data = val_data.select(keep)
@@ -714,8 +718,9 @@ def train(
         iteration = int(meta["iteration"])
         history = [(int(i), float(s)) for i, s in meta["scores"]]
         best_iteration, best_score = _best(history)
-        if best_iteration is not None:  # a kill between checkpoint and best update leaves `best` stale
+        if best_iteration is not None:  # a kill between checkpoint and these updates leaves them stale
             _point_best(run_dir, run_dir / "checkpoints" / _checkpoint_name(best_iteration))
+            _write_scores(run_dir, history, best_iteration)
     _truncate_log(run_dir / "log.csv", iteration)
 
     def meta_for(it: int) -> dict:

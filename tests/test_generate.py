@@ -16,7 +16,14 @@ from typer.testing import CliRunner
 
 from caloforge.cli import app
 from caloforge.errors import ConfigError, DataError
-from caloforge.generate import OutOfRangeWarning, generate, generate_to_file, load_model, parse_energies
+from caloforge.generate import (
+    OutOfRangeWarning,
+    generate,
+    generate_to_file,
+    load_model,
+    parse_energies,
+    reference_energies,
+)
 from caloforge.io import read_showers, write_showers
 from caloforge.train import train
 
@@ -72,13 +79,16 @@ def test_out_of_range_energies_warn(model):
     assert np.isfinite(out.showers).all() and (out.showers >= 0).all()
 
 
-def test_bad_energies_and_batch_size_are_user_errors(model):
+def test_bad_energies_and_batch_size_are_user_errors(model, tmp_path):
     with pytest.raises(DataError, match="finite and > 0"):
         generate(model, [1000.0, -5.0])
     with pytest.raises(DataError, match="finite and > 0"):
         generate(model, [np.nan])
     with pytest.raises(ConfigError, match="batch-size"):
         generate(model, [2048.0], batch_size=0)
+    with pytest.raises(ConfigError, match="batch-size"):  # refused before the output file is opened
+        generate_to_file(model, tmp_path / "g.h5", [2048.0], batch_size=0)
+    assert list(tmp_path.iterdir()) == []  # neither g.h5 nor g.partial.h5
 
 
 def test_nan_weights_still_give_finite_non_negative_showers(model):
@@ -95,6 +105,22 @@ def test_generate_to_file_streams_and_copies_conditions(model, tmp_path):
     data = read_showers(path, geometry="ds1-photons")
     assert len(data) == 25 and np.allclose(data.conditions["incident_theta"], theta)
     assert np.array_equal(data.showers, generate(model, e, batch_size=7, seed=3).showers)
+
+
+def test_reference_energies_streams_energies_and_conditions(tmp_path):
+    path = tmp_path / "ref.h5"
+    e = np.linspace(1000.0, 5000.0, 11)
+    write_showers(path, e, np.ones((11, 6)), conditions={"incident_theta": e / 1e4})
+    with pytest.MonkeyPatch.context() as mp:  # several chunks, concatenated in order
+        import caloforge.io as io
+
+        mp.setattr(io, "DEFAULT_CHUNK_BYTES", 8 * 6 * 4)
+        energy, conditions, n_voxels = reference_energies(path)
+    assert energy.tolist() == e.tolist() and conditions["incident_theta"].tolist() == (e / 1e4).tolist()
+    assert n_voxels == 6
+    write_showers(tmp_path / "empty.h5", np.zeros(0), np.zeros((0, 6)))
+    energy, conditions, n_voxels = reference_energies(tmp_path / "empty.h5")
+    assert energy.shape == (0,) and conditions == {} and n_voxels is None
 
 
 def test_parse_energies():
@@ -146,6 +172,12 @@ def test_missing_or_corrupt_models_are_data_errors(run_dir, tmp_path):
     (bad / "config.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="weights do not match config.json"):
         load_model(bad)
+    for key, value in (("energy_split", [3000.0]), ("generator_activation", "nope")):  # the model cannot be built
+        edited = json.loads((run_dir / "best" / "config.json").read_text())
+        edited["model"][key] = value
+        (bad / "config.json").write_text(json.dumps(edited))
+        with pytest.raises(DataError, match="not a caloforge model config"):
+            load_model(bad)
     (bad / "config.json").unlink()
     with pytest.raises(DataError, match="config.json not found"):
         load_model(bad)

@@ -24,7 +24,19 @@ from torch import Tensor, nn
 
 from caloforge.models.caloshowergan import CaloShowerGAN, CaloShowerGANConfig, Preprocessing
 
-__all__ = ["EnergySplitGAN"]
+__all__ = ["EnergySplitGAN", "range_index"]
+
+
+def range_index(boundaries: Sequence[float], incident_energy) -> np.ndarray:
+    """Index of the energy range of each energy (MeV): range ``k`` is ``boundaries[k-1] <= E < boundaries[k]``.
+
+    The one place that convention lives, for training (which showers a GAN sees) and sampling alike.
+
+    >>> range_index([4100.0], [256.0, 4100.0, 65536.0]).tolist()
+    [0, 1, 1]
+    """
+    e = np.asarray(incident_energy, dtype=np.float64).reshape(-1)
+    return np.searchsorted(np.asarray(boundaries, dtype=np.float64), e, side="right")
 
 
 class EnergySplitGAN(nn.Module):
@@ -57,8 +69,7 @@ class EnergySplitGAN(nn.Module):
 
     def route(self, incident_energy) -> np.ndarray:
         """Index of the GAN responsible for each energy (MeV)."""
-        e = np.asarray(incident_energy, dtype=np.float64).reshape(-1)
-        return np.searchsorted(np.asarray(self.boundaries), e, side="right")
+        return range_index(self.boundaries, incident_energy)
 
     @torch.no_grad()
     def sample(self, incident_energy, rng: torch.Generator | None = None) -> Tensor:
