@@ -239,3 +239,18 @@ def test_features_on_simulated_electrons(atlas):
         # middle-layer width of an EM core ~ 0.01 in η, i.e. ~15 mm at r = 1.5 m
         assert 8.0 < np.median(f["atlas_weta2"]) < 25.0
         assert np.all(np.abs(f["CE_eta_layer_2"]) < 37.5)  # centred within one middle cell
+
+
+def test_high_level_tables_match_the_separate_calls(ds1, rng):
+    """compare() takes features, matrix and layer energies from one pass over the voxels."""
+    s = (rng.exponential(1.0, (23, ds1.n_voxels)) * (rng.random((23, ds1.n_voxels)) < 0.3)).astype(np.float32)
+    e = rng.choice([1e3, 1e4], 23)
+    feats, matrix, layer_e = F.high_level_tables(s, e, ds1)
+    alone = F.high_level_features(s, e, ds1)
+    assert list(feats) == list(alone)
+    for k in alone:
+        np.testing.assert_allclose(feats[k], alone[k], rtol=1e-12, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(matrix, F.high_level_matrix(s, e, ds1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer_e, F.layer_energies(s, ds1), rtol=1e-9)
+    np.testing.assert_allclose(feats["E_ratio"], F.energy_ratio(s, e), rtol=1e-9)
+    assert F.high_level_tables(s, e, ds1, matrix=False)[1] is None

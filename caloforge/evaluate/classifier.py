@@ -5,7 +5,8 @@ ones (label 0).  If it cannot, the samples are indistinguishable: test AUC ≈ 0
 and JSD ≈ 0.  The setup follows CaloChallenge's ``code/evaluate.py``:
 
 * inputs — ``"low"``: log10 E_inc and the voxels as a percentage of E_inc
-  (``100 · voxel / E_inc``); ``"low-normed"``: log10 E_inc, voxels divided by
+  (``100 · voxel / E_inc``; CaloChallenge feeds the fraction ``voxel / E_inc``, the
+  same input after the default standardisation); ``"low-normed"``: log10 E_inc, voxels divided by
   their layer's energy and log10(E_layer + 1e-8); ``"high"``: the high-level
   matrix of :func:`caloforge.evaluate.features.high_level_matrix`;
 * both samples cut to the same size, each split 60/20/20 into train / validation /

@@ -223,22 +223,6 @@ def radial_bins(geometry: Geometry, n_cartesian: int = 20) -> tuple[np.ndarray, 
     return edges, weights
 
 
-def _feature_table(showers: np.ndarray, incident_energy: np.ndarray, geometry: Geometry) -> dict[str, np.ndarray]:
-    """All per-shower features of a chunk as flat (N,) columns."""
-    from caloforge.evaluate import features as F
-
-    raw = F.high_level_features(showers, incident_energy, geometry)
-    out: dict[str, np.ndarray] = {}
-    for name, values in raw.items():
-        values = np.asarray(values)
-        if values.ndim == 1:
-            out[name] = values.astype(np.float32, copy=False)
-        elif values.ndim == 2 and values.shape[0] == len(showers):  # (N, k): one column each
-            for j in range(values.shape[1]):
-                out[f"{name}_{j}"] = values[:, j].astype(np.float32, copy=False)
-    return out
-
-
 class _Cancelled(Exception):
     """A streamed pass stopped because the other one failed."""
 
@@ -277,12 +261,14 @@ def scan_sample(
             raise _Cancelled()
         s = np.asarray(chunk.showers, dtype=np.float32)
         e = chunk.incident_energy.astype(np.float64)
-        for name, col in _feature_table(s, e, geometry).items():
-            feats.setdefault(name, []).append(col)
-        if hl_matrix:
-            hl.append(np.asarray(F.high_level_matrix(s, e, geometry), dtype=np.float32))
+        # features, high-level matrix and layer energies share one pass over the voxels
+        table, matrix, layer_energy = F.high_level_tables(s, e, geometry, matrix=hl_matrix)
+        for name, col in table.items():
+            feats.setdefault(name, []).append(col.astype(np.float32))
+        if matrix is not None:
+            hl.append(matrix.astype(np.float32))
         energies.append(e)
-        layer_e.append(geometry.layer_energy(s).astype(np.float32))
+        layer_e.append(layer_energy.astype(np.float32))
         radial.append(s @ ring_w)
         voxel_sum += s.sum(axis=0, dtype=np.float64)
         nz = s[s > 0]
@@ -343,10 +329,9 @@ def _histogram(name: str, ref: np.ndarray, gen: np.ndarray) -> FeatureHistogram 
     if ref.size < 2 or gen.size < 2:
         return None
     edges = _edges(ref, _n_bins(ref.size, gen.size))
-    r = M.histogram_counts(ref, edges)
-    g = M.histogram_counts(gen, edges)
     stats = M.compare_feature(ref, gen, bins=edges)
-    stats.pop("edges", None)
+    r, g = np.asarray(stats.pop("counts_reference")), np.asarray(stats.pop("counts_generated"))
+    stats.pop("edges")
     return FeatureHistogram(name, edges, r, g, stats)
 
 
@@ -392,15 +377,18 @@ def _energy_label(mev: float) -> str:
 
 
 def _point_table(points: np.ndarray, discrete: bool, ref_idx, gen_idx) -> list[dict[str, Any]]:
+    from caloforge.evaluate import metrics as M
+
     out = []
     n_points = len(points) if discrete else len(points) - 1
     for i in range(n_points):
+        # the centre is the key of the metrics' per-point results (the report joins on it)
+        centre = M._point_label(points, discrete, i)
         if discrete:
-            lo = hi = centre = float(points[i])
+            lo = hi = centre
             label = _energy_label(centre)
         else:
             lo, hi = float(points[i]), float(points[i + 1])
-            centre = math.sqrt(lo * hi) if lo > 0 else 0.5 * (lo + hi)
             label = f"{_energy_label(lo)}-{_energy_label(hi)}"
         out.append({"label": label, "energy": centre, "lo": lo, "hi": hi,
                     "n_reference": int(np.sum(ref_idx == i)), "n_generated": int(np.sum(gen_idx == i))})
@@ -408,11 +396,7 @@ def _point_table(points: np.ndarray, discrete: bool, ref_idx, gen_idx) -> list[d
 
 
 def _stats_dict(h: FeatureHistogram | None) -> dict[str, Any] | None:
-    if h is None:
-        return None
-    keys = ("separation_power", "chi2", "ndf", "chi2_ndf", "mean_reference", "mean_generated",
-            "std_reference", "std_generated", "n_reference", "n_generated")
-    return {k: h.stats.get(k) for k in keys}
+    return None if h is None else dict(h.stats)
 
 
 def _total_energy(ref: SampleSummary, gen: SampleSummary, discrete: bool) -> dict[str, Any]:
@@ -440,8 +424,7 @@ def _fpd_kpd(ref: SampleSummary, gen: SampleSummary, seed: int) -> dict[str, Any
     out: dict[str, Any] = {}
     fpd = M.fpd(ref.hl_matrix, gen.hl_matrix, seed=seed)
     kpd = M.kpd(ref.hl_matrix, gen.hl_matrix, seed=seed)
-    for name, val in (("fpd", fpd), ("kpd", kpd)):
-        value, error = (val if isinstance(val, tuple) else (val, float("nan")))
+    for name, (value, error) in (("fpd", fpd), ("kpd", kpd)):
         out[name] = {"value": float(value), "error": float(error), "value_x1e3": 1e3 * float(value),
                      "error_x1e3": 1e3 * float(error)}
     return out
@@ -596,6 +579,9 @@ def compare(
         # ---- histograms ----
         t0 = time.perf_counter()
         names = [k for k in ref.features if k in gen.features]
+        # the rows of every energy point, found once rather than once per feature
+        ref_rows = [np.flatnonzero(ref_idx == i) for i in range(len(point_table))]
+        gen_rows = [np.flatnonzero(gen_idx == i) for i in range(len(point_table))]
         hists: dict[str, FeatureHistogram] = {}
         table: dict[str, dict[str, Any]] = {}
         with prog.task("histograms", len(names)) as adv:
@@ -604,8 +590,7 @@ def compare(
                 h = _histogram(name, r, g)
                 entry: dict[str, Any] = {"inclusive": _stats_dict(h)}
                 if per_energy and h is not None:
-                    h.per_energy = [_histogram(name, r[ref_idx == i], g[gen_idx == i])
-                                    for i in range(len(point_table))]
+                    h.per_energy = [_histogram(name, r[ri], g[gi]) for ri, gi in zip(ref_rows, gen_rows)]
                     entry["per_energy"] = {p["label"]: _stats_dict(ph) for p, ph in zip(point_table, h.per_energy)}
                 if h is not None:
                     hists[name] = h

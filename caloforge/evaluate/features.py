@@ -18,7 +18,8 @@ Groups
 * CaloGAN shower shapes: :func:`calogan_shapes`.
 * ATLAS e/γ variables (strip and back layers): :func:`atlas_shapes`.
 * :func:`high_level_features` (flat dict of named columns) and
-  :func:`high_level_matrix` / :func:`high_level_matrix_names` (classifier / FPD input).
+  :func:`high_level_matrix` / :func:`high_level_matrix_names` (classifier / FPD input);
+  :func:`high_level_tables` gives both (and the layer energies) from one pass.
 
 Example
 -------
@@ -60,6 +61,7 @@ __all__ = [
     "high_level_features",
     "high_level_matrix",
     "high_level_matrix_names",
+    "high_level_tables",
     "FEATURE_GROUPS",
 ]
 
@@ -87,10 +89,10 @@ def _layer_moments(showers: np.ndarray, geometry: Geometry, threshold: float = 0
     """Per-layer sums Σ E, Σ xE, Σ x²E, Σ yE, Σ y²E, Σ rE, Σ r²E and #voxels above
     threshold, each (N, n_layers) in float64, computed in row chunks."""
     showers = _check(showers, geometry)
-    n, n_layers = len(showers), geometry.n_layers
+    n = len(showers)
     centres = geometry.voxel_centers
-    keys = ("E", "Ex", "Exx", "Ey", "Eyy", "Er", "Err", "hits")
-    out = {k: np.zeros((n, n_layers)) for k in keys}
+    sums = np.zeros((7, n, geometry.n_layers))  # moment-major: each moment contiguous
+    hits = np.zeros((n, geometry.n_layers))
     per_layer = []
     for i, sl in enumerate(geometry.layer_slices):
         if sl.stop > sl.start:
@@ -101,10 +103,13 @@ def _layer_moments(showers: np.ndarray, geometry: Geometry, threshold: float = 0
         block = np.asarray(showers[lo:lo + _CHUNK], dtype=np.float64)
         for i, sl, w in per_layer:
             layer = block[:, sl]
-            sums = layer @ w
-            for j, k in enumerate(keys[:7]):
-                out[k][lo:lo + _CHUNK, i] = sums[:, j]
-            out["hits"][lo:lo + _CHUNK, i] = np.count_nonzero(layer > threshold, axis=1)
+            # einsum, not `@`: these skinny (rows × v) · (v × 7) products are slower
+            # through multi-threaded BLAS on a busy CPU (thread hand-off costs more than
+            # the arithmetic, erratically), and einsum gives the same sums for any chunking
+            sums[:, lo:lo + _CHUNK, i] = np.einsum("nv,vk->kn", layer, w)
+            hits[lo:lo + _CHUNK, i] = np.count_nonzero(layer > threshold, axis=1)
+    out = {k: sums[j] for j, k in enumerate(("E", "Ex", "Exx", "Ey", "Eyy", "Er", "Err"))}
+    out["hits"] = hits
     return out
 
 
@@ -116,6 +121,17 @@ def layer_energies(showers: np.ndarray, geometry: Geometry) -> np.ndarray:
     return geometry.layer_energy(_check(showers, geometry).astype(np.float64))
 
 
+def _incident(incident_energy: np.ndarray, n: int) -> np.ndarray:
+    e_inc = np.asarray(incident_energy, dtype=np.float64).reshape(-1)
+    if e_inc.shape[0] != n:
+        raise GeometryError(f"{n} showers but {e_inc.shape[0]} incident energies")
+    return e_inc
+
+
+def _ratio(total: np.ndarray, e_inc: np.ndarray) -> np.ndarray:
+    return np.where(e_inc > 0, total / np.where(e_inc > 0, e_inc, 1.0), 0.0)
+
+
 def energy_ratio(showers: np.ndarray, incident_energy: np.ndarray) -> np.ndarray:
     """E_tot / E_inc per shower (0 where E_inc ≤ 0).
 
@@ -123,11 +139,7 @@ def energy_ratio(showers: np.ndarray, incident_energy: np.ndarray) -> np.ndarray
     [0.5, 0.0]
     """
     showers = np.asarray(showers, dtype=np.float64)
-    e_inc = np.asarray(incident_energy, dtype=np.float64).reshape(-1)
-    if e_inc.shape[0] != showers.shape[0]:
-        raise GeometryError(f"{showers.shape[0]} showers but {e_inc.shape[0]} incident energies")
-    total = showers.sum(axis=1)
-    return np.where(e_inc > 0, total / np.where(e_inc > 0, e_inc, 1.0), 0.0)
+    return _ratio(showers.sum(axis=1), _incident(incident_energy, showers.shape[0]))
 
 
 def centre_of_energy(showers: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
@@ -156,9 +168,15 @@ def radial_centre_and_width(showers: np.ndarray, geometry: Geometry) -> tuple[np
 def sparsity(showers: np.ndarray, geometry: Geometry, threshold: float = 0.0) -> np.ndarray:
     """CaloChallenge sparsity per layer: the fraction of voxels with E ≤ threshold,
     (N, n_layers); 0 for layers without voxels."""
-    m = _layer_moments(showers, geometry, threshold)
+    occupancy, has_voxels = _occupancy(_layer_moments(showers, geometry, threshold), geometry)
+    return np.where(has_voxels, 1.0 - occupancy, 0.0)
+
+
+def _occupancy(m: Mapping[str, np.ndarray], geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Fraction of voxels above threshold per layer (0 for layers without voxels), and
+    which layers have voxels."""
     n_vox = np.array([layer.n_voxels for layer in geometry.layers], dtype=np.float64)
-    return np.where(n_vox > 0, 1.0 - m["hits"] / np.maximum(n_vox, 1.0), 0.0)
+    return m["hits"] / np.maximum(n_vox, 1.0), n_vox > 0
 
 
 def voxel_energy_spectrum(showers: np.ndarray, threshold: float = 0.0) -> np.ndarray:
@@ -263,20 +281,22 @@ def calogan_shapes(showers: np.ndarray, geometry: Geometry, threshold: float = 0
     * ``nonzero_fraction`` (N, n_layers): fraction of cells with E > threshold
       (CaloGAN's "sparsity"; CaloChallenge's :func:`sparsity` is 1 minus this).
     """
-    m = _layer_moments(showers, geometry, threshold)
+    return _calogan_from_moments(_layer_moments(showers, geometry, threshold), geometry)
+
+
+def _calogan_from_moments(m: Mapping[str, np.ndarray], geometry: Geometry) -> dict[str, np.ndarray]:
     e = m["E"]
     total = e.sum(axis=1)
     i = np.arange(geometry.n_layers, dtype=np.float64)
     ld = e @ i
     sd = _safe_div(ld, total)
-    n_vox = np.array([layer.n_voxels for layer in geometry.layers], dtype=np.float64)
     return {
         "frac": _safe_div(e, total[:, None]),
         "depth_weighted_energy": ld,
         "shower_depth": sd,
         "shower_depth_width": np.sqrt(np.clip(_safe_div(e @ (i * i), total) - sd**2, 0.0, None)),
         "lateral_width": _width(m["Exx"], m["Ex"], e),
-        "nonzero_fraction": np.where(n_vox > 0, m["hits"] / np.maximum(n_vox, 1.0), 0.0),
+        "nonzero_fraction": _occupancy(m, geometry)[0],
     }
 
 
@@ -403,20 +423,27 @@ def high_level_features(showers: np.ndarray, incident_energy: np.ndarray, geomet
     unknown = groups - set(FEATURE_GROUPS)
     if unknown:
         raise ValueError(f"unknown feature groups {sorted(unknown)}; choose from {FEATURE_GROUPS}")
+    e_inc = _incident(incident_energy, len(showers))
     m = _layer_moments(showers, geometry, threshold)
+    return _features_from_moments(showers, m, e_inc, geometry, groups, atlas)
+
+
+def _features_from_moments(showers: np.ndarray, m: Mapping[str, np.ndarray], e_inc: np.ndarray,
+                           geometry: Geometry, groups: set[str],
+                           atlas: Mapping[str, int] | bool | None) -> dict[str, np.ndarray]:
     e = m["E"]
     total = e.sum(axis=1)
     active = geometry.active_layers
     out: dict[str, np.ndarray] = {}
     if "calochallenge" in groups:
         out["E_tot"] = total
-        out["E_ratio"] = energy_ratio(showers, incident_energy)
-        n_vox = np.array([layer.n_voxels for layer in geometry.layers], dtype=np.float64)
+        out["E_ratio"] = _ratio(total, e_inc)
+        occupancy, _ = _occupancy(m, geometry)
         ce_r, w_r = _safe_div(m["Er"], e), _width(m["Err"], m["Er"], e)
         for i in active:
             out[f"E_layer_{i}"] = e[:, i]
         for i in active:
-            out[f"sparsity_layer_{i}"] = 1.0 - m["hits"][:, i] / n_vox[i]
+            out[f"sparsity_layer_{i}"] = 1.0 - occupancy[:, i]
         ce_x, ce_y = _safe_div(m["Ex"], e), _safe_div(m["Ey"], e)
         w_x, w_y = _width(m["Exx"], m["Ex"], e), _width(m["Eyy"], m["Ey"], e)
         for i in eta_phi_layers(geometry):
@@ -434,7 +461,7 @@ def high_level_features(showers: np.ndarray, incident_energy: np.ndarray, geomet
         out["CoG_y"] = _safe_div(m["Ey"].sum(1), total)
         out["CoG_z"] = _safe_div(e @ z, total)
     if "calogan" in groups:
-        shapes = calogan_shapes(showers, geometry, threshold)
+        shapes = _calogan_from_moments(m, geometry)
         for i in active:
             out[f"frac_layer_{i}"] = shapes["frac"][:, i]
         for key in ("depth_weighted_energy", "shower_depth", "shower_depth_width"):
@@ -480,10 +507,13 @@ def high_level_matrix(showers: np.ndarray, incident_energy: np.ndarray, geometry
     numbers it would change, but the most direct handle on an energy-scale error).
     """
     showers = _check(showers, geometry)
-    e_inc = np.asarray(incident_energy, dtype=np.float64).reshape(-1)
-    if len(e_inc) != len(showers):
-        raise GeometryError(f"{len(showers)} showers but {len(e_inc)} incident energies")
-    m = _layer_moments(showers, geometry)
+    e_inc = _incident(incident_energy, len(showers))
+    return _matrix_from_moments(_layer_moments(showers, geometry), e_inc, geometry,
+                                include_incident=include_incident, with_energy_ratio=with_energy_ratio)
+
+
+def _matrix_from_moments(m: Mapping[str, np.ndarray], e_inc: np.ndarray, geometry: Geometry, *,
+                         include_incident: bool = True, with_energy_ratio: bool = False) -> np.ndarray:
     e = m["E"]
     cols: list[np.ndarray] = []
     if include_incident:
@@ -493,6 +523,25 @@ def high_level_matrix(showers: np.ndarray, incident_energy: np.ndarray, geometry
     cols += [_safe_div(m["Ex"], e)[:, hl] / 1e2, _safe_div(m["Ey"], e)[:, hl] / 1e2,
              _width(m["Exx"], m["Ex"], e)[:, hl] / 1e2, _width(m["Eyy"], m["Ey"], e)[:, hl] / 1e2]
     if with_energy_ratio:
-        total = e.sum(axis=1)
-        cols.append(np.where(e_inc > 0, total / np.where(e_inc > 0, e_inc, 1.0), 0.0)[:, None])
+        cols.append(_ratio(e.sum(axis=1), e_inc)[:, None])
     return np.concatenate(cols, axis=1)
+
+
+def high_level_tables(showers: np.ndarray, incident_energy: np.ndarray, geometry: Geometry, *,
+                      matrix: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray]:
+    """:func:`high_level_features` (default groups), :func:`high_level_matrix` (default
+    columns; ``None`` unless ``matrix``) and the layer energies (N, n_layers) [MeV] from one
+    pass over the voxels: the per-layer moments behind all three are computed once.
+
+    >>> from caloforge.geometry import load_geometry
+    >>> g = load_geometry("ds1-photons")
+    >>> s = np.ones((2, g.n_voxels))
+    >>> f, hl, e = high_level_tables(s, np.array([1e3, 1e3]), g)
+    >>> hl.shape == (2, len(high_level_matrix_names(g))), float(e.sum(1)[0]) == float(f["E_tot"][0])
+    (True, True)
+    """
+    showers = _check(showers, geometry)
+    e_inc = _incident(incident_energy, len(showers))
+    m = _layer_moments(showers, geometry)
+    features = _features_from_moments(showers, m, e_inc, geometry, set(FEATURE_GROUPS), None)
+    return features, (_matrix_from_moments(m, e_inc, geometry) if matrix else None), m["E"]
