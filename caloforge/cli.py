@@ -149,8 +149,8 @@ def simulate_cmd(
 ) -> None:
     """Simulate reference showers (parametrised GFlash EM + hadronic model) into a CaloChallenge file."""
     from caloforge.errors import ConfigError
-    from caloforge.simulate import EnergySpec, Part, get_preset, parse_angle, parse_range, write_plan
-    from caloforge.simulate.api import normalize_particle
+    from caloforge.simulate import EnergySpec, get_preset, parse_angle, parse_range, write_plan
+    from caloforge.simulate.api import make_part
 
     def angle(text: Optional[str]):
         if text is None:
@@ -185,15 +185,7 @@ def simulate_cmd(
         spec = EnergySpec.parse(energies, log=False) if energies else EnergySpec.parse(energy_range, log=log)
         if energy_range and spec.kind == "discrete":
             raise ConfigError(f"--energy-range needs LOW:HIGH, got {energy_range!r}")
-        th, ph = angle(theta), azimuth(phi)
-        kind = normalize_particle(particle)
-        if spec.kind == "discrete":
-            import numpy as np
-
-            e = np.repeat(np.asarray(spec.values), n)
-            parts = [Part(kind, e, len(e), theta=th, phi=ph)]
-        else:
-            parts = [Part(kind, spec, n, theta=th, phi=ph)]
+        parts = [make_part(particle, spec, n, theta=angle(theta), phi=azimuth(phi))]
         geo, attrs = geometry, {}
     count = write_plan(output, geo, parts, seed=seed, workers=workers or None, progress=not quiet, attrs=attrs)
     console.print(f"wrote {count} showers to {output}")

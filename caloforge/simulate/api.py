@@ -124,7 +124,8 @@ class Part:
         return self.theta is not None or self.phi is not None or self.impact is not None
 
 
-def _as_part(particle, energies, n, theta, phi, impact) -> Part:
+def make_part(particle, energies, n=None, theta=None, phi=None, impact=None) -> Part:
+    """One validated :class:`Part` from the arguments of :func:`simulate` (see there)."""
     particle = normalize_particle(particle)
     if n is not None and (int(n) != n or n < 0):
         raise ConfigError(f"number of showers must be a non-negative integer, got {n!r}")
@@ -438,7 +439,7 @@ def simulate(
     >>> d.showers.shape, bool(0.1 < d.showers.sum(1).mean() / 1e4 < 0.25)
     ((4, 504), True)
     """
-    part = _as_part(particle, energies, n, theta, phi, impact)
+    part = make_part(particle, energies, n, theta, phi, impact)
     return simulate_plan(geometry, [part], seed=seed, workers=workers, progress=progress)
 
 
@@ -489,5 +490,5 @@ def simulate_to_file(
     """Like :func:`simulate`, but streams into a CaloChallenge file in chunks of ``chunk``
     showers; an interrupted run leaves ``<stem>.partial.h5`` with the complete showers.
     Returns the number of showers written."""
-    part = _as_part(particle, energies, n, theta, phi, impact)
+    part = make_part(particle, energies, n, theta, phi, impact)
     return write_plan(path, geometry, [part], seed=seed, workers=workers, progress=progress, chunk=chunk)
