@@ -244,33 +244,104 @@ def evaluate_cmd(
 
 
 # --- train / generate (caloforge.train, caloforge.generate) -----------------------
+def _launch_data_parallel(nproc: int) -> None:
+    """Re-run this ``caloforge train`` command as ``nproc`` processes under torch's elastic launcher."""
+    import os
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    argv, skip = [], False
+    for arg in sys.argv[1:]:  # the same command without --nproc
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"caloforge-{os.getpid()}",
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
+    try:
+        elastic_launch(config, entrypoint=sys.executable)("-m", "caloforge", *argv)
+    except ChildFailedError as exc:
+        rank, failure = min(exc.failures.items())
+        code = failure.exitcode
+        why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        fail(f"training process {rank} of {nproc} failed ({why}); the other processes were stopped", code=1)
+
+
 @app.command("train")
 @user_errors
 def train_cmd(
     config: str = typer.Option(..., "--config", "-c", help="Training config YAML, or a shipped config name: "
-                               "caloshowergan-photons, caloshowergan-pions, demo."),
+                               "caloshowergan-photons, caloshowergan-pions, caloshowergan-photons-split2, "
+                               "caloshowergan-photons-split3, demo."),
     data: Path = typer.Option(..., "--data", "-d", help="Training shower file (CaloChallenge HDF5)."),
     output: Path = typer.Option(..., "--output", "-o", help="Run directory: checkpoints, best, scores.csv, log.csv, tensorboard/."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUTPUT from its newest checkpoint."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     max_time: Optional[str] = typer.Option(None, "--max-time", help="Time budget for this call, e.g. 90s, 10m, 2h."),
-    max_iterations: Optional[int] = typer.Option(None, "--max-iterations", help="Stop after N generator iterations in total."),
+    max_iterations: Optional[int] = typer.Option(None, "--max-iterations", help="Stop after N iterations in total."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override training.seed of the config."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    threads: int = typer.Option(0, "--threads", help="Torch threads per process (0 = the CPUs this process may "
+                                "use, divided among --nproc processes)."),
+    nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes on this machine (launches torchrun's "
+                              "elastic agent; gloo on CPU, NCCL on GPU)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress (a bar on a terminal, "
+                                  "a line every 30 s otherwise)."),
 ) -> None:
-    """Train a model (WGAN-GP); checkpoints are scored by the E_tot χ² on held-out showers."""
+    """Train a model of any family; checkpoints are scored by the E_tot χ² on held-out showers."""
+    import os
+
+    from caloforge.config import load_config
+    from caloforge.runtime import usable_cpus
     from caloforge.train import train
 
+    if nproc < 1:
+        raise CaloforgeError(f"--nproc must be ≥ 1, got {nproc}")
+    if nproc > 1:
+        cfg = load_config(config)  # one error line here rather than one per process
+        if cfg.training.batch_size % nproc:
+            raise CaloforgeError(f"training.batch_size {cfg.training.batch_size} must be divisible by --nproc {nproc}")
+        if not data.is_file():
+            raise CaloforgeError(f"{data}: no such file")
+        _launch_data_parallel(nproc)
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not threads and world > 1:
+        threads = max(1, usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     # train() checks the config, --seed, --max-time and --max-iterations before it reads the data
     result = train(config, data, output, resume=resume, device=device, max_time=max_time,
-                   max_iterations=max_iterations, progress=progress, seed=seed)
+                   max_iterations=max_iterations, progress=progress, seed=seed, threads=threads or None)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     if result.best_iteration is not None:
-        console.print(f"best checkpoint: iteration {result.best_iteration}, E_tot χ² {result.best_score:.4g}")
+        console.print(f"best checkpoint: iteration {result.best_iteration}, score {result.best_score:.4g}")
     if result.stopped == "diverged":
         fail(result.message, code=1)
     console.print(f"{result.message}; run directory {result.run_dir}")
     if result.best_checkpoint is not None:
         print(f"best: {result.best_checkpoint}")
+
+
+def _angles(text: Optional[str], n: int, rng, polar: bool, option: str):
+    """Degrees (a value or LOW:HIGH, uniform) → n angles in rad."""
+    import numpy as np
+
+    from caloforge.errors import ConfigError
+    from caloforge.simulate.units import parse_angle, parse_range
+
+    def azimuth(v: str) -> float:
+        try:
+            return float(np.deg2rad(float(v.strip().lower().removesuffix("deg"))))
+        except ValueError:
+            raise ConfigError(f"bad {option} {text!r}: expected degrees or LOW:HIGH") from None
+
+    parse = parse_angle if polar else azimuth
+    if ":" in text:
+        lo, hi = parse_range(text, parse)
+        return rng.uniform(lo, hi, n)
+    return np.full(n, parse(text))
 
 
 @app.command("generate")
@@ -282,9 +353,13 @@ def generate_cmd(
                                            "e.g. 1GeV,65GeV (bare numbers are MeV)."),
     n: Optional[int] = typer.Option(None, "--n", "-n", help="Showers per energy given with --energies."),
     like: Optional[Path] = typer.Option(None, "--like", help="Reference file: generate one shower per reference "
-                                        "shower, with its incident energy (and conditions)."),
+                                        "shower, with its incident energy and conditions (angles, impact point)."),
+    theta: Optional[str] = typer.Option(None, "--theta", help="With --energies: polar angle in degrees, or a "
+                                        "range LOW:HIGH drawn uniformly, for models conditioned on incident_theta."),
+    phi: Optional[str] = typer.Option(None, "--phi", help="With --energies: azimuth in degrees, or LOW:HIGH."),
     batch_size: int = typer.Option(10_000, "--batch-size", help="Showers per forward pass."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+    threads: int = typer.Option(0, "--threads", help="Torch threads (0 = the CPUs this process may use)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> None:
     """Generate showers from a trained model into a CaloChallenge-format file."""
@@ -294,25 +369,36 @@ def generate_cmd(
 
     from caloforge.errors import ConfigError
     from caloforge.generate import generate_to_file, load_model, parse_energies, reference_energies
+    from caloforge.runtime import set_threads
 
     if (energies is None) == (like is None):
         raise ConfigError("give either --energies with --n, or --like REF.h5")
     if energies is not None and (n is None or n <= 0):
         raise ConfigError("--energies needs --n N (showers per energy, N > 0)")
-    if like is not None and n is not None:
-        raise ConfigError("--n goes with --energies; --like generates one shower per reference shower")
+    if like is not None and (n is not None or theta or phi):
+        raise ConfigError("--like takes energies and conditions from the reference file: drop --n/--theta/--phi")
+    set_threads(threads or None)
     gen = load_model(model, device=device)
-    conditions = None
     if like is not None:
         incident, conditions, ref_voxels = reference_energies(like)
         if ref_voxels not in (None, gen.n_voxels):
             console.print(f"[yellow]warning:[/] {like} has {ref_voxels} voxels, the model {gen.n_voxels}; "
-                          "only its energies are used")
-        if conditions:
-            console.print(f"[yellow]warning:[/] {gen.config.get('name')} is conditioned on incident energy only; "
-                          f"{', '.join(conditions)} are copied to the output unused")
+                          "only its energies and conditions are used")
+        missing = [c for c in gen.condition_names[1:] if c not in conditions]
+        if missing:
+            raise ConfigError(f"{like}: the model is conditioned on {missing[0]}, but the file has no "
+                              f"{missing[0]!r} dataset")
+        unused = [c for c in conditions if c not in gen.condition_names]
+        if unused:
+            console.print(f"[yellow]note:[/] the model does not use {', '.join(unused)}; copied to the output")
     else:
         incident = np.repeat(parse_energies(energies), n)
+        rng = np.random.default_rng(seed)
+        conditions = {}
+        if theta:
+            conditions["incident_theta"] = _angles(theta, len(incident), rng, True, "--theta")
+        if phi:
+            conditions["incident_phi"] = _angles(phi, len(incident), rng, False, "--phi")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         generate_to_file(gen, output, incident, conditions=conditions, batch_size=batch_size, seed=seed,
@@ -327,7 +413,9 @@ def generate_cmd(
 @user_errors
 def demo_cmd(
     output: Path = typer.Option(Path("demo-run"), "--output", "-o", help="Directory for files, checkpoints and report."),
-    minutes: float = typer.Option(8.0, "--minutes", help="Training time budget in minutes."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="Training iterations (default: the demo "
+                                             "config's budget, the same on every machine)."),
+    minutes: float = typer.Option(20.0, "--minutes", help="Safety limit on the training time in minutes."),
     scale: float = typer.Option(0.1, "--scale", help="Fraction of the DS1-photon preset to train on (1 = 121k)."),
     holdout_scale: float = typer.Option(0.05, "--holdout-scale", help="Fraction of the preset held out for evaluation."),
     classifier: bool = typer.Option(True, "--classifier/--no-classifier", help="Run the classifier two-sample test."),
@@ -336,8 +424,9 @@ def demo_cmd(
     """Simulate → train → generate → evaluate on the embedded DS1-photon default; print the report path."""
     from caloforge.demo import run_demo
 
-    result = run_demo(output, scale=scale, holdout_scale=holdout_scale, train_minutes=minutes,
-                      classifier=classifier, seed=seed, log=console.print, progress=console.is_terminal)
+    result = run_demo(output, scale=scale, holdout_scale=holdout_scale, max_iterations=iterations,
+                      safety_minutes=minutes,
+                      classifier=classifier, seed=seed, log=console.print, progress=True)
     h = result.headline
     console.print()
     console.print(f"[bold]report:[/] {result.report.resolve()}")

@@ -31,8 +31,8 @@ def run_demo(
     *,
     scale: float = 0.1,
     holdout_scale: float = 0.05,
-    train_minutes: float = 8.0,
     max_iterations: int | None = None,
+    safety_minutes: float = 20.0,
     classifier: bool = True,
     config: str | Path = "demo",
     threads: int | None = 1,
@@ -44,14 +44,14 @@ def run_demo(
 
     ``scale`` / ``holdout_scale`` shrink the DS1-photon per-energy counts of the training
     and held-out reference sets (1.0 = the full ≈121k showers).  ``config`` is a shipped
-    config name or a YAML path; ``max_iterations`` overrides its iteration budget.
+    config name or a YAML path; ``max_iterations`` overrides its iteration budget and
+    ``safety_minutes`` caps the training time (a warning is logged when it fires).
     ``threads`` sets torch's intra-op threads for training: the demo network is small
     enough that one thread beats two on a 2-core machine (the second mostly waits on
     synchronisation).
     """
-    import torch
-
     from caloforge import io
+    from caloforge.config import load_config
     from caloforge.errors import ConfigError
     from caloforge.evaluate import compare
     from caloforge.evaluate.report import write_report
@@ -59,8 +59,12 @@ def run_demo(
     from caloforge.simulate import simulate_preset
     from caloforge.train import train
 
-    if not train_minutes > 0 or not 0 < scale <= 1 or not 0 < holdout_scale <= 1:  # before minutes of simulation
+    if not safety_minutes > 0 or not 0 < scale <= 1 or not 0 < holdout_scale <= 1:  # before minutes of simulation
         raise ConfigError("--minutes must be > 0 and --scale / --holdout-scale in (0, 1]")
+    if max_iterations is not None and max_iterations <= 0:
+        raise ConfigError(f"--iterations must be positive, got {max_iterations}")
+    cfg = load_config(config)
+    iterations = max_iterations or cfg.training.max_iterations
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -82,18 +86,15 @@ def run_demo(
     log(f"      {len(train_data)} training showers → {train_file}, {len(holdout)} held out → {holdout_file}")
 
     # 2. train for a bounded time; the best checkpoint is chosen by the E_tot χ²
-    log(f"[2/4] training CaloShowerGAN ({config} config) for at most {train_minutes:g} min")
-    threads_before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        with timed("train"):
-            result = train(config, train_data, out / "run", max_time=train_minutes * 60.0,
-                           max_iterations=max_iterations, progress=progress, seed=seed)
-    finally:
-        torch.set_num_threads(threads_before)
+    log(f"[2/4] training {cfg.model.name} ({config} config) for {iterations} iterations")
+    with timed("train"):
+        result = train(cfg, train_data, out / "run", max_time=safety_minutes * 60.0, max_iterations=iterations,
+                       progress=progress, seed=seed, threads=threads)
     if result.best_checkpoint is None:
         raise RuntimeError(f"training produced no scored checkpoint ({result.stopped})")
+    if result.stopped == "max_time":
+        log(f"      warning: the {safety_minutes:g}-minute safety limit stopped training after "
+            f"{result.iterations} of {iterations} iterations; the numbers below differ from the README's")
     log(f"      {result.iterations} iterations, best checkpoint {result.best_checkpoint} "
         f"(iteration {result.best_iteration}, E_tot χ² {result.best_score:.1f})")
 

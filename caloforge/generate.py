@@ -9,9 +9,8 @@ Output is always finite and ≥ 0, in MeV, in the CaloChallenge layout.
 >>> rng = np.random.default_rng(0)
 >>> e = np.repeat([1000.0, 8000.0], 20)
 >>> data = ShowerData(e, rng.random((40, 368)) * e[:, None] / 368)
->>> cfg = {"model": {"latent_dim": 4, "generator_hidden": [8], "critic_hidden": [8]},
-...        "training": {"batch_size": 8, "critic_steps": 1, "max_iterations": 2, "checkpoint_every": 2,
-...                     "tensorboard": False}}
+>>> cfg = {"model": {"latent_dim": 4, "generator_hidden": [8], "critic_hidden": [8], "critic_steps": 1},
+...        "training": {"batch_size": 8, "max_iterations": 2, "checkpoint_every": 2, "tensorboard": False}}
 >>> run = train(cfg, data, tempfile.mkdtemp(), progress=False)
 >>> out = generate(load_model(run.best_checkpoint), np.array([1000.0, 4000.0]), seed=1)
 >>> out.showers.shape, bool((out.showers >= 0).all())
@@ -20,9 +19,8 @@ Output is always finite and ≥ 0, in MeV, in the CaloChallenge layout.
 
 from __future__ import annotations
 
-import json
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -35,8 +33,6 @@ from caloforge.io import ShowerData, ShowerWriter, iter_showers
 __all__ = ["ShowerGenerator", "OutOfRangeWarning", "load_model", "generate", "generate_to_file", "parse_energies",
            "reference_energies"]
 
-REFUSED_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
-
 
 class OutOfRangeWarning(UserWarning):
     """Requested incident energies lie outside the range the model was trained on."""
@@ -44,7 +40,7 @@ class OutOfRangeWarning(UserWarning):
 
 @dataclass
 class ShowerGenerator:
-    """A loaded model: the network plus what is needed to use it."""
+    """A loaded model (any family) plus what is needed to use it."""
 
     model: torch.nn.Module
     path: Path
@@ -56,81 +52,39 @@ class ShowerGenerator:
     score: float | None
     config: dict
 
+    @property
+    def condition_names(self) -> list[str]:
+        """The conditions the model needs, ``incident_energy`` first."""
+        return list(self.model.condition_names)
+
     def generate(self, incident_energy, **kwargs) -> ShowerData:
         """Same as :func:`generate` with this model."""
         return generate(self, incident_energy, **kwargs)
 
     def __repr__(self) -> str:
         return (f"ShowerGenerator({self.config.get('name', '?')}, {self.geometry}, {self.n_voxels} voxels, "
-                f"E {self.e_min:g}–{self.e_max:g} MeV, iteration {self.iteration}, from {self.path})")
-
-
-def _model_dir(path: Path) -> Path:
-    if not path.exists():
-        raise DataError(f"{path}: no such model directory")
-    if path.is_file():
-        if path.suffix.lower() in REFUSED_SUFFIXES:
-            raise DataError(f"{path}: refusing to load a pickled model; caloforge models are a directory with "
-                            "config.json + model.safetensors")
-        if path.name in ("model.safetensors", "config.json"):
-            return path.parent
-        raise DataError(f"{path}: not a model directory (expected config.json + model.safetensors)")
-    if not (path / "config.json").exists() and (path / "best").exists():
-        return path / "best"  # a run directory: use its best checkpoint
-    if (path / "run.json").exists() and not (path / "config.json").exists():
-        raise DataError(f"{path}: this training run has no checkpoint yet (no {path / 'best'})")
-    return path
+                f"E {self.e_min:g}–{self.e_max:g} MeV, conditions {', '.join(self.condition_names)}, "
+                f"iteration {self.iteration}, from {self.path})")
 
 
 def load_model(path: str | Path, device: str = "cpu") -> ShowerGenerator:
     """Load a checkpoint directory (or a run directory's ``best``) from safetensors + JSON.
 
     Raises :class:`DataError` with one line for a missing, incomplete or corrupt
-    model, and refuses pickled files (``.pt``, ``.pth``, ``.ckpt``, …).
+    model, and refuses pickled files (``.pt``, ``.pth``, ``.ckpt``, …); see
+    :mod:`caloforge.checkpoint`.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from caloforge import checkpoint
 
-    from caloforge.models import MODELS, Preprocessing, build_model
-    from caloforge.train import resolve_device
-
-    path = Path(path)
-    mdir = _model_dir(path)
-    weights, cfg_file = mdir / "model.safetensors", mdir / "config.json"
-    if not weights.exists():
-        pickled = [p.name for p in mdir.iterdir() if p.suffix.lower() in REFUSED_SUFFIXES] if mdir.is_dir() else []
-        extra = f"; found {', '.join(pickled)}, but pickled models are never loaded" if pickled else ""
-        raise DataError(f"{mdir}: model.safetensors not found{extra}")
-    if not cfg_file.exists():
-        raise DataError(f"{mdir}: config.json not found")
-    try:
-        meta = json.loads(cfg_file.read_text())
-        model_cfg = dict(meta["model"])
-        entry = MODELS[model_cfg.get("name", "caloshowergan")]
-        known = {f.name for f in fields(entry.config)}
-        cfg = entry.config(**{k: v for k, v in model_cfg.items() if k in known})
-        preps = [Preprocessing(**p) for p in meta["preprocessing"]]
-        model = build_model(cfg, preps)  # an edited config.json (bad activation, ranges ≠ split) fails here
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{cfg_file}: not a caloforge model config ({type(exc).__name__}: {exc})") from None
-    dev = resolve_device(device)
-    try:
-        state = load_file(weights, device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise DataError(f"{weights}: corrupt or truncated safetensors file ({str(exc).splitlines()[0]})") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise DataError(f"{weights}: weights do not match config.json ({str(exc).splitlines()[0]})") from None
-    model.to(dev).eval()
-    return ShowerGenerator(model, mdir, meta.get("geometry", preps[0].geometry), preps[0].n_voxels,
-                           float(model.e_min), float(model.e_max), int(meta.get("iteration", 0)),
-                           meta.get("score"), model_cfg)
+    model, meta = checkpoint.load_model(path, device=device)
+    e_min, e_max = model.energy_limits
+    return ShowerGenerator(model, checkpoint.model_dir(path), model.geometry.name, model.n_voxels, float(e_min),
+                           float(e_max), int(meta.get("iteration", 0)), meta.get("score"), dict(meta["model"]))
 
 
 def _prepare(model, incident_energy, conditions, batch_size: int, device: str | None):
     """(generator on its device, energies, conditions), all checked before an output file is opened."""
-    from caloforge.train import resolve_device
+    from caloforge.runtime import resolve_device
 
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {batch_size}")
@@ -141,10 +95,16 @@ def _prepare(model, incident_energy, conditions, batch_size: int, device: str | 
     else:
         gen = load_model(model, device=device or "cpu")
     energy = np.asarray(incident_energy, dtype=np.float64).reshape(-1)
-    conditions = {k: np.asarray(v).reshape(-1) for k, v in (conditions or {}).items()}
+    conditions = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in (conditions or {}).items()}
     for k, v in conditions.items():
         if len(v) != len(energy):
             raise DataError(f"condition {k!r} has {len(v)} rows, expected {len(energy)}")
+        if not np.all(np.isfinite(v)):
+            raise DataError(f"condition {k!r} contains NaN/inf")
+    missing = [k for k in gen.condition_names[1:] if k not in conditions]
+    if missing:
+        raise ConfigError(f"{gen.path}: the model is conditioned on {', '.join(missing)}; give it "
+                          f"(e.g. --theta 60:120) or use --like REF.h5 with a {missing[0]!r} dataset")
     if energy.size and (not np.all(np.isfinite(energy)) or np.any(energy <= 0)):
         raise DataError("incident energies must be finite and > 0 MeV")
     outside = (energy < gen.e_min * (1 - 1e-9)) | (energy > gen.e_max * (1 + 1e-9))
@@ -156,13 +116,15 @@ def _prepare(model, incident_energy, conditions, batch_size: int, device: str | 
     return gen, energy, conditions
 
 
-def _batches(gen: ShowerGenerator, energy: np.ndarray, batch_size: int, seed: int):
-    dev = next(gen.model.parameters()).device
+def _batches(gen: ShowerGenerator, energy: np.ndarray, conditions: Mapping[str, np.ndarray], batch_size: int,
+             seed: int):
+    dev = gen.model.device
     gen.model.eval()
     rng = torch.Generator(device=dev).manual_seed(int(seed))
     for lo in range(0, len(energy), batch_size):
         e = energy[lo:lo + batch_size]
-        showers = gen.model.sample(e, rng).cpu().numpy()
+        cond = {"incident_energy": e, **{k: v[lo:lo + batch_size] for k, v in conditions.items()}}
+        showers = gen.model.sample(cond, rng).cpu().numpy()
         # the networks end in ReLU, but guard against any NaN/inf or negative output
         showers = np.nan_to_num(showers, nan=0.0, posinf=0.0, neginf=0.0)
         np.maximum(showers, 0.0, out=showers)
@@ -174,14 +136,14 @@ def generate(model, incident_energy, *, conditions: Mapping[str, np.ndarray] | N
     """Showers (MeV, float32, finite, ≥ 0) for incident energies (N,) in MeV.
 
     ``model`` is a :class:`ShowerGenerator` or a path for :func:`load_model`.
-    ``conditions`` (angles, impact points) are copied to the output row for row;
-    CaloShowerGAN is conditioned on the incident energy only.  Energies outside
+    ``conditions`` (angles in rad, impact points in mm) go to the model when it is
+    conditioned on them and are written to the output row for row.  Energies outside
     the trained range raise an :class:`OutOfRangeWarning`.  ``device`` moves the
     model there; None keeps it where it is (a path is loaded on the CPU).
     """
     gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device)
     out = np.empty((len(energy), gen.n_voxels), dtype=np.float32)
-    for lo, e, showers in _batches(gen, energy, batch_size, seed):
+    for lo, e, showers in _batches(gen, energy, conditions, batch_size, seed):
         out[lo:lo + len(e)] = showers
     return ShowerData(energy, out, conditions)
 
@@ -193,23 +155,13 @@ def generate_to_file(model, path: str | Path, incident_energy, *, conditions: Ma
     gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device)
     attrs = {"generator": "caloforge", "model": str(gen.path), "model_iteration": gen.iteration,
              "geometry": gen.geometry, "seed": int(seed)}
-    bar = None
-    if progress:
-        from rich.console import Console
-        from rich.progress import Progress
+    from caloforge.runtime import Progress
 
-        bar = Progress(console=Console(stderr=True), transient=True)
-        task = bar.add_task("generate", total=len(energy))
-        bar.start()
-    try:
+    with Progress("generate", len(energy), enabled=progress, unit="showers", interval=10.0) as bar:
         with ShowerWriter(path, gen.n_voxels, conditions=tuple(conditions), attrs=attrs) as w:
-            for lo, e, showers in _batches(gen, energy, batch_size, seed):
+            for lo, e, showers in _batches(gen, energy, conditions, batch_size, seed):
                 w.append(e, showers, {k: v[lo:lo + len(e)] for k, v in conditions.items()})
-                if bar is not None:
-                    bar.update(task, advance=len(e))
-    finally:
-        if bar is not None:
-            bar.stop()
+                bar.update(lo + len(e))
     return Path(path)
 
 

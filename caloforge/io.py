@@ -554,3 +554,16 @@ def summarize(path: str | Path, geometry: Geometry | str | None = None, max_dist
             else f"does NOT match geometry {geo.name!r}: file has {layout.n_voxels} voxels, geometry {geo.n_voxels}"
         )
     return summary
+
+
+def check_showers(data: ShowerData, source: str, n_voxels: int | None = None) -> ShowerData:
+    """The one check of in-memory showers (the file readers apply the same rules row by row).
+
+    Energies finite and > 0, shower energies finite and ≥ 0, conditions finite and, when
+    ``n_voxels`` is given, the right voxel count; :class:`DataError` naming ``source``.
+    """
+    if n_voxels is not None and data.n_voxels != n_voxels:
+        raise DataError(f"{source}: showers have {data.n_voxels} voxels, expected {n_voxels}")
+    _validate_rows(Path(source), ("incident_energies", "showers"), np.asarray(data.incident_energy),
+                   np.asarray(data.showers), data.conditions, 0)
+    return data

@@ -15,7 +15,7 @@ from caloforge.io import read_showers
 
 def test_demo_chain_runs_end_to_end(tmp_path: Path) -> None:
     lines: list[str] = []
-    result = run_demo(tmp_path / "demo", scale=0.01, holdout_scale=0.01, train_minutes=1.0, max_iterations=40,
+    result = run_demo(tmp_path / "demo", scale=0.01, holdout_scale=0.01, max_iterations=40,
                       classifier=False, log=lines.append, progress=False)
     out = tmp_path / "demo"
     assert result.report == out / "report" / "report.html" and result.report.exists()

@@ -28,8 +28,9 @@ from caloforge.io import read_showers, write_showers
 from caloforge.train import train
 
 TINY = {
-    "model": {"latent_dim": 8, "generator_hidden": [16], "critic_hidden": [16], "voxel_scale": 100.0},
-    "training": {"batch_size": 32, "critic_steps": 1, "max_iterations": 10, "checkpoint_every": 10,
+    "model": {"latent_dim": 8, "generator_hidden": [16], "critic_hidden": [16], "voxel_scale": 100.0,
+              "critic_steps": 1},
+    "training": {"batch_size": 32, "max_iterations": 10, "checkpoint_every": 10,
                  "tensorboard": False},
 }
 
@@ -93,7 +94,7 @@ def test_bad_energies_and_batch_size_are_user_errors(model, tmp_path):
 
 def test_nan_weights_still_give_finite_non_negative_showers(model):
     with torch.no_grad():
-        model.model.gans[0].generator.net[-2].bias[:5] = float("nan")
+        model.model.generator.net[-2].bias[:5] = float("nan")
     out = generate(model, [2048.0] * 4)
     assert np.isfinite(out.showers).all() and (out.showers >= 0).all()
 
@@ -172,11 +173,18 @@ def test_missing_or_corrupt_models_are_data_errors(run_dir, tmp_path):
     (bad / "config.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="weights do not match config.json"):
         load_model(bad)
-    for key, value in (("energy_split", [3000.0]), ("generator_activation", "nope")):  # the model cannot be built
-        edited = json.loads((run_dir / "best" / "config.json").read_text())
+    for key, value, why in (("energy_split", [3000.0], "unknown key model.energy_split"),
+                            ("generator_activation", "nope", "model.generator_activation must be")):
+        edited = json.loads((run_dir / "best" / "config.json").read_text())  # the model cannot be built
         edited["model"][key] = value
         (bad / "config.json").write_text(json.dumps(edited))
-        with pytest.raises(DataError, match="not a caloforge model config"):
+        with pytest.raises(DataError, match=why):
+            load_model(bad)
+    for version, why in ((3, "newer than this caloforge understands"), (0, "unknown checkpoint format version")):
+        edited = json.loads((run_dir / "best" / "config.json").read_text())
+        edited["version"] = version
+        (bad / "config.json").write_text(json.dumps(edited))
+        with pytest.raises(DataError, match=why):
             load_model(bad)
     (bad / "config.json").unlink()
     with pytest.raises(DataError, match="config.json not found"):

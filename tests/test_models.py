@@ -10,25 +10,23 @@ import pytest
 import torch
 from torch import nn
 
-from caloforge.models import (
-    MODELS,
-    CaloShowerGANConfig,
-    EnergySplitGAN,
-    Preprocessing,
-    build_model,
-    count_parameters,
-)
-from caloforge.train import load_config
+from caloforge.config import load_config
+from caloforge.models import CaloShowerGANConfig, EnergySplit, count_parameters, families, fit, get_family
+from caloforge.preprocessing import ScaleByEnergy
 
 CONFIGS = Path(__file__).resolve().parents[1] / "caloforge" / "configs"
 PHOTON_RANGE = (256.0, 4194304.0)
 
 
+def _fit(cfg, n_voxels: int, energies=PHOTON_RANGE):
+    e = torch.tensor(energies, dtype=torch.float64)
+    return fit(cfg, torch.zeros(len(e), n_voxels), e, {})
+
+
 def _gan(name: str):
     cfg = load_config(CONFIGS / f"caloshowergan-{name}.yaml").model
-    n_voxels = {"photons": 368, "pions": 533}[name]
     torch.manual_seed(0)
-    return build_model(cfg, [Preprocessing(*PHOTON_RANGE, n_voxels, cfg.geometry)]).gans[0]
+    return _fit(cfg, {"photons": 368, "pions": 533}[name])
 
 
 @pytest.mark.parametrize(
@@ -76,23 +74,34 @@ def test_initialisers_follow_keras_definitions():
 
 def test_noise_is_gaussian_with_mean_and_std_one_half():
     gan = _gan("photons")
-    z = gan.noise(200_000, torch.Generator().manual_seed(1))
+    z = gan.sample_noise(200_000, torch.Generator().manual_seed(1))
     assert z.shape == (200_000, 100)
     assert z.mean().item() == pytest.approx(0.5, abs=2e-3)
     assert z.std().item() == pytest.approx(0.5, abs=2e-3)
 
 
 def test_condition_is_log_scaled_into_unit_interval():
-    p = Preprocessing(*PHOTON_RANGE, 368, "ds1-photons")
+    enc = _gan("photons").condition_encoder
     e = torch.tensor([256.0, 4096.0, 65536.0, 4194304.0])
-    c = p.condition(e)
+    c = enc.encode(e, {}).squeeze(1)
     assert c[0].item() == 0.0 and c[-1].item() == pytest.approx(1.0)
     assert c[1].item() == pytest.approx(4 / 14) and c[2].item() == pytest.approx(8 / 14)  # 2^k ladder
-    assert p.condition(torch.tensor([128.0])).item() < 0  # outside the range it extrapolates
+    assert enc.encode(torch.tensor([128.0]), {}).item() < 0  # outside the range it extrapolates
+
+
+def test_pion_model_conditions_on_kinetic_energy():
+    pi = _gan("pions")
+    enc = pi.condition_encoder
+    m = 139.57039
+    assert enc.energy_condition == "kinetic" and enc.mass == pytest.approx(m)
+    assert pi.energy_limits == pytest.approx(PHOTON_RANGE)  # reported in incident energy
+    lo, hi = PHOTON_RANGE[0] - m, PHOTON_RANGE[1] - m
+    e = torch.tensor([512.0])
+    assert enc.encode(e, {}).item() == pytest.approx(math.log((512.0 - m) / lo) / math.log(hi / lo), rel=1e-6)
 
 
 def test_preprocessing_round_trip(rng):
-    p = Preprocessing(*PHOTON_RANGE, 368, "ds1-photons")
+    p = ScaleByEnergy(1.0)
     e = torch.as_tensor(256.0 * 2.0 ** rng.integers(0, 15, 50))
     showers = torch.as_tensor(rng.exponential(1.0, (50, 368)) * (rng.random((50, 368)) < 0.3), dtype=torch.float32)
     showers = showers / showers.sum(1, keepdim=True) * 0.2 * e.reshape(-1, 1).float()
@@ -100,21 +109,25 @@ def test_preprocessing_round_trip(rng):
     assert torch.allclose(x.sum(1), torch.full((50,), 0.2), rtol=1e-5)  # voxels / E_inc
     back = p.inverse(x, e)
     assert torch.allclose(back, showers, rtol=1e-6, atol=0)
-    assert (p.inverse(-x, e) == 0).all()  # negative network output is clipped to zero energy
+    gan = _gan("photons")  # a negative network output is clipped to zero energy by sample()
+    with torch.no_grad():
+        gan.generator.net[-2].bias.fill_(-5.0)
+        gan.generator.net[-1] = nn.Identity()
+    assert (gan.sample(torch.tensor([1000.0, 2000.0])) == 0).all()
 
 
 def test_energy_split_routes_each_energy_to_its_gan():
-    cfg = CaloShowerGANConfig(latent_dim=4, generator_hidden=[8], critic_hidden=[8], energy_split=[4100.0, 262000.0])
-    preps = [Preprocessing(256.0, 4096.0, 368, "ds1-photons"), Preprocessing(8192.0, 131072.0, 368, "ds1-photons"),
-             Preprocessing(262144.0, 4194304.0, 368, "ds1-photons")]
-    model = build_model(cfg, preps)
-    assert isinstance(model, EnergySplitGAN) and len(model.gans) == 3
-    assert (model.e_min, model.e_max) == (256.0, 4194304.0)
+    cfg = load_config({"model": {"name": "energy_split", "boundaries": [4100.0, 262000.0],
+                                 "common": {"latent_dim": 4, "generator_hidden": [8], "critic_hidden": [8]}}}).model
+    model = _fit(cfg, 368, [256.0, 4096.0, 8192.0, 131072.0, 262144.0, 4194304.0])
+    assert isinstance(model, EnergySplit) and len(model.parts) == 3
+    assert model.energy_limits == (256.0, 4194304.0)
+    assert [p.energy_limits for p in model.parts] == [(256.0, 4096.0), (8192.0, 131072.0), (262144.0, 4194304.0)]
     e = np.array([256.0, 4096.0, 4100.0, 8192.0, 261999.0, 262000.0, 4194304.0])
     assert model.route(e).tolist() == [0, 0, 1, 1, 1, 2, 2]
     # make GAN k output the constant k+1 per voxel (in units of E_inc), then sample through the router
     with torch.no_grad():
-        for k, gan in enumerate(model.gans):
+        for k, gan in enumerate(model.parts):
             last = gan.generator.net[-2]
             last.weight.zero_()
             last.bias.fill_(k + 1.0)
@@ -122,6 +135,11 @@ def test_energy_split_routes_each_energy_to_its_gan():
     out = model.sample(e, torch.Generator().manual_seed(0))
     per_voxel = (out / torch.as_tensor(e, dtype=torch.float32).reshape(-1, 1))[:, 0]
     assert per_voxel.tolist() == pytest.approx([1, 1, 2, 2, 2, 3, 3])
+    # the branch-free decode (the exported graph) routes the same way
+    noise = model.sample_noise(len(e), torch.Generator().manual_seed(0))
+    routed = model.export_module()(noise, torch.as_tensor(e).reshape(-1, 1))
+    assert (routed / torch.as_tensor(e, dtype=torch.float32).reshape(-1, 1))[:, 0].tolist() == \
+        pytest.approx([1, 1, 2, 2, 2, 3, 3])
 
 
 def test_sampled_showers_are_non_negative_and_shaped():
@@ -132,6 +150,20 @@ def test_sampled_showers_are_non_negative_and_shaped():
     assert bool(torch.isfinite(out).all()) and bool((out >= 0).all())
 
 
-def test_registry_lists_caloshowergan():
-    assert "caloshowergan" in MODELS
-    assert MODELS["caloshowergan"].config is CaloShowerGANConfig
+def test_registry_lists_the_families():
+    assert {"caloshowergan", "energy_split"} <= set(families())
+    assert get_family("caloshowergan").Config is CaloShowerGANConfig
+
+
+@pytest.mark.parametrize("split, sizes", [(2, [[50, 50, 100], [50, 50, 100, 200]]),
+                                          (3, [[50, 50, 100], [50, 50, 100, 200], [50, 50, 100, 200]])])
+def test_shipped_split_photon_configs_follow_the_paper(split, sizes):
+    """Low energies: G 50, 50, 100 with ReLU; mid and high: 50, 50, 100, 200 with Swish."""
+    cfg = load_config(CONFIGS / f"caloshowergan-photons-split{split}.yaml").model
+    subs = cfg.sub_configs()
+    assert [s.generator_hidden for s in subs] == sizes
+    assert [s.generator_activation for s in subs] == ["relu"] + ["swish"] * (split - 1)
+    assert cfg.boundaries == [4100.0, 262000.0][: split - 1]
+    model = _fit(cfg, 368, [256.0, 4096.0, 8192.0, 262144.0, 4194304.0])
+    assert [p.generator.net[0].out_features for p in model.parts] == [50] * split
+    assert all(s.latent_dim == 100 and s.critic_steps == 8 for s in subs)

@@ -27,8 +27,9 @@ from caloforge.train import load_config, parse_duration, train
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "caloforge" / "configs"
 TINY = {
-    "model": {"latent_dim": 8, "generator_hidden": [16], "critic_hidden": [16], "batchnorm_momentum": 0.1},
-    "training": {"batch_size": 32, "critic_steps": 2, "max_iterations": 40, "checkpoint_every": 10,
+    "model": {"latent_dim": 8, "generator_hidden": [16], "critic_hidden": [16], "batchnorm_momentum": 0.1,
+              "critic_steps": 2},
+    "training": {"batch_size": 32, "max_iterations": 40, "checkpoint_every": 10,
                  "log_every": 5, "tensorboard": False, "validation_fraction": 0.25},
 }
 
@@ -53,19 +54,21 @@ def _tiny(**training) -> dict:
 # ----------------------------------------------------------------------------------
 # Configs
 # ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["caloshowergan-photons", "caloshowergan-pions", "demo"])
+@pytest.mark.parametrize("name", ["caloshowergan-photons", "caloshowergan-pions", "demo",
+                                  "caloshowergan-photons-split2", "caloshowergan-photons-split3"])
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
-    assert cfg.model.name == "caloshowergan"
+    assert cfg.model.name == ("energy_split" if "split" in name else "caloshowergan")
     assert load_config(name) == cfg  # shipped configs load by name too
     assert (REPO / "configs" / f"{name}.yaml").exists()  # the repo's configs/ symlink
 
 
 def test_shipped_configs_carry_the_published_hyperparameters():
-    ph = load_config(CONFIGS / "caloshowergan-photons.yaml").training
-    pi = load_config(CONFIGS / "caloshowergan-pions.yaml").training
-    assert (ph.batch_size, ph.critic_steps, ph.gp_lambda) == (1024, 8, 3.0)
-    assert (pi.batch_size, pi.critic_steps, pi.gp_lambda) == (1024, 5, 20.0)
+    ph = load_config(CONFIGS / "caloshowergan-photons.yaml").model
+    pi = load_config(CONFIGS / "caloshowergan-pions.yaml").model
+    assert (ph.critic_steps, ph.gp_lambda) == (8, 3.0) and (pi.critic_steps, pi.gp_lambda) == (5, 20.0)
+    assert load_config(CONFIGS / "caloshowergan-pions.yaml").training.batch_size == 1024
+    assert (pi.energy_condition, pi.particle) == ("kinetic", "pion")  # the paper conditions on E_kin
     assert (ph.generator_optimizer.lr, ph.generator_optimizer.beta1, ph.critic_optimizer.beta1) == (1e-4, 0.5, 0.9)
     assert (pi.critic_optimizer.beta1, pi.critic_optimizer.beta2) == (0.5, 0.999)
 
@@ -75,17 +78,26 @@ def test_shipped_configs_carry_the_published_hyperparameters():
     [
         ("training: {batchsize: 3}", "training.batchsize"),
         ("model: {latent: 3}", "model.latent"),
-        ("training: {generator_optimizer: {lrr: 1}}", "training.generator_optimizer.lrr"),
+        ("model: {generator_optimizer: {lrr: 1}}", "model.generator_optimizer.lrr"),
+        ("training: {critic_steps: 3}", "model.critic_steps"),  # moved in 0.2: the error says where to
+        ("model: {conditions: {incident_theta: cos}}", "model.conditions"),
+        ("model: {conditions: {incident_energy: log, incident_thetta: cos}}", "model.conditions.incident_thetta"),
+        ("model: {conditions: {incident_energy: sqrt}}", "model.conditions.incident_energy"),
+        ("model: {energy_condition: kinetic, particle: muon2}", "model.particle"),
+        ("model: {name: energy_split, boundaries: [4100], ranges: [{}]}", "model.ranges"),
+        ("model: {name: energy_split, common: {geometry: ds2}}", "model.common.geometry"),
+        ("model: {name: energy_split, family: energy_split}", "model.family"),
+        ("model: {name: energy_split, ranges: [{latent_dimm: 3}]}", "model.ranges[0].latent_dimm"),
         ("extra: 1", "extra"),
         ("training: {batch_size: -1}", "training.batch_size"),
         ("training: {batch_size: 12.5}", "training.batch_size"),
-        ("training: {critic_optimizer: {beta1: 1.5}}", "training.critic_optimizer.beta1"),
+        ("model: {critic_optimizer: {beta1: 1.5}}", "model.critic_optimizer.beta1"),
         ("training: {validation_fraction: 1.0}", "training.validation_fraction"),
         ("training: {max_time: soon}", "training.max_time"),
         ("training: {tensorboard: maybe}", "training.tensorboard"),
         ("model: {generator_activation: gelu2}", "model.generator_activation"),
         ("model: {critic_init: zeros}", "model.critic_init"),
-        ("model: {energy_split: [262000, 4100]}", "model.energy_split"),
+        ("model: {name: energy_split, boundaries: [262000, 4100]}", "model.boundaries"),
         ("model: {energy_range: [10]}", "model.energy_range"),
         ("model: {geometry: nowhere-9}", "model.geometry"),
         ("model: {name: diffusion}", "model.name"),
@@ -144,7 +156,8 @@ def test_run_directory_checkpoints_and_best_by_chi2(tmp_path):
     assert f"iter-{best_it:07d}" in kept and "iter-0000040" in kept and len(kept) <= 3
     meta = json.loads((run / "best" / "config.json").read_text())
     assert meta["iteration"] == best_it and meta["geometry"] == "ds1-photons" and meta["n_voxels"] == 368
-    assert (meta["e_min"], meta["e_max"]) == (256.0, 65536.0)
+    assert meta["energy_limits"] == [256.0, 65536.0] and meta["family"] == "caloshowergan"
+    assert meta["format"] == "caloforge-checkpoint" and meta["version"] == 2
     assert {"model.safetensors", "optimizer.safetensors", "config.json"} <= {p.name for p in (run / "best").iterdir()}
     # the stored score is the E_tot χ² of the best weights on the held-out split (same seed → same showers)
     _, val = train_mod.split_validation(data, 0.25, 0)
@@ -163,25 +176,27 @@ def test_training_improves_total_energy_chi2(tmp_path):
     """On an easy dataset the E_tot χ² of the best checkpoint beats the first one by a wide margin."""
     cfg = _tiny(max_iterations=400, checkpoint_every=50, batch_size=64, validation_fraction=0.5)
     cfg["model"].update(latent_dim=16, generator_hidden=[32, 64], critic_hidden=[64, 64], voxel_scale=100.0)
-    cfg["training"]["generator_optimizer"] = {"lr": 1e-3, "beta1": 0.5, "beta2": 0.999}
-    cfg["training"]["critic_optimizer"] = {"lr": 1e-3, "beta1": 0.5, "beta2": 0.999}
+    cfg["model"]["generator_optimizer"] = {"lr": 1e-3, "beta1": 0.5, "beta2": 0.999}
+    cfg["model"]["critic_optimizer"] = {"lr": 1e-3, "beta1": 0.5, "beta2": 0.999}
     res = train(cfg, toy_photons(200, spread=0.1), tmp_path / "run", progress=False)
     first = res.history[0][1]
     assert res.best_score < 0.5 * first, res.history
 
 
 def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    real_step = train_mod._train_iteration
+    from caloforge.models.caloshowergan import CaloShowerGAN
+
+    real_step = CaloShowerGAN.training_step
     calls = {"n": 0}
 
-    def flaky(*args, **kwargs):
+    def flaky(self, *args, **kwargs):
         calls["n"] += 1
-        out = real_step(*args, **kwargs)
+        out = real_step(self, *args, **kwargs)
         if calls["n"] >= 26:  # the loss blows up at iteration 26
             out["generator_loss"] = float("nan")
         return out
 
-    monkeypatch.setattr(train_mod, "_train_iteration", flaky)
+    monkeypatch.setattr(CaloShowerGAN, "training_step", flaky)
     res = train(_tiny(max_iterations=40), toy_photons(), tmp_path / "run", progress=False)
     assert res.stopped == "diverged" and res.iterations == 26
     assert "iteration 26" in res.message and "generator loss is nan" in res.message
@@ -195,11 +210,16 @@ def test_energy_split_training_routes_ranges(tmp_path):
     from caloforge.generate import generate, load_model
 
     cfg = _tiny(max_iterations=10)
-    cfg["model"]["energy_split"] = [4100.0]
+    low = {"generator_hidden": [8], "generator_activation": "relu"}
+    cfg["model"] = {"name": "energy_split", "family": "caloshowergan", "boundaries": [4100.0],
+                    "common": {k: v for k, v in cfg["model"].items()}, "ranges": [low, {}]}
     train(cfg, toy_photons(), tmp_path / "run", progress=False)
     gen = load_model(tmp_path / "run")
-    assert len(gen.model.gans) == 2
-    assert [(g.preprocessing.e_min, g.preprocessing.e_max) for g in gen.model.gans] == [(256.0, 4096.0), (65536.0, 65536.0)]
+    assert len(gen.model.parts) == 2
+    assert [p.energy_limits for p in gen.model.parts] == [(256.0, 4096.0), (65536.0, 65536.0)]
+    # a sub-config per range: the low range has its own generator
+    assert gen.model.parts[0].config.generator_hidden == [8] and gen.model.parts[1].config.generator_hidden == [16]
+    assert isinstance(gen.model.parts[0].generator.net[2], torch.nn.ReLU)
     out = generate(gen, [256.0, 65536.0])
     assert out.showers.shape == (2, 368) and np.isfinite(out.showers).all()
 
@@ -230,7 +250,7 @@ def test_seed_override_and_best_path(tmp_path):
 def test_bad_training_data_is_a_data_error(tmp_path):
     bad = toy_photons(5)
     bad.showers[3, 7] = np.nan
-    with pytest.raises(DataError, match="finite and ≥ 0"):
+    with pytest.raises(DataError, match=r"NaN/inf \(row 3\)"):
         train(_tiny(), bad, tmp_path / "r", progress=False)
     with pytest.raises(DataError, match="368"):
         train(_tiny(), ShowerData(np.ones(4), np.ones((4, 10))), tmp_path / "r", progress=False)

@@ -1,4 +1,4 @@
-"""CaloShowerGAN: an energy-conditioned WGAN-GP with MLP generator and critic.
+"""CaloShowerGAN: a conditional WGAN-GP with MLP generator and critic.
 
 Reproduces the CaloChallenge 2022 submission (M. Faucci Giannelli, R. Zhang,
 CaloChallenge workshop 2023) for dataset 1:
@@ -10,40 +10,43 @@ generator latent; hidden    100; 100, 200, 400           200; 200, 400, 800
 critic hidden               368, 368, 368                800, 400, 200
 activation, init (G / D)    Swish, Glorot normal /       ReLU, He uniform /
                             He uniform                   He uniform
+critic steps, GP λ          8, 3                         5, 20
 ==========================  ===========================  ===========================
 
 Generator hidden layers are dense + batch norm + activation; critic hidden layers
 are dense + activation (batch norm would break the per-sample gradient penalty).
-Both networks see the condition ``log(E/E_min) / log(E_max/E_min)`` concatenated
-to their input.  The noise is Gaussian with mean 0.5 and standard deviation 0.5.
-Voxel energies are divided by the incident energy (:class:`Preprocessing`); an
-optional constant ``voxel_scale`` (1 in the published configs) brings them to O(1)
-for short trainings.
+Both networks see the encoded conditions (:mod:`caloforge.conditions`; by default
+``log(E/E_min) / log(E_max/E_min)``) concatenated to their input.  The noise is
+Gaussian with mean 0.5 and standard deviation 0.5.  Voxel energies are divided by
+the incident energy (:class:`~caloforge.preprocessing.ScaleByEnergy`); an optional
+constant ``voxel_scale`` (1 in the published configs) brings them to O(1) for short
+trainings.  One GAN per energy range is the ``energy_split`` family wrapping this one.
 
->>> cfg = CaloShowerGANConfig()
->>> gan = CaloShowerGAN(cfg, Preprocessing(256.0, 4194304.0, 368, "ds1-photons"))
+>>> from caloforge.models.base import fit
+>>> import torch
+>>> cfg = CaloShowerGANConfig(geometry="ds1-photons")
+>>> e = torch.tensor([256.0, 4194304.0], dtype=torch.float64)
+>>> gan = fit(cfg, torch.zeros(2, 368), e, {})
 >>> count_parameters(gan.generator), count_parameters(gan.critic)
 (259768, 408113)
+>>> tuple(gan.sample(e).shape)
+(2, 368)
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
-__all__ = [
-    "CaloShowerGANConfig",
-    "Preprocessing",
-    "Generator",
-    "Critic",
-    "CaloShowerGAN",
-    "ACTIVATIONS",
-    "INITIALIZERS",
-    "count_parameters",
-]
+from caloforge.models.base import BatchSource, ModelConfig, ShowerModel, register
+from caloforge.preprocessing import ScaleByEnergy, transform_from_state, transform_state
+
+__all__ = ["AdamConfig", "CaloShowerGANConfig", "CaloShowerGAN", "Generator", "Critic", "ACTIVATIONS",
+           "INITIALIZERS", "count_parameters", "gradient_penalty"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "swish": nn.SiLU,
@@ -77,16 +80,19 @@ INITIALIZERS = {"glorot_normal": _glorot_normal, "he_uniform": _he_uniform, "tor
 
 
 @dataclass
-class CaloShowerGANConfig:
-    """Architecture of one CaloShowerGAN (the ``model:`` section of a training config).
+class AdamConfig:
+    """Adam hyperparameters."""
 
-    ``energy_split`` lists incident-energy boundaries in MeV: one GAN per range.
-    ``energy_range`` ([E_min, E_max] MeV) fixes the conditioning range; empty takes it
-    from the training data.
-    """
+    lr: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+
+@dataclass
+class CaloShowerGANConfig(ModelConfig):
+    """The ``model:`` section of a CaloShowerGAN config (defaults: the published photon model)."""
 
     name: str = "caloshowergan"
-    geometry: str = "ds1-photons"
     latent_dim: int = 100
     generator_hidden: list[int] = field(default_factory=lambda: [100, 200, 400])
     critic_hidden: list[int] = field(default_factory=lambda: [368, 368, 368])
@@ -99,44 +105,35 @@ class CaloShowerGANConfig:
     noise_std: float = 0.5
     batchnorm_momentum: float = 0.01  # Keras' default moving-average momentum 0.99
     batchnorm_eps: float = 1e-3  # Keras' default epsilon
-    energy_split: list[float] = field(default_factory=list)
-    energy_range: list[float] = field(default_factory=list)
     voxel_scale: float = 1.0  # network space = voxel / E_inc × voxel_scale (1 = the published preprocessing)
+    critic_steps: int = 8
+    gp_lambda: float = 3.0
+    generator_optimizer: AdamConfig = field(default_factory=lambda: AdamConfig(1e-4, 0.5, 0.999))
+    critic_optimizer: AdamConfig = field(default_factory=lambda: AdamConfig(1e-4, 0.9, 0.999))
 
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Maps showers in MeV to network space and back, and energies to the condition.
-
-    >>> p = Preprocessing(1000.0, 100000.0, 2, "toy")
-    >>> p.condition(torch.tensor([1000.0, 10000.0, 100000.0])).tolist()
-    [0.0, 0.5, 1.0]
-    >>> e = torch.tensor([5000.0])
-    >>> p.inverse(p.forward(torch.tensor([[1000.0, 250.0]]), e), e).tolist()
-    [[1000.0, 250.0]]
-    """
-
-    e_min: float
-    e_max: float
-    n_voxels: int
-    geometry: str
-    voxel_scale: float = 1.0
-
-    def condition(self, incident_energy: Tensor) -> Tensor:
-        """log(E/E_min) / log(E_max/E_min) as a float32 tensor; in [0, 1] inside the trained range."""
-        e = torch.as_tensor(incident_energy, dtype=torch.float64)
-        span = math.log(self.e_max / self.e_min) if self.e_max > self.e_min else 1.0
-        return (torch.log(e / self.e_min) / span).to(torch.float32)
-
-    def forward(self, showers: Tensor, incident_energy: Tensor) -> Tensor:
-        """Voxel energies / incident energy × ``voxel_scale`` (float32)."""
-        e = torch.as_tensor(incident_energy, dtype=torch.float64, device=showers.device).reshape(-1, 1)
-        return (showers.to(torch.float64) * (self.voxel_scale / e)).to(torch.float32)
-
-    def inverse(self, x: Tensor, incident_energy: Tensor) -> Tensor:
-        """Network output → voxel energies in MeV, clipped at zero."""
-        e = torch.as_tensor(incident_energy, dtype=torch.float64, device=x.device).reshape(-1, 1)
-        return (x.to(torch.float64).clamp_min(0.0) * (e / self.voxel_scale)).to(torch.float32)
+    def check(self, require, source: str) -> None:
+        super().check(require, source)
+        require(self.latent_dim > 0, "model.latent_dim", "a positive integer", self.latent_dim)
+        for key in ("generator_hidden", "critic_hidden"):
+            v = getattr(self, key)
+            require(len(v) > 0 and all(w > 0 for w in v), f"model.{key}", "a non-empty list of positive integers", v)
+        for key in ("generator_activation", "critic_activation", "output_activation"):
+            v = getattr(self, key)
+            require(v in ACTIVATIONS, f"model.{key}", f"one of {', '.join(ACTIVATIONS)}", v)
+        for key in ("generator_init", "critic_init"):
+            v = getattr(self, key)
+            require(v in INITIALIZERS, f"model.{key}", f"one of {', '.join(INITIALIZERS)}", v)
+        require(self.noise_std > 0, "model.noise_std", "positive", self.noise_std)
+        require(0 < self.batchnorm_momentum <= 1, "model.batchnorm_momentum", "in (0, 1]", self.batchnorm_momentum)
+        require(self.batchnorm_eps > 0, "model.batchnorm_eps", "positive", self.batchnorm_eps)
+        require(self.voxel_scale > 0, "model.voxel_scale", "positive", self.voxel_scale)
+        require(self.critic_steps > 0, "model.critic_steps", "a positive integer", self.critic_steps)
+        require(self.gp_lambda >= 0, "model.gp_lambda", "≥ 0", self.gp_lambda)
+        for name in ("generator_optimizer", "critic_optimizer"):
+            o = getattr(self, name)
+            require(o.lr > 0, f"model.{name}.lr", "positive", o.lr)
+            require(0 <= o.beta1 < 1, f"model.{name}.beta1", "in [0, 1)", o.beta1)
+            require(0 <= o.beta2 < 1, f"model.{name}.beta2", "in [0, 1)", o.beta2)
 
 
 def _dense(n_in: int, n_out: int, init: str) -> nn.Linear:
@@ -147,12 +144,12 @@ def _dense(n_in: int, n_out: int, init: str) -> nn.Linear:
 
 
 class Generator(nn.Module):
-    """(noise, condition) → normalised voxel energies."""
+    """(noise, condition vector) → normalised voxel energies."""
 
-    def __init__(self, cfg: CaloShowerGANConfig, n_voxels: int) -> None:
+    def __init__(self, cfg: CaloShowerGANConfig, n_voxels: int, condition_dim: int = 1) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        n_in = cfg.latent_dim + 1
+        n_in = cfg.latent_dim + condition_dim
         for width in cfg.generator_hidden:
             layers += [
                 _dense(n_in, width, cfg.generator_init),
@@ -164,16 +161,16 @@ class Generator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, noise: Tensor, condition: Tensor) -> Tensor:
-        return self.net(torch.cat([noise, condition.reshape(-1, 1)], dim=1))
+        return self.net(torch.cat([noise, condition], dim=1))
 
 
 class Critic(nn.Module):
-    """(normalised voxels, condition) → unbounded Wasserstein score."""
+    """(normalised voxels, condition vector) → unbounded Wasserstein score."""
 
-    def __init__(self, cfg: CaloShowerGANConfig, n_voxels: int) -> None:
+    def __init__(self, cfg: CaloShowerGANConfig, n_voxels: int, condition_dim: int = 1) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        n_in = n_voxels + 1
+        n_in = n_voxels + condition_dim
         for width in cfg.critic_hidden:
             layers += [_dense(n_in, width, cfg.critic_init), ACTIVATIONS[cfg.critic_activation]()]
             n_in = width
@@ -181,35 +178,86 @@ class Critic(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor, condition: Tensor) -> Tensor:
-        return self.net(torch.cat([x, condition.reshape(-1, 1)], dim=1)).reshape(-1)
+        return self.net(torch.cat([x, condition], dim=1)).reshape(-1)
 
 
-class CaloShowerGAN(nn.Module):
-    """One generator + critic pair for one incident-energy range."""
+def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, condition: Tensor,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """WGAN-GP: (mean critic score on real, on fake, (‖∇ₓD(x̂)‖ − 1)² at random interpolates x̂).
 
-    def __init__(self, cfg: CaloShowerGANConfig, preprocessing: Preprocessing) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.preprocessing = preprocessing
-        self.generator = Generator(cfg, preprocessing.n_voxels)
-        self.critic = Critic(cfg, preprocessing.n_voxels)
+    One critic pass over [real, fake, interpolates] (batch-norm-free critics only).
+    """
+    n = len(real)
+    eps = torch.rand(n, 1, generator=generator, device=real.device)
+    mix = (eps * real + (1.0 - eps) * fake).requires_grad_(True)
+    scores = critic(torch.cat([real, fake, mix]), torch.cat([condition, condition, condition]))
+    (grad,) = torch.autograd.grad(scores[2 * n:].sum(), mix, create_graph=True)
+    gp = ((grad.norm(2, dim=1) - 1.0) ** 2).mean()
+    return scores[:n].mean(), scores[n:2 * n].mean(), gp
 
-    def noise(self, n: int, rng: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
-        """Gaussian latent vectors with the configured mean (0.5) and std (0.5)."""
-        z = torch.randn(n, self.cfg.latent_dim, generator=rng, device=device)
-        return z * self.cfg.noise_std + self.cfg.noise_mean
 
-    @torch.no_grad()
-    def sample(self, incident_energy: Tensor, rng: torch.Generator | None = None) -> Tensor:
-        """Showers in MeV (float32, ≥ 0) for incident energies in MeV, on the model's device."""
-        device = next(self.parameters()).device
-        e = torch.as_tensor(incident_energy, dtype=torch.float64, device=device).reshape(-1)
-        z = self.noise(len(e), rng, device)
-        x = self.generator(z, self.preprocessing.condition(e).to(device))
-        return self.preprocessing.inverse(x, e)
+@register("caloshowergan")
+class CaloShowerGAN(ShowerModel):
+    """One generator + critic pair; see the module docstring."""
+
+    Config = CaloShowerGANConfig
+    loss_names = ("critic_loss", "generator_loss", "gradient_penalty", "wasserstein")
+
+    def __init__(self, config: CaloShowerGANConfig, geometry, state: Mapping[str, Any]) -> None:
+        super().__init__(config, geometry, state)
+        self.preprocessing = transform_from_state(state["preprocessing"])
+        dim = self.condition_encoder.dim
+        self.generator = Generator(config, geometry.n_voxels, dim)
+        self.critic = Critic(config, geometry.n_voxels, dim)
+
+    @classmethod
+    def fit_state(cls, config, showers, incident_energy, conditions, geometry, source):
+        state = super().fit_state(config, showers, incident_energy, conditions, geometry, source)
+        state["preprocessing"] = transform_state(ScaleByEnergy(config.voxel_scale))
+        return state
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        g, d = self.config.generator_optimizer, self.config.critic_optimizer
+        return {"generator": torch.optim.Adam(self.generator.parameters(), lr=g.lr, betas=(g.beta1, g.beta2)),
+                "critic": torch.optim.Adam(self.critic.parameters(), lr=d.lr, betas=(d.beta1, d.beta2))}
+
+    @property
+    def noise_dim(self) -> int:
+        return self.config.latent_dim
+
+    def sample_noise(self, n, generator=None, device=None):
+        z = torch.randn(n, self.config.latent_dim, generator=generator, device=device or self.device)
+        return z * self.config.noise_std + self.config.noise_mean
+
+    def _encode(self, energy: Tensor, conditions: Mapping[str, Tensor]) -> Tensor:
+        return self.condition_encoder.encode(energy, conditions).to(self.device)
+
+    def decode(self, noise, incident_energy, conditions):
+        x = self.generator(noise, self._encode(incident_energy, conditions))
+        return self.preprocessing.inverse(x.to(torch.float64), incident_energy.to(torch.float64))
+
+    def training_step(self, data: BatchSource, optimizers, generator) -> dict[str, float]:
+        """``critic_steps`` critic updates, then one generator update."""
+        cfg = self.config
+        for _ in range(cfg.critic_steps):
+            b = data.next()
+            real = self.preprocessing.forward(b.showers.to(torch.float64), b.incident_energy).to(torch.float32)
+            c = self._encode(b.incident_energy, b.conditions)
+            with torch.no_grad():
+                fake = self.generator(self.sample_noise(len(b), generator), c)
+            d_real, d_fake, gp = gradient_penalty(self.critic, real, fake, c, generator)
+            d_loss = d_fake - d_real + cfg.gp_lambda * gp
+            self.optimize(optimizers["critic"], d_loss)
+        b = data.next()
+        c = self._encode(b.incident_energy, b.conditions)
+        self.critic.requires_grad_(False)  # only the generator's weights need gradients here
+        g_loss = -self.critic(self.generator(self.sample_noise(len(b), generator), c), c).mean()
+        self.optimize(optimizers["generator"], g_loss)
+        self.critic.requires_grad_(True)
+        return {"critic_loss": d_loss.item(), "generator_loss": g_loss.item(), "gradient_penalty": gp.item(),
+                "wasserstein": (d_real - d_fake).item()}
 
 
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
-

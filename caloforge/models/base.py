@@ -1,0 +1,312 @@
+"""The model interface every family implements, and the registry from ``model.name`` to it.
+
+A family is one file: a config dataclass (subclass of :class:`ModelConfig`) and a
+:class:`ShowerModel` subclass registered with :func:`register`.  The model owns
+
+* its preprocessing and condition encoding, fitted from the training data by
+  :meth:`ShowerModel.fit_state` and saved as JSON with the weights;
+* its optimisers (:meth:`ShowerModel.configure_optimizers`) and its losses: one
+  :meth:`ShowerModel.training_step` is a whole iteration (a GAN's critic steps and
+  its generator step, an autoencoder's reconstruction + adversarial + MMD terms);
+* sampling: :meth:`ShowerModel.sample_noise` and :meth:`ShowerModel.decode`, which
+  :meth:`ShowerModel.sample` combines into finite, non-negative showers in MeV;
+* :meth:`ShowerModel.export_module`, the network to export for inference.
+
+The trainer (:mod:`caloforge.train`) knows nothing else about a family.
+
+>>> from caloforge.models import get_family
+>>> get_family("caloshowergan").Config.__name__
+'CaloShowerGANConfig'
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from caloforge import distributed
+from caloforge.conditions import ConditionEncoder, check_conditions_config
+from caloforge.errors import ConfigError
+
+__all__ = ["ModelConfig", "Batch", "BatchSource", "ShowerModel", "register", "get_family", "families",
+           "as_conditions"]
+
+_REGISTRY: dict[str, type["ShowerModel"]] = {}
+
+
+@dataclass
+class ModelConfig:
+    """Keys every family's ``model:`` section has.
+
+    ``conditions`` maps condition names to encodings (:mod:`caloforge.conditions`);
+    ``energy_condition`` is ``incident`` or ``kinetic`` (E − m of ``particle``);
+    ``energy_range`` ([E_min, E_max] MeV) pins the energy encoding's range, empty
+    takes it from the training data.
+    """
+
+    name: str = ""
+    geometry: str = "ds1-photons"
+    conditions: dict[str, str] = field(default_factory=lambda: {"incident_energy": "log"})
+    energy_condition: str = "incident"
+    particle: str = "photon"
+    energy_range: list[float] = field(default_factory=list)
+
+    def check(self, require: Callable[[bool, str, str, Any], None], source: str) -> None:
+        """Validate values (``require(ok, key, what, value)``); families extend this."""
+        from caloforge.geometry import load_geometry
+
+        try:
+            load_geometry(self.geometry)
+        except Exception as exc:  # GeometryError or a bad path
+            raise ConfigError(f"{source}: model.geometry {self.geometry!r} is not a known geometry ({exc})") from None
+        check_conditions_config(self.conditions, self.energy_condition, self.particle, require)
+        r = self.energy_range
+        require(len(r) == 0 or (len(r) == 2 and 0 < r[0] < r[1]), "model.energy_range",
+                "empty or [E_min, E_max] MeV with 0 < E_min < E_max", r)
+
+
+@dataclass
+class Batch:
+    """Training showers: ``showers`` (n, V) float32 MeV, ``incident_energy`` (n,) float64 MeV, conditions."""
+
+    showers: Tensor
+    incident_energy: Tensor
+    conditions: dict[str, Tensor]
+
+    def __len__(self) -> int:
+        return len(self.incident_energy)
+
+
+class BatchSource:
+    """Seeded random batches from the training showers (drawn with replacement).
+
+    Under data-parallel training every rank draws the same global indices from the
+    same generator and keeps its own slice, so the global batch is the one a single
+    process would draw.  :meth:`subset` restricts to some rows (energy ranges) and
+    shares the generator.
+    """
+
+    def __init__(self, showers: Tensor, incident_energy: Tensor, conditions: Mapping[str, Tensor],
+                 batch_size: int, generator: torch.Generator, index: np.ndarray | None = None) -> None:
+        self.showers, self.incident_energy, self.conditions = showers, incident_energy, dict(conditions)
+        self.batch_size, self.generator = int(batch_size), generator
+        self.index = None if index is None else torch.as_tensor(index, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.incident_energy) if self.index is None else len(self.index)
+
+    def subset(self, index: np.ndarray, batch_size: int | None = None) -> "BatchSource":
+        index = np.asarray(index, dtype=np.int64)
+        if self.index is not None:
+            index = self.index.numpy()[index]
+        return BatchSource(self.showers, self.incident_energy, self.conditions,
+                           batch_size or self.batch_size, self.generator, index)
+
+    def next(self, batch_size: int | None = None) -> Batch:
+        """The next random batch (this rank's share of ``batch_size`` global rows)."""
+        n_global = batch_size or self.batch_size
+        idx = torch.randint(len(self), (n_global,), generator=self.generator)
+        if self.index is not None:
+            idx = self.index[idx]
+        world, r = distributed.world_size(), distributed.rank()
+        if world > 1:
+            per = n_global // world
+            idx = idx[r * per:(r + 1) * per]
+        idx = idx.to(self.showers.device)
+        return Batch(self.showers[idx], self.incident_energy[idx], {k: v[idx] for k, v in self.conditions.items()})
+
+
+def as_conditions(conditions: Any) -> dict[str, Tensor]:
+    """A mapping with ``incident_energy`` (or a bare array of energies) → dict of float64 tensors."""
+    if isinstance(conditions, Mapping):
+        out = {k: torch.as_tensor(np.asarray(v, dtype=np.float64) if not isinstance(v, Tensor) else v,
+                                  dtype=torch.float64).reshape(-1) for k, v in conditions.items()}
+    else:
+        out = {"incident_energy": torch.as_tensor(np.asarray(conditions, dtype=np.float64)).reshape(-1)}
+    if "incident_energy" not in out:
+        raise ConfigError("conditions must include incident_energy")
+    return out
+
+
+class ShowerModel(nn.Module):
+    """Base class of every family; see the module docstring.
+
+    Subclasses set ``Config`` (their dataclass) and ``loss_names`` and implement
+    :meth:`configure_optimizers`, :meth:`training_step`, :meth:`decode` and
+    :attr:`noise_dim`; they may extend :meth:`fit_state` with fitted preprocessing.
+    """
+
+    family: ClassVar[str] = ""
+    Config: ClassVar[type] = ModelConfig
+    loss_names: ClassVar[tuple[str, ...]] = ("loss",)
+
+    def __init__(self, config: ModelConfig, geometry, state: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.config = config
+        self.geometry = geometry
+        self.fitted = dict(state)
+        self.condition_encoder = ConditionEncoder.from_state(state["conditions"])
+
+    # --- construction ---------------------------------------------------------------
+    @classmethod
+    def fit_state(cls, config: ModelConfig, showers: Tensor, incident_energy: Tensor,
+                  conditions: Mapping[str, Tensor], geometry, source: str) -> dict[str, Any]:
+        """JSON-able state fitted on the training data: the condition encoder (families add theirs)."""
+        enc = ConditionEncoder.fit(config.conditions, incident_energy, conditions,
+                                   energy_condition=config.energy_condition, particle=config.particle,
+                                   energy_range=config.energy_range, source=source)
+        return {"conditions": enc.state()}
+
+    def state(self) -> dict[str, Any]:
+        """What :meth:`fit_state` fitted, to be saved with the weights."""
+        return self.fitted
+
+    @property
+    def n_voxels(self) -> int:
+        return self.geometry.n_voxels
+
+    @property
+    def condition_names(self) -> list[str]:
+        """Physical conditions the model needs, ``incident_energy`` first."""
+        return self.condition_encoder.names
+
+    @property
+    def energy_limits(self) -> tuple[float, float]:
+        """The incident-energy range (MeV) the model was fitted on."""
+        spec = self.condition_encoder.specs[0]
+        m = self.condition_encoder.mass
+        return spec.lo + m, spec.hi + m
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    # --- training ---------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Named optimisers; their states are checkpointed under these names."""
+        raise NotImplementedError
+
+    def training_step(self, data: BatchSource, optimizers: Mapping[str, torch.optim.Optimizer],
+                      generator: torch.Generator) -> dict[str, float]:
+        """One training iteration: draw batches from ``data``, step ``optimizers`` (those of
+        :meth:`configure_optimizers`) with :meth:`optimize`, return the losses named in
+        :attr:`loss_names`; all noise comes from ``generator``."""
+        raise NotImplementedError
+
+    def optimize(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+        """zero_grad → backward → gradients averaged over ranks → step."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        distributed.all_reduce_gradients(p for g in optimizer.param_groups for p in g["params"])
+        optimizer.step()
+
+    def validation_metrics(self, batch: Batch) -> dict[str, float]:
+        """Extra checkpoint scores on validation showers (e.g. ``val_nll``); none by default."""
+        return {}
+
+    # --- sampling -----------------------------------------------------------------------
+    @property
+    def noise_dim(self) -> int:
+        raise NotImplementedError
+
+    def sample_noise(self, n: int, generator: torch.Generator | None = None,
+                     device: torch.device | None = None) -> Tensor:
+        """The random input of :meth:`decode` for ``n`` showers (standard normal by default)."""
+        return torch.randn(n, self.noise_dim, generator=generator, device=device or self.device)
+
+    def decode(self, noise: Tensor, incident_energy: Tensor, conditions: Mapping[str, Tensor]) -> Tensor:
+        """Deterministic map noise + physical conditions → showers in MeV (N, V)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, conditions: Any, generator: torch.Generator | None = None) -> Tensor:
+        """Showers in MeV (float32, finite, ≥ 0) for ``conditions`` ({'incident_energy': …, …} or energies)."""
+        cond = as_conditions(conditions)
+        dev = self.device
+        energy = cond.pop("incident_energy").to(dev)
+        cond = {k: v.to(dev) for k, v in cond.items()}
+        self.condition_encoder.check(list(cond), "sample()")
+        noise = self.sample_noise(len(energy), generator, dev)
+        out = self.decode(noise, energy, cond).to(torch.float32)
+        return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).clamp_min_(0.0)
+
+    def export_module(self) -> nn.Module:
+        """``forward(noise (N, noise_dim), conditions (N, len(condition_names)))`` → showers in MeV.
+
+        Conditions are physical (MeV, rad, mm) in :attr:`condition_names` order; the
+        encoding and the inverse preprocessing are part of the exported graph.
+        """
+        return _Exported(self)
+
+
+class _Exported(nn.Module):
+    def __init__(self, model: ShowerModel) -> None:
+        super().__init__()
+        self.model = model
+        self.names = model.condition_names
+
+    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        extra = {name: conditions[:, i] for i, name in enumerate(self.names) if i > 0}
+        out = self.model.decode(noise, conditions[:, 0], extra)
+        return out.to(torch.float32).clamp_min(0.0)
+
+
+def register(name: str) -> Callable[[type[ShowerModel]], type[ShowerModel]]:
+    """Class decorator: make a family available as ``model.name: NAME``."""
+
+    def deco(cls: type[ShowerModel]) -> type[ShowerModel]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"model family {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        cls.family = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def families() -> list[str]:
+    """Registered family names."""
+    from caloforge import models  # noqa: F401  (imports the shipped families)
+
+    return sorted(_REGISTRY)
+
+
+def get_family(name: str, source: str = "config") -> type[ShowerModel]:
+    """The class registered as ``name``; ConfigError with did-you-mean otherwise."""
+    from caloforge import models  # noqa: F401  (imports the shipped families)
+
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(_REGISTRY))}"
+        raise ConfigError(f"{source}: model.name {name!r} is unknown ({hint})")
+    return _REGISTRY[name]
+
+
+def build(config: ModelConfig, state: Mapping[str, Any]) -> ShowerModel:
+    """Instantiate the family of ``config`` with a fitted ``state`` (no data needed)."""
+    from caloforge.geometry import load_geometry
+
+    cls = get_family(config.name)
+    return cls(config, load_geometry(config.geometry), state)
+
+
+def fit(config: ModelConfig, showers: Tensor, incident_energy: Tensor, conditions: Mapping[str, Tensor],
+        source: str = "training data") -> ShowerModel:
+    """Fit the family's preprocessing on training data and build the model."""
+    from caloforge.geometry import load_geometry
+
+    cls = get_family(config.name)
+    geo = load_geometry(config.geometry)
+    return cls(config, geo, cls.fit_state(config, showers, incident_energy, conditions, geo, source))
+
+
+def layer_sizes(geometry) -> Sequence[int]:
+    """Voxels per read-out layer, in voxel order (for per-layer preprocessing)."""
+    return [layer.n_voxels for layer in geometry.layers if layer.n_voxels]
