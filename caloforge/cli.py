@@ -264,7 +264,9 @@ def _launch_data_parallel(nproc: int) -> None:
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "caloforge", *argv)
     except ChildFailedError as exc:
-        rank, failure = min(exc.failures.items())
+        # the root cause: a process that failed by itself, not one the agent stopped afterwards (SIGTERM)
+        own = {r: f for r, f in exc.failures.items() if f.exitcode != -15} or exc.failures
+        rank, failure = min(own.items(), key=lambda item: (item[1].timestamp, item[0]))
         code = failure.exitcode
         why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         fail(f"training process {rank} of {nproc} failed ({why}); the other processes were stopped", code=1)

@@ -271,17 +271,45 @@ def register(name: str) -> Callable[[type[ShowerModel]], type[ShowerModel]]:
     return deco
 
 
-def families() -> list[str]:
-    """Registered family names."""
+_PLUGINS_LOADED = False
+
+
+def _load_plugins() -> None:
+    """Import the shipped families, then families from other packages.
+
+    Other packages register a family with an entry point in the group
+    ``caloforge.models`` (``name = "package.module"``), or a user lists modules in
+    ``CALOFORGE_MODELS`` (comma-separated, importable from ``sys.path``): either way
+    ``caloforge train`` / ``generate`` and torchrun's worker processes find them.
+    """
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    import importlib
+    import os
+    from importlib.metadata import entry_points
+
     from caloforge import models  # noqa: F401  (imports the shipped families)
 
+    names = [ep.value for ep in entry_points(group="caloforge.models")]
+    names += [m.strip() for m in os.environ.get("CALOFORGE_MODELS", "").split(",") if m.strip()]
+    for module in names:
+        try:
+            importlib.import_module(module.split(":")[0])
+        except ImportError as exc:
+            raise ConfigError(f"CALOFORGE_MODELS / entry point: cannot import model module {module!r} ({exc})") from None
+
+
+def families() -> list[str]:
+    """Registered family names."""
+    _load_plugins()
     return sorted(_REGISTRY)
 
 
 def get_family(name: str, source: str = "config") -> type[ShowerModel]:
     """The class registered as ``name``; ConfigError with did-you-mean otherwise."""
-    from caloforge import models  # noqa: F401  (imports the shipped families)
-
+    _load_plugins()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
         hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(_REGISTRY))}"
