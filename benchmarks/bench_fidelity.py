@@ -24,7 +24,7 @@ ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "calochal
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="demo")
-    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--minutes", type=float, default=30.0, help="training time budget")
     ap.add_argument("--scale", type=float, default=0.5)
     ap.add_argument("--holdout-scale", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=1)
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--output", default="runs/fidelity")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    result = run_demo(args.output, scale=args.scale, holdout_scale=args.holdout_scale, train_minutes=args.minutes,
+    result = run_demo(args.output, scale=args.scale, holdout_scale=args.holdout_scale, safety_minutes=args.minutes,
                       max_iterations=args.max_iterations, config=args.config, threads=args.threads, seed=args.seed,
                       progress=False)
     metrics = json.loads((result.report.parent / "metrics.json").read_text())

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from caloforge.config import load_config
 from caloforge.generate import ShowerGenerator, generate
-from caloforge.models import Preprocessing, build_model
-from caloforge.train import load_config
+from caloforge.models import fit
 
 CONFIGS = Path(__file__).resolve().parents[1] / "caloforge" / "configs"
 # showers generated per batch size: enough for a stable per-shower time
@@ -33,7 +33,8 @@ def loaded(config: str) -> ShowerGenerator:
     cfg = load_config(CONFIGS / f"{config}.yaml").model
     n_vox = {"ds1-photons": 368, "ds1-pions": 533}[cfg.geometry]
     torch.manual_seed(0)
-    model = build_model(cfg, [Preprocessing(256.0, 4194304.0, n_vox, cfg.geometry)]).eval()
+    e = torch.tensor([256.0, 4194304.0], dtype=torch.float64)
+    model = fit(cfg, torch.zeros(2, n_vox), e, {}).eval()  # untrained weights cost the same
     return ShowerGenerator(model, Path(config), cfg.geometry, n_vox, 256.0, 4194304.0, 0, None, asdict(cfg))
 
 
