@@ -13,8 +13,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from caloforge.errors import ConfigError
-from caloforge.io import atomic_path
+from caloforge.io import atomic_path, check_output_dir
 
 if TYPE_CHECKING:
     from caloforge.evaluate.compare import EvaluationResult
@@ -65,15 +64,29 @@ def _auc_class(v: float | None) -> str:
     return "good" if abs(v - 0.5) < 0.05 else ("warn" if abs(v - 0.5) < 0.2 else "bad")
 
 
+def _x1e3(value: float) -> str:
+    """A distance in CaloChallenge units: two decimals, or two significant digits when tiny."""
+    v = float(value) * 1e3
+    if not math.isfinite(v):
+        return "–"
+    return f"{v:.2f}" if abs(v) >= 0.1 or v == 0 else f"{v:.2g}"
+
+
 def format_headline(headline: dict[str, Any]) -> str:
-    """One line with the headline numbers, for terminals and logs."""
+    """One line with the headline numbers, for terminals and logs (FPD/KPD ×10³).
+
+    >>> format_headline({"etot_chi2_ndf": 7.3, "fpd": 0.27111, "kpd": 1.5e-4})
+    'E_tot χ²/ndf 7.3  ·  FPD ×10³ 271.11  ·  KPD ×10³ 0.15'
+    >>> format_headline({"etot_chi2_ndf": 1.0, "kpd": 2e-6})
+    'E_tot χ²/ndf 1  ·  KPD ×10³ 0.002'
+    """
     parts = [f"E_tot χ²/ndf {_fmt(headline.get('etot_chi2_ndf'), 3)}"]
     if headline.get("classifier_auc") is not None:
         parts.append(f"classifier AUC {_fmt(headline['classifier_auc'], 3)}")
-    if headline.get("fpd") is not None:
-        parts.append(f"FPD {_fmt(headline['fpd'], 3)}")
-    if headline.get("kpd") is not None:
-        parts.append(f"KPD {_fmt(headline['kpd'], 3)}")
+    # FPD/KPD in the CaloChallenge units (×10³), as in the report and the demo
+    for key in ("fpd", "kpd"):
+        if headline.get(key) is not None:
+            parts.append(f"{key.upper()} ×10³ {_x1e3(headline[key])}")
     return "  ·  ".join(parts)
 
 
@@ -254,9 +267,7 @@ def _html(result: "EvaluationResult", plots: list[tuple[str, str, str]]) -> str:
 def write_report(result: "EvaluationResult", out_dir: str | Path, *, plots: bool = True,
                  progress: Callable[[int], None] | None = None) -> Path:
     """Write ``metrics.json``, the PNGs and ``report.html`` into ``out_dir``; returns the HTML path."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"{out_dir}: exists and is not a directory; choose another output directory")
+    out_dir = check_output_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(result, out_dir / "metrics.json")
     rows: list[tuple[str, str, str]] = []
