@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import io
 import os
 import sys
 import tempfile
@@ -402,9 +403,11 @@ _WRITE_ERRNOS = {errno.ENOSPC: "disk full", errno.EFBIG: "file too large (file-s
                  errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
 
 
-def _write_error(path: Path, exc: OSError) -> OutputError:
+def _write_error(path: Path, exc: Exception) -> OutputError:
     """One line for a failed write; h5py hides the errno in its message, so look there too."""
-    reason = _WRITE_ERRNOS.get(exc.errno or 0)
+    if isinstance(exc, OutputError):
+        return exc
+    reason = _WRITE_ERRNOS.get(getattr(exc, "errno", None) or 0)
     text = str(exc)
     if reason is None:
         for code, name in _WRITE_ERRNOS.items():
@@ -449,6 +452,31 @@ def atomic_path(path: str | Path, keep_partial: bool = False) -> Iterator[Path]:
         raise
 
 
+class _GuardedFile(io.FileIO):
+    """The HDF5 file's bytes, written through Python so that a failed write (full disk,
+    file-size limit) is *recorded* instead of reaching HDF5, which can crash (SIGSEGV)
+    when it closes a file whose writes failed.  Later writes are dropped: the file is
+    deleted anyway, and the writer raises :class:`OutputError` naming the cause."""
+
+    error: OSError | None = None
+
+    def write(self, b) -> int:
+        if self.error is None:
+            try:
+                return super().write(b)
+            except OSError as exc:
+                self.error = exc
+        return len(memoryview(b))
+
+    def truncate(self, size=None):
+        if self.error is None:
+            try:
+                return super().truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return size
+
+
 class ShowerWriter:
     """Append showers to a CaloChallenge file chunk by chunk, atomically.
 
@@ -488,6 +516,7 @@ class ShowerWriter:
         self.n = 0
         self._ctx = None
         self._file = None
+        self._raw: _GuardedFile | None = None
         self._sigint = None
 
     def __enter__(self) -> "ShowerWriter":
@@ -503,8 +532,14 @@ class ShowerWriter:
             raise
         try:
             with deferred():
-                self._file = h5py.File(tmp, "w")
+                self._raw = _GuardedFile(tmp, "w+")
+                self._file = h5py.File(self._raw, "w")
                 self._create(h5py)
+                self._check_written()
+        except (OSError, RuntimeError) as exc:  # h5py reports a full disk as either
+            err = _write_error(self.path, (self._raw and self._raw.error) or exc)
+            self.__exit__(type(err), err, None)
+            raise err from None
         except BaseException:
             self.__exit__(*sys.exc_info())
             raise
@@ -536,6 +571,17 @@ class ShowerWriter:
             raise DataError(f"{self.path}: expected showers of shape ({len(energy)}, {self.n_voxels}), got {showers.shape}")
         if set(conditions) != set(self.conditions):
             raise DataError(f"{self.path}: expected conditions {list(self.conditions)}, got {sorted(conditions)}")
+        try:
+            self._append(energy, showers, conditions)
+        except (OSError, RuntimeError) as exc:  # h5py reports a failed write as either
+            raise _write_error(self.path, self._raw.error or exc) from None
+        self._check_written()
+
+    def _check_written(self) -> None:
+        if self._raw is not None and self._raw.error is not None:
+            raise _write_error(self.path, self._raw.error)
+
+    def _append(self, energy, showers, conditions) -> None:
         f, lo, hi = self._file, self.n, self.n + len(energy)
         with deferred():  # all datasets grow together: a partial file holds whole showers
             f["incident_energies"].resize(hi, axis=0)
@@ -561,10 +607,14 @@ class ShowerWriter:
         """Close the file, then rename it onto ``path`` (success), to ``.partial`` (an
         interruption) or delete it (an error), re-raising ``exc``."""
         try:
-            if self._file is not None:
-                with deferred():
+            with deferred():
+                if self._file is not None:
                     self._file.close()
-        except BaseException as close_exc:  # e.g. the disk filled while HDF5 wrote its metadata
+                if self._raw is not None:
+                    self._raw.close()
+                    if self._raw.error is not None and exc is None:  # e.g. the metadata at close
+                        exc = _write_error(self.path, self._raw.error)
+        except BaseException as close_exc:
             exc = exc or close_exc
         if exc is None:
             self._ctx.__exit__(None, None, None)
