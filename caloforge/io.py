@@ -165,6 +165,12 @@ def _detect(path: Path, f) -> str:
 
 
 def _check_float(path: Path, name: str, ds) -> None:
+    import h5py
+
+    if not isinstance(ds, h5py.Dataset):  # e.g. a group where the dataset belongs
+        raise DataError(f"{path}: {name!r} is a {type(ds).__name__.lower()}, expected a dataset")
+    if ds.ndim == 0:
+        raise DataError(f"{path}: dataset {name!r} is a scalar, expected one row per shower")
     if ds.dtype.kind != "f":
         raise DataError(f"{path}: dataset {name!r} has dtype {ds.dtype}, expected floating point")
 
@@ -187,8 +193,8 @@ def _layout(path: Path, f, geometry: Geometry | None) -> _Layout:
         _check_float(path, "showers", s)
         if e.ndim not in (1, 2) or (e.ndim == 2 and e.shape[1] != 1):
             raise DataError(f"{path}: 'incident_energies' must have shape (N, 1), got {e.shape}")
-        if s.ndim != 2:
-            raise DataError(f"{path}: 'showers' must have shape (N, n_voxels), got {s.shape}")
+        if s.ndim != 2 or s.shape[1] == 0:
+            raise DataError(f"{path}: 'showers' must have shape (N, n_voxels) with n_voxels > 0, got {s.shape}")
         if e.shape[0] != s.shape[0]:
             raise DataError(f"{path}: 'incident_energies' has {e.shape[0]} rows but 'showers' has {s.shape[0]}")
         conds = []
@@ -703,7 +709,8 @@ def summarize(path: str | Path, geometry: Geometry | str | None = None, max_dist
             distinct.update(np.unique(np.round(e, 6)).tolist())
             if len(distinct) > max_distinct:
                 distinct = None
-        resp_sum += float((part.showers.sum(axis=1, dtype=np.float64) / e).sum())
+        with np.errstate(over="ignore"):  # a tiny (subnormal) energy gives an infinite response, not a warning
+            resp_sum += float((part.showers.sum(axis=1, dtype=np.float64) / e).sum())
         zeros += int(np.count_nonzero(part.showers == 0))
     summary = FileSummary(
         path=str(path),
