@@ -1,12 +1,13 @@
 """Write an evaluation to disk: ``metrics.json``, PNG plots and a self-contained ``report.html``.
 
-The HTML has inline CSS, no JavaScript and no external resources: images are
-referenced by relative path next to it, so the directory can be copied anywhere
-and opened in a browser with no server and no network.
+The HTML is one file: inline CSS, no JavaScript, no external resources, every plot
+embedded as a base64 ``data:`` URI.  It can be moved, e-mailed or opened with no
+server and no network; the PNGs are also written beside it for papers and slides.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -122,21 +123,25 @@ def _cards(m: dict[str, Any]) -> str:
 
 
 def _feature_table(m: dict[str, Any]) -> str:
+    from caloforge.evaluate.plots import feature_axis
+
     rows = []
     feats = m["features"]
     order = sorted(feats, key=lambda k: -((feats[k]["inclusive"] or {}).get("chi2_ndf") or 0.0))
     for name in order:
         inc = feats[name]["inclusive"]
         if inc is None:
-            rows.append(f'<tr><td class="name">{html.escape(name)}</td><td colspan="6">not comparable</td></tr>')
+            rows.append(f'<tr><td class="name">{html.escape(name)}</td><td colspan="8">not comparable</td></tr>')
             continue
+        unit = feature_axis(name)[1]
         rows.append(
-            f'<tr><td class="name">{html.escape(name)}</td><td>{_fmt(inc["separation_power"], 3)}</td>'
+            f'<tr><td class="name">{html.escape(name)}</td><td>{html.escape(unit) or "–"}</td>'
+            f'<td>{_fmt(inc["separation_power"], 3)}</td>'
             f'<td class="{_chi2_class(inc["chi2_ndf"])}">{_fmt(inc["chi2_ndf"], 3)}</td><td>{_fmt(inc["ndf"])}</td>'
             f'<td>{_fmt(inc["mean_reference"])}</td><td>{_fmt(inc["mean_generated"])}</td>'
             f'<td>{_fmt(inc["std_reference"])}</td><td>{_fmt(inc["std_generated"])}</td></tr>'
         )
-    head = ('<tr><th class="name">feature</th><th>separation power</th><th>χ²/ndf</th><th>ndf</th>'
+    head = ('<tr><th class="name">feature</th><th>unit</th><th>separation power</th><th>χ²/ndf</th><th>ndf</th>'
             '<th>mean ref</th><th>mean gen</th><th>std ref</th><th>std gen</th></tr>')
     return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
 
@@ -220,7 +225,11 @@ def _memorisation_table(m: dict[str, Any]) -> str:
     )
 
 
-def _html(result: "EvaluationResult", plots: list[tuple[str, str, str]]) -> str:
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _html(result: "EvaluationResult", plots: list[tuple[str, str, str]], out_dir: Path | None = None) -> str:
     m = result.metrics
     title = f"caloforge evaluation — {m['geometry']}"
     sections = {"features": "Feature histograms", "per-energy": "Per incident energy",
@@ -232,8 +241,10 @@ def _html(result: "EvaluationResult", plots: list[tuple[str, str, str]]) -> str:
             continue
         figs.append(f"<h2>{heading}</h2>")
         for t, f in items:
-            figs.append(f'<figure><img src="{html.escape(f)}" alt="{html.escape(t)}" loading="lazy">'
-                        f"<figcaption>{html.escape(t)}</figcaption></figure>")
+            src = _data_uri(out_dir / f) if out_dir is not None else html.escape(f)  # embedded: one file
+            figs.append(f'<figure><img src="{src}" alt="{html.escape(t)}">'
+                        f"<figcaption>{html.escape(t)} <span class='meta'>({html.escape(f)})</span>"
+                        "</figcaption></figure>")
     fpd, kpd = m.get("fpd"), m.get("kpd")
     dist = ""
     if fpd:
@@ -277,5 +288,5 @@ def write_report(result: "EvaluationResult", out_dir: str | Path, *, plots: bool
         rows = plot_all(result, out_dir, progress=progress)
     path = out_dir / "report.html"
     with atomic_path(path) as tmp:
-        tmp.write_text(_html(result, rows), encoding="utf-8")
+        tmp.write_text(_html(result, rows, out_dir), encoding="utf-8")
     return path
