@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from caloforge.errors import CaloforgeError
@@ -109,6 +109,14 @@ def _write_raw(path: Path, spec) -> None:
 @FUZZ
 @given(spec=shower_files(), geometry=st.sampled_from([None, "ds1-photons", "calogan"]),
        chunk=st.sampled_from([None, 1, 4]))
+# bugs the fuzzer found, kept as fixed examples: scalar datasets (IndexError), showers with
+# 0 voxels (ZeroDivisionError in summarize), a group where a dataset belongs (AttributeError)
+@example(spec=({"energy": np.float32(69.0), "layer_0": np.float32(1.0), "layer_1": np.float32(1.0),
+                "layer_2": np.float32(1.0)}, [], [], {}), geometry=None, chunk=None)
+@example(spec=({"incident_energies": np.ones((1, 1), np.float32), "showers": np.zeros((1, 0), np.float32)},
+               [], [], {}), geometry=None, chunk=None)
+@example(spec=({"incident_energies": np.ones((2, 1)), "showers": np.ones((2, 368))}, [], ["showers"], {}),
+         geometry=None, chunk=None)
 def test_reader_never_raises_anything_but_a_one_line_error(spec, geometry, chunk):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "fuzz.h5"
@@ -193,6 +201,15 @@ def _load_yaml_text(text: str):
 
 @FUZZ
 @given(doc=geometry_docs())
+# found by the fuzzer: unhashable / non-numeric values reached Python's TypeError / ValueError
+@example(doc={"name": "", "materials": {}, "layers": [{"material": [], "thickness": 0, "nx": 0, "ny": 0}]})
+@example(doc={"layers": [{"thickness": 20, "material": "pbwo4", "nx": "5", "ny": 4, "cell_x": 22, "cell_y": 22}],
+              "materials": {"pbwo4": {"Z": "x", "X0": 8.9, "lambda_I": 200, "moliere_radius": 21.9,
+                                      "critical_energy": 9.6}}})
+@example(doc={"materials": [1, 2], "layers": [{"thickness": 1, "material": "pbwo4"}]})
+@example(doc={"layers": [{"thickness": 3.5, "material": "clic-w-si", "r_edges": 5, "n_alpha": 8}]})
+@example(doc={"layers": [{"thickness": 3.5, "material": "clic-w-si", "nx": 1e300, "ny": 2, "cell_x": 1,
+                          "cell_y": 1}]})
 def test_geometry_yaml_structured(doc):
     geo = _load_yaml_text(yaml.safe_dump(doc, allow_unicode=True))
     if geo is not None:  # an accepted geometry is usable
