@@ -58,6 +58,21 @@ def _wait_for(p: subprocess.Popen, condition, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
+def _has_open(p: subprocess.Popen, path: Path) -> bool:
+    """True once the process holds ``path`` open (Linux /proc): its work has begun."""
+    try:
+        fds = os.listdir(f"/proc/{p.pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{p.pid}/fd/{fd}") == str(path):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _temps(d: Path) -> list[str]:
     return sorted(f.name for f in d.rglob("*.tmp"))
 
@@ -96,7 +111,7 @@ def test_sigint_stops_simulate_with_exit_130_and_complete_files(tmp_path, worker
     stopped = time.monotonic() - t0
     assert rc == 130, out
     assert "interrupted" in out and "Traceback" not in out and "Exception ignored" not in out, out
-    assert stopped < 5.0, f"took {stopped:.1f} s to stop"
+    assert stopped < 10.0, f"took {stopped:.1f} s to stop"  # ~0.3–1.5 s on an idle machine
     assert not (tmp_path / "out.h5").exists()
     assert _temps(tmp_path) == []
     _check_outputs(tmp_path / "out.h5")
@@ -216,8 +231,9 @@ def test_evaluate_stops_promptly_on_sigint(tmp_path, eval_inputs, moment):
                 "-o", str(out)], tmp_path)
     if moment == "plots":  # while the report directory fills up
         _wait_for(p, lambda: out.is_dir() and any(out.glob("*.png")), timeout=120)
-    else:
-        time.sleep(2.5)  # reading the files and computing features
+    else:  # while it reads the files and computes features (not during interpreter start-up)
+        _wait_for(p, lambda: _has_open(p, ref.resolve()), timeout=120)
+        time.sleep(0.3)
     assert p.poll() is None
     p.send_signal(signal.SIGKILL if moment == "kill" else signal.SIGINT)
     t0 = time.monotonic()
@@ -228,7 +244,7 @@ def test_evaluate_stops_promptly_on_sigint(tmp_path, eval_inputs, moment):
             assert png.read_bytes().endswith(b"IEND\xaeB`\x82"), png
         return
     assert rc == 130 and "Traceback" not in text, text
-    assert time.monotonic() - t0 < 5.0
+    assert time.monotonic() - t0 < 10.0
     _check_report_dir(out)
 
 

@@ -430,12 +430,12 @@ def profiles(result: "EvaluationResult", out_dir: Path) -> list[Path]:
                 if kind == "longitudinal":
                     _profile_panel(ax, rax, x_long, result.longitudinal["reference"][i + 1][active],
                                    result.longitudinal["generated"][i + 1][active], result.labels, "layer id",
-                                   "⟨E⟩ [MeV]")
+                                   "mean E [MeV]")
                     _layer_ticks(rax, layer_ids)
                 else:
                     _profile_panel(ax, rax, r_edges, result.radial["reference"][i + 1],
                                    result.radial["generated"][i + 1], result.labels, "r [mm]",
-                                   "⟨E⟩ / area [MeV/mm²]",
+                                   "E density [MeV/mm²]",
                                    density=ring_area)
                 ax.set_title(p["label"], fontsize=10)
             fig.suptitle(f"{kind} profile per incident energy", fontsize=12, y=1.0 + 0.03 / nrows)
