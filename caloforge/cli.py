@@ -42,8 +42,11 @@ def user_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from caloforge.interrupt import handle_sigint
+
         try:
-            return fn(*args, **kwargs)
+            with handle_sigint():  # a Ctrl-C swallowed by a __del__ is re-raised, not lost
+                return fn(*args, **kwargs)
         except CaloforgeError as exc:
             fail(str(exc).replace("\n", " "))
         except KeyboardInterrupt:
@@ -105,16 +108,20 @@ def info_cmd(
     console.print(f"[bold]{s.path}[/]  ({s.format} format)")
     console.print(f"showers: {s.n_showers}")
     console.print(f"voxels per shower: {s.n_voxels}")
-    console.print(f"incident energy: {format_energy(s.energy_min)} … {format_energy(s.energy_max)}")
-    if s.distinct_energies is not None:
-        console.print(f"distinct energies ({len(s.distinct_energies)}): "
-                      + ", ".join(format_energy(e) for e in s.distinct_energies))
+    if s.n_showers == 0:  # no energies, response or sparsity to show (they would be NaN)
+        console.print("0 showers: the file holds no data")
     else:
-        console.print("distinct energies: continuous spectrum")
+        console.print(f"incident energy: {format_energy(s.energy_min)} … {format_energy(s.energy_max)}")
+        if s.distinct_energies is not None:
+            console.print(f"distinct energies ({len(s.distinct_energies)}): "
+                          + ", ".join(format_energy(e) for e in s.distinct_energies))
+        else:
+            console.print("distinct energies: continuous spectrum")
     if s.conditions:
         console.print("extra conditions: " + ", ".join(s.conditions))
-    console.print(f"mean E_tot / E_inc: {s.mean_response:.4f}")
-    console.print(f"sparsity (fraction of empty voxels): {s.sparsity:.4f}")
+    if s.n_showers:
+        console.print(f"mean E_tot / E_inc: {s.mean_response:.4f}")
+        console.print(f"sparsity (fraction of empty voxels): {s.sparsity:.4f}")
     if s.geometry is not None:
         colour = "green" if s.geometry_match else "red"
         console.print(f"geometry: [{colour}]{s.geometry_message}[/]")
@@ -132,9 +139,11 @@ def simulate_cmd(
     particle: Optional[str] = typer.Option(None, "--particle", "-p",
                                            help="photon | electron | pion (default: the preset's)."),
     energies: Optional[str] = typer.Option(None, "--energies",
-                                           help="Discrete energies, e.g. 1GeV,10GeV,100GeV (--n showers each)."),
+                                           help="Discrete energies, e.g. 1GeV,10GeV,100GeV (--n showers each; "
+                                           "bare numbers are MeV)."),
     energy_range: Optional[str] = typer.Option(None, "--energy-range",
-                                               help="Energy range LOW:HIGH, e.g. 1GeV:100GeV (--n showers in all)."),
+                                               help="Energy range LOW:HIGH, e.g. 1GeV:100GeV (--n showers in all; "
+                                               "bare numbers are MeV)."),
     log: bool = typer.Option(False, "--log", help="Log-uniform instead of uniform in --energy-range."),
     theta: Optional[str] = typer.Option(None, "--theta",
                                         help="Polar angle in degrees (90 = perpendicular), or a range, e.g. 30:90."),
@@ -149,8 +158,11 @@ def simulate_cmd(
 ) -> None:
     """Simulate reference showers (parametrised GFlash EM + hadronic model) into a CaloChallenge file."""
     from caloforge.errors import ConfigError
+    from caloforge.io import check_output_file
     from caloforge.simulate import EnergySpec, get_preset, parse_angle, parse_range, write_plan
     from caloforge.simulate.api import make_part
+
+    check_output_file(output)  # a bad -o fails now, not after the simulation
 
     def angle(text: Optional[str]):
         if text is None:
@@ -223,9 +235,10 @@ def evaluate_cmd(
     from caloforge.evaluate.report import format_headline, write_report
     from caloforge.geometry import load_geometry
 
+    from caloforge.io import check_output_dir
+
+    check_output_dir(output)  # before minutes of work, not after
     geo = load_geometry(geometry)
-    if output.exists() and not output.is_dir():  # before minutes of work, not after
-        fail(f"{output}: exists and is not a directory; choose another output directory")
     result = compare(reference, generated, geo, per_energy=per_energy, classifier=classifier, seed=seed,
                      device=device, progress=True, max_showers=max_showers, training=training)
     with console.status("writing plots and report"):

@@ -19,3 +19,7 @@ class DataError(CaloforgeError, ValueError):
 
 class ConfigError(CaloforgeError, ValueError):
     """A configuration file or option has an unknown key or a bad value."""
+
+
+class OutputError(CaloforgeError, OSError):
+    """An output path cannot be written: a directory, no permission, a full disk."""

@@ -651,6 +651,54 @@ _LAYER_KEYS = set(Layer.__dataclass_fields__)
 _MATERIAL_KEYS = {"Z", "X0", "lambda_I", "moliere_radius", "critical_energy"}
 
 
+_INT_FIELDS = {"id", "n_alpha", "nx", "ny"}
+_FLOAT_FIELDS = {"z_front", "thickness", "sampling_fraction", "sampling_term", "cell_x", "cell_y"}
+_MAX_LAYER_BINS = 10**7  # per layer: beyond this a typo, not a calorimeter
+
+
+def _number(where: str, key: str, value, integer: bool = False, positive: bool = False):
+    """A finite number (an integer with ``integer``) from YAML, or GeometryError naming the key."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GeometryError(f"{where}: {key} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise GeometryError(f"{where}: {key} must be finite, got {value}")
+    if positive and value <= 0:
+        raise GeometryError(f"{where}: {key} must be positive, got {value}")
+    if integer:
+        if value != int(value) or abs(value) > _MAX_LAYER_BINS:
+            raise GeometryError(f"{where}: {key} must be an integer up to {_MAX_LAYER_BINS}, got {value}")
+        return int(value)
+    return float(value)
+
+
+def _text(where: str, key: str, value) -> str:
+    if isinstance(value, (dict, list)):
+        raise GeometryError(f"{where}: {key} must be text, got {value!r}")
+    return "" if value is None else str(value)
+
+
+def _layer_spec(where: str, raw: dict) -> dict:
+    """A layer mapping with every field of the right type (YAML gives anything)."""
+    spec = dict(raw)
+    for key in _INT_FIELDS & set(spec):
+        spec[key] = _number(where, key, spec[key], integer=True)
+    for key in _FLOAT_FIELDS & set(spec):
+        spec[key] = _number(where, key, spec[key])
+    if "name" in spec:
+        spec["name"] = _text(where, "name", spec["name"])
+    if "kind" in spec and spec["kind"] not in ("polar", "cartesian"):
+        raise GeometryError(f"{where}: kind must be 'polar' or 'cartesian', not {spec['kind']!r}")
+    if "r_edges" in spec:
+        edges = spec["r_edges"]
+        if not isinstance(edges, list) or len(edges) > _MAX_LAYER_BINS:
+            raise GeometryError(f"{where}: r_edges must be a list of radii in mm, got {edges!r}")
+        spec["r_edges"] = tuple(_number(where, "r_edges", v) for v in edges)
+    if spec.get("nx", 0) * spec.get("ny", 0) > _MAX_LAYER_BINS or spec.get("n_alpha", 1) * len(
+            spec.get("r_edges", ())) > _MAX_LAYER_BINS:
+        raise GeometryError(f"{where}: more than {_MAX_LAYER_BINS} voxels in one layer")
+    return spec
+
+
 def geometry_from_dict(data: dict, where: str = "geometry") -> Geometry:
     """Build a :class:`Geometry` from plain data (the form :meth:`Geometry.to_dict` writes).
 
@@ -664,10 +712,15 @@ def geometry_from_dict(data: dict, where: str = "geometry") -> Geometry:
     if unknown:
         raise GeometryError(f"{where}: unknown key(s) {sorted(unknown)}")
     materials = dict(MATERIALS)
-    for mname, props in (data.get("materials") or {}).items():
+    user_materials = data.get("materials") or {}
+    if not isinstance(user_materials, dict):
+        raise GeometryError(f"{where}: 'materials' must be a mapping of name → properties")
+    for mname, props in user_materials.items():
         if not isinstance(props, dict) or set(props) != _MATERIAL_KEYS:
             raise GeometryError(f"{where}: material {mname!r} needs exactly {sorted(_MATERIAL_KEYS)}")
-        materials[mname] = Material(name=mname, **{k: float(v) for k, v in props.items()})
+        mname = _text(where, "material name", mname)
+        materials[mname] = Material(name=mname, **{k: _number(f"{where}: material {mname!r}", k, v, positive=True)
+                                                   for k, v in props.items()})
     raw_layers = data.get("layers")
     if not isinstance(raw_layers, list) or not raw_layers:
         raise GeometryError(f"{where}: 'layers' must be a non-empty list")
@@ -679,11 +732,11 @@ def geometry_from_dict(data: dict, where: str = "geometry") -> Geometry:
         unknown = set(raw) - _LAYER_KEYS
         if unknown:
             raise GeometryError(f"{where}: layer {i}: unknown key(s) {sorted(unknown)}")
-        spec = dict(raw)
+        spec = _layer_spec(f"{where}: layer {i}", raw)
         spec.setdefault("id", i)
         spec.setdefault("z_front", z)
         mname = spec.get("material")
-        if mname not in materials:
+        if not isinstance(mname, str) or mname not in materials:
             raise GeometryError(f"{where}: layer {i}: unknown material {mname!r}")
         spec["material"] = materials[mname]
         if "thickness" not in spec:
@@ -696,16 +749,21 @@ def geometry_from_dict(data: dict, where: str = "geometry") -> Geometry:
             layer = Layer(**spec)
         except TypeError as exc:
             raise GeometryError(f"{where}: layer {i}: {exc}") from None
+        except GeometryError as exc:  # name the file too
+            raise GeometryError(f"{where}: {exc}") from None
         layers.append(layer)
         z = layer.z_front + layer.thickness
-    return Geometry(
-        name=str(data.get("name") or "custom"),
-        layers=tuple(layers),
-        upstream_X0=float(data.get("upstream_X0", 0.0)),
-        description=str(data.get("description", "")),
-        particle=str(data.get("particle", "")),
-        source=where,
-    )
+    try:
+        return Geometry(
+            name=_text(where, "name", data.get("name")) or "custom",
+            layers=tuple(layers),
+            upstream_X0=_number(where, "upstream_X0", data.get("upstream_X0", 0.0)),
+            description=_text(where, "description", data.get("description")),
+            particle=_text(where, "particle", data.get("particle")),
+            source=where,
+        )
+    except GeometryError as exc:
+        raise GeometryError(exc.args[0] if str(exc).startswith(where) else f"{where}: {exc}") from None
 
 
 def geometry_from_yaml(path: str | Path) -> Geometry:

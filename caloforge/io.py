@@ -28,7 +28,10 @@ Example
 from __future__ import annotations
 
 import difflib
+import errno
+import io
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,8 +40,9 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from caloforge.errors import DataError
+from caloforge.errors import DataError, OutputError
 from caloforge.geometry import Geometry, load_geometry
+from caloforge.interrupt import check, deferred, handle_sigint
 
 __all__ = [
     "CONDITION_NAMES",
@@ -52,6 +56,8 @@ __all__ = [
     "write_calogan",
     "summarize",
     "atomic_path",
+    "check_output_file",
+    "check_output_dir",
 ]
 
 CONDITION_NAMES = ("incident_theta", "incident_phi", "impact_x", "impact_y")
@@ -159,6 +165,12 @@ def _detect(path: Path, f) -> str:
 
 
 def _check_float(path: Path, name: str, ds) -> None:
+    import h5py
+
+    if not isinstance(ds, h5py.Dataset):  # e.g. a group where the dataset belongs
+        raise DataError(f"{path}: {name!r} is a {type(ds).__name__.lower()}, expected a dataset")
+    if ds.ndim == 0:
+        raise DataError(f"{path}: dataset {name!r} is a scalar, expected one row per shower")
     if ds.dtype.kind != "f":
         raise DataError(f"{path}: dataset {name!r} has dtype {ds.dtype}, expected floating point")
 
@@ -181,8 +193,8 @@ def _layout(path: Path, f, geometry: Geometry | None) -> _Layout:
         _check_float(path, "showers", s)
         if e.ndim not in (1, 2) or (e.ndim == 2 and e.shape[1] != 1):
             raise DataError(f"{path}: 'incident_energies' must have shape (N, 1), got {e.shape}")
-        if s.ndim != 2:
-            raise DataError(f"{path}: 'showers' must have shape (N, n_voxels), got {s.shape}")
+        if s.ndim != 2 or s.shape[1] == 0:
+            raise DataError(f"{path}: 'showers' must have shape (N, n_voxels) with n_voxels > 0, got {s.shape}")
         if e.shape[0] != s.shape[0]:
             raise DataError(f"{path}: 'incident_energies' has {e.shape[0]} rows but 'showers' has {s.shape[0]}")
         conds = []
@@ -285,6 +297,7 @@ def iter_showers(
         stop = layout.n if stop is None else min(stop, layout.n)
         step = _chunk_rows(layout.n_voxels, chunk_size)
         for lo in range(start, stop, step):
+            check()  # a Ctrl-C swallowed by a callback stops a long pass here
             yield _read_rows(path, f, layout, lo, min(lo + step, stop), validate)
 
 
@@ -312,6 +325,7 @@ def read_showers(
         conds = {k: np.empty(n, np.float64) for k in layout.conditions}
         step = _chunk_rows(layout.n_voxels, None)
         for lo in range(start, stop, step):
+            check()
             hi = min(lo + step, stop)
             part = _read_rows(path, f, layout, lo, hi, validate)
             energy[lo - start : hi - start] = part.incident_energy
@@ -337,37 +351,146 @@ def _umask() -> int:
     return mask
 
 
+def _check_parent(path: Path, what: str) -> None:
+    """The nearest existing ancestor of ``path`` must be a writable directory (OutputError if not)."""
+    for p in path.absolute().parents:
+        if p.exists():
+            if not p.is_dir():
+                raise OutputError(f"{path}: cannot write {what}: {p} is not a directory")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise OutputError(f"{path}: cannot write {what}: directory {p} is not writable")
+            return
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Check, before any work starts, that an output *file* can be written at ``path``.
+
+    Call it on every ``-o FILE`` (simulate, generate, train's files, …) so that a bad
+    path fails in a second, not after the work.  Refuses, with an
+    :class:`~caloforge.errors.OutputError` naming the path (one line, exit 2 in the
+    CLI): an existing directory or other non-regular file, a parent that is a file,
+    and a location without write permission.  Nothing is created: missing parent
+    directories are created (like ``mkdir -p``) only when the file is written
+    (:func:`atomic_path`).  An existing regular file is fine: it is replaced
+    atomically once the new one is complete.  Returns ``path`` as a Path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory; give a file name for the output, e.g. {path / 'out.h5'}")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{path}: exists and is not a regular file")
+    if path.name in ("", ".", ".."):
+        raise OutputError(f"{path}: not a file name")
+    _check_parent(path, "the output file")
+    return path
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Check, before any work starts, that an output *directory* (a report, a run) is usable.
+
+    Refuses (:class:`~caloforge.errors.OutputError`, one line) a path that exists and
+    is not a directory, a parent that is a file, and a location without write
+    permission.  Nothing is created: a missing directory (and its parents) is created
+    when the first file is written.  Returns ``path`` as a Path.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: exists and is not a directory; choose another output directory")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise OutputError(f"{path}: output directory is not writable")
+    else:
+        _check_parent(path, "the output directory")
+    return path
+
+
+_WRITE_ERRNOS = {errno.ENOSPC: "disk full", errno.EFBIG: "file too large (file-size limit)",
+                 errno.EDQUOT: "disk quota exceeded", errno.EIO: "I/O error", errno.EROFS: "read-only file system",
+                 errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+
+
+def _write_error(path: Path, exc: Exception) -> OutputError:
+    """One line for a failed write; h5py hides the errno in its message, so look there too."""
+    if isinstance(exc, OutputError):
+        return exc
+    reason = _WRITE_ERRNOS.get(getattr(exc, "errno", None) or 0)
+    text = str(exc)
+    if reason is None:
+        for code, name in _WRITE_ERRNOS.items():
+            if f"errno = {code}," in text or os.strerror(code) in text:
+                reason = name
+                break
+    return OutputError(f"{path}: write failed: {reason or _h5_reason(exc)}; nothing was written under this name")
+
+
 @contextmanager
 def atomic_path(path: str | Path, keep_partial: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
-    On an exception the temporary file is deleted (or, with ``keep_partial``, renamed
-    to ``<stem>.partial<suffix>``), and an existing ``path`` is left untouched.
+    On an exception the temporary file is deleted (or, with ``keep_partial`` and an
+    interruption, renamed to ``<stem>.partial<suffix>``), and an existing ``path`` is
+    left untouched.  A failed write (full disk, file-size limit, …) raises
+    :class:`OutputError`.  The parent directory is created when missing.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = check_output_file(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would honour the umask
     try:
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would honour the umask
         yield tmp_path
-    except BaseException:
-        if keep_partial and tmp_path.exists() and tmp_path.stat().st_size > 0:
+        check()  # a Ctrl-C swallowed during the work: do not publish the file
+        with deferred():  # an interrupt here must not leave the file half-renamed or the temp behind
+            os.replace(tmp_path, path)
+    except BaseException as exc:
+        # a partial file only for an interruption: after a failed write it may be inconsistent
+        if (keep_partial and isinstance(exc, KeyboardInterrupt) and tmp_path.exists()
+                and tmp_path.stat().st_size > 0):
             os.replace(tmp_path, path.with_name(f"{path.stem}.partial{path.suffix}"))
         else:
             tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise _write_error(path, exc) from None
         raise
-    os.replace(tmp_path, path)
+
+
+class _GuardedFile(io.FileIO):
+    """The HDF5 file's bytes, written through Python so that a failed write (full disk,
+    file-size limit) is *recorded* instead of reaching HDF5, which can crash (SIGSEGV)
+    when it closes a file whose writes failed.  Later writes are dropped: the file is
+    deleted anyway, and the writer raises :class:`OutputError` naming the cause."""
+
+    error: OSError | None = None
+
+    def write(self, b) -> int:
+        if self.error is None:
+            try:
+                return super().write(b)
+            except OSError as exc:
+                self.error = exc
+        return len(memoryview(b))
+
+    def truncate(self, size=None):
+        if self.error is None:
+            try:
+                return super().truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return size
 
 
 class ShowerWriter:
     """Append showers to a CaloChallenge file chunk by chunk, atomically.
 
     The file is built under a temporary name and renamed onto ``path`` when the
-    writer closes without error.  Each :meth:`append` is flushed, so if the process
-    is interrupted the showers written so far survive, complete, in
-    ``<stem>.partial.h5`` (on an exception) or in the temporary file (on a kill).
+    writer closes without error.  Each :meth:`append` is flushed and shielded from
+    Ctrl-C, so on an interruption the showers appended so far survive, whole, in
+    ``<stem>.partial.h5``; after a kill they are in the temporary file; after a failed
+    write (full disk) nothing is left and :class:`~caloforge.errors.OutputError` says why.
 
     >>> import numpy as np, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "out.h5")
@@ -399,13 +522,36 @@ class ShowerWriter:
         self.n = 0
         self._ctx = None
         self._file = None
+        self._raw: _GuardedFile | None = None
+        self._sigint = None
 
     def __enter__(self) -> "ShowerWriter":
         import h5py
 
-        self._ctx = atomic_path(self.path, keep_partial=True)
-        tmp = self._ctx.__enter__()
-        self._file = h5py.File(tmp, "w")
+        self._sigint = handle_sigint()  # Ctrl-C between appends, never inside one
+        self._sigint.__enter__()
+        try:
+            self._ctx = atomic_path(self.path, keep_partial=True)
+            tmp = self._ctx.__enter__()
+        except BaseException:
+            self._sigint.__exit__(*sys.exc_info())
+            raise
+        try:
+            with deferred():
+                self._raw = _GuardedFile(tmp, "w+")
+                self._file = h5py.File(self._raw, "w")
+                self._create(h5py)
+                self._check_written()
+        except (OSError, RuntimeError) as exc:  # h5py reports a full disk as either
+            err = _write_error(self.path, (self._raw and self._raw.error) or exc)
+            self.__exit__(type(err), err, None)
+            raise err from None
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def _create(self, h5py) -> None:
         rows = max(1, min(1024, (1 << 20) // (4 * self.n_voxels)))
         opts = dict(compression=self.compression) if self.compression else {}
         if self.compression == "gzip":
@@ -420,7 +566,7 @@ class ShowerWriter:
             f.create_dataset(name, (0, 1), maxshape=(None, 1), dtype=np.float64, chunks=(4096, 1))
         for k, v in self.attrs.items():
             f.attrs[k] = v
-        return self
+        f.flush()
 
     def append(self, incident_energy, showers, conditions: Mapping[str, np.ndarray] | None = None) -> None:
         """Append a block of complete showers and flush it to disk."""
@@ -431,23 +577,55 @@ class ShowerWriter:
             raise DataError(f"{self.path}: expected showers of shape ({len(energy)}, {self.n_voxels}), got {showers.shape}")
         if set(conditions) != set(self.conditions):
             raise DataError(f"{self.path}: expected conditions {list(self.conditions)}, got {sorted(conditions)}")
+        try:
+            self._append(energy, showers, conditions)
+        except (OSError, RuntimeError) as exc:  # h5py reports a failed write as either
+            raise _write_error(self.path, self._raw.error or exc) from None
+        self._check_written()
+
+    def _check_written(self) -> None:
+        if self._raw is not None and self._raw.error is not None:
+            raise _write_error(self.path, self._raw.error)
+
+    def _append(self, energy, showers, conditions) -> None:
         f, lo, hi = self._file, self.n, self.n + len(energy)
-        f["incident_energies"].resize(hi, axis=0)
-        f["incident_energies"][lo:hi] = energy
-        f["showers"].resize(hi, axis=0)
-        f["showers"][lo:hi] = showers
-        for name in self.conditions:
-            f[name].resize(hi, axis=0)
-            f[name][lo:hi] = np.asarray(conditions[name], dtype=np.float64).reshape(-1, 1)
-        f.flush()
-        self.n = hi
+        with deferred():  # all datasets grow together: a partial file holds whole showers
+            f["incident_energies"].resize(hi, axis=0)
+            f["incident_energies"][lo:hi] = energy
+            f["showers"].resize(hi, axis=0)
+            f["showers"][lo:hi] = showers
+            for name in self.conditions:
+                f[name].resize(hi, axis=0)
+                f[name][lo:hi] = np.asarray(conditions[name], dtype=np.float64).reshape(-1, 1)
+            f.flush()
+            self.n = hi
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self._file.close()
-        if exc_type is None:
+        try:
+            self._finish(exc)
+        except BaseException as err:
+            self._sigint.__exit__(type(err), err, err.__traceback__)
+            raise
+        self._sigint.__exit__(None, None, None)
+        return False
+
+    def _finish(self, exc: BaseException | None) -> None:
+        """Close the file, then rename it onto ``path`` (success), to ``.partial`` (an
+        interruption) or delete it (an error), re-raising ``exc``."""
+        try:
+            with deferred():
+                if self._file is not None:
+                    self._file.close()
+                if self._raw is not None:
+                    self._raw.close()
+                    if self._raw.error is not None and exc is None:  # e.g. the metadata at close
+                        exc = _write_error(self.path, self._raw.error)
+        except BaseException as close_exc:
+            exc = exc or close_exc
+        if exc is None:
             self._ctx.__exit__(None, None, None)
-            return False
-        return bool(self._ctx.__exit__(exc_type, exc, tb))
+        elif not self._ctx.__exit__(type(exc), exc, exc.__traceback__):
+            raise exc
 
 
 def write_showers(
@@ -531,7 +709,8 @@ def summarize(path: str | Path, geometry: Geometry | str | None = None, max_dist
             distinct.update(np.unique(np.round(e, 6)).tolist())
             if len(distinct) > max_distinct:
                 distinct = None
-        resp_sum += float((part.showers.sum(axis=1, dtype=np.float64) / e).sum())
+        with np.errstate(over="ignore"):  # a tiny (subnormal) energy gives an infinite response, not a warning
+            resp_sum += float((part.showers.sum(axis=1, dtype=np.float64) / e).sum())
         zeros += int(np.count_nonzero(part.showers == 0))
     summary = FileSummary(
         path=str(path),

@@ -23,7 +23,7 @@ import numpy as np
 if TYPE_CHECKING:
     from caloforge.evaluate.compare import EvaluationResult, FeatureHistogram
 
-__all__ = ["plot_all", "feature_grid", "per_energy_grid", "mean_images", "profiles", "group_features"]
+__all__ = ["plot_all", "feature_axis", "ratio_limits", "feature_grid", "per_energy_grid", "mean_images", "profiles", "group_features"]
 
 REF_COLOUR = "#4a6fa5"
 GEN_COLOUR = "#d1495b"
@@ -112,7 +112,103 @@ def _plot_edges(h: "FeatureHistogram") -> tuple[np.ndarray, np.ndarray, np.ndarr
     return edges, out[0], out[1], log
 
 
-def _hist_panel(ax, rax, h: "FeatureHistogram", labels: Sequence[str], title: str, legend: bool) -> None:
+# (pattern, axis label, unit): the features of caloforge.evaluate.features and their units
+_FEATURE_AXES = [
+    (r"E_tot", "E_tot", "MeV"),
+    (r"E_ratio", "E_tot / E_inc", ""),
+    (r"E_layer_(\d+)", "E in layer {0}", "MeV"),
+    (r"sparsity_layer_(\d+)", "sparsity in layer {0}", ""),
+    (r"CE_eta_layer_(\d+)", "centre of energy x (η) in layer {0}", "mm"),
+    (r"CE_phi_layer_(\d+)", "centre of energy y (φ) in layer {0}", "mm"),
+    (r"CE_r_layer_(\d+)", "centre of energy r in layer {0}", "mm"),
+    (r"width_eta_layer_(\d+)", "width in x (η) in layer {0}", "mm"),
+    (r"width_phi_layer_(\d+)", "width in y (φ) in layer {0}", "mm"),
+    (r"width_r_layer_(\d+)", "width in r in layer {0}", "mm"),
+    (r"n_hits", "number of hits (cells > 0)", ""),
+    (r"CoG_([xyz])", "centre of gravity {0}", "mm"),
+    (r"frac_layer_(\d+)", "energy fraction in layer {0}", ""),
+    (r"depth_weighted_energy", "Σ layer × E_layer", "MeV"),
+    (r"shower_depth", "shower depth", "layers"),
+    (r"shower_depth_width", "shower depth width", "layers"),
+    (r"lateral_width_layer_(\d+)", "lateral width in layer {0}", "mm"),
+    (r"nonzero_fraction_layer_(\d+)", "fraction of non-empty cells in layer {0}", ""),
+    (r"atlas_Eratio", "E_ratio (strips)", ""),
+    (r"atlas_f([13])", "f{0}", ""),
+    (r"atlas_weta1", "w_η1", "strips"),
+    (r"atlas_weta2", "w_η2", "mm"),
+]
+
+
+def feature_axis(name: str) -> tuple[str, str]:
+    """``(label, unit)`` of a feature for plot axes; unit ``""`` when dimensionless.
+
+    >>> feature_axis("E_layer_3"), feature_axis("E_ratio"), feature_axis("mystery")
+    (('E in layer 3', 'MeV'), ('E_tot / E_inc', ''), ('mystery', ''))
+    """
+    for pattern, label, unit in _FEATURE_AXES:
+        m = re.fullmatch(pattern, name)
+        if m:
+            return label.format(*m.groups()), unit
+    return name, ""
+
+
+def _with_unit(label: str, unit: str) -> str:
+    return f"{label} [{unit}]" if unit else label
+
+
+def ratio_limits(ratio: np.ndarray, err: np.ndarray | None = None) -> tuple[float, float]:
+    """y range of a gen/ref panel chosen from the data: symmetric about 1, covering the
+    points (their 90th percentile deviation, so a lone empty-bin outlier does not flatten
+    the rest), at least 1 ± 0.1 and at most 0 … 4.
+
+    >>> ratio_limits(np.array([0.98, 1.01, 1.03]))
+    (0.9, 1.1)
+    >>> lo, hi = ratio_limits(np.array([0.2, 1.0, 1.9])); bool(lo < 0.3 and hi > 1.8)
+    True
+    """
+    r = np.asarray(ratio, float)
+    dev = np.abs(r[np.isfinite(r)] - 1.0)
+    if err is not None:  # a point's error bar should fit too, when it is not huge
+        e = np.asarray(err, float)[np.isfinite(r)]
+        dev = np.maximum(dev, np.where(np.isfinite(e) & (e < 1.0), dev + e, dev))
+    # few points (profiles): all of them; many: all but the wildest tenth
+    span = float(np.percentile(dev, 90) if dev.size >= 10 else dev.max(initial=0.0)) * 1.15 if dev.size else 0.1
+    span = float(np.clip(span, 0.1, 3.0))
+    return round(max(0.0, 1.0 - span), 3), round(1.0 + span, 3)
+
+
+def _ratio_panel(rax, x, ratio, err=None, stairs_edges=None) -> None:
+    """gen/ref with a data-driven range; points beyond it are drawn as arrows at the edge."""
+    lo, hi = ratio_limits(ratio, err)
+    if stairs_edges is not None:
+        rax.stairs(np.clip(ratio, lo, hi), stairs_edges, color=GEN_COLOUR, lw=1.2, baseline=None)
+    else:
+        inside = np.isfinite(ratio) & (ratio >= lo) & (ratio <= hi)
+        rax.errorbar(x[inside], ratio[inside], yerr=None if err is None else np.where(np.isfinite(err), err, 0)[inside],
+                     fmt="o", ms=2, color=GEN_COLOUR, lw=0.8)
+        above, below = np.isfinite(ratio) & (ratio > hi), np.isfinite(ratio) & (ratio < lo)
+        rax.plot(x[above], np.full(above.sum(), hi), "^", ms=4, color=GEN_COLOUR, clip_on=False)
+        rax.plot(x[below], np.full(below.sum(), lo), "v", ms=4, color=GEN_COLOUR, clip_on=False)
+    rax.axhline(1.0, color="grey", lw=0.8)
+    rax.set_ylim(lo, hi)
+    half = 0.5 * (hi - lo)  # ticks inside the panel: they never touch the main panel's labels
+    rax.set_yticks([1.0 - 0.5 * half, 1.0, 1.0 + 0.5 * half], [f"{1.0 - 0.5 * half:.3g}", "1", f"{1.0 + 0.5 * half:.3g}"])
+    rax.set_ylabel("gen/ref", fontsize=8)
+
+
+def _headroom(ax, log: bool, fraction: float = 0.3) -> None:
+    """Leave the top ``fraction`` of a panel free for text (nothing covers the bars)."""
+    lo, hi = ax.get_ylim()
+    if log:
+        ax.set_ylim(lo, lo * (hi / lo) ** (1 / (1 - fraction)))
+    else:
+        ax.set_ylim(lo, lo + (hi - lo) / (1 - fraction))
+
+
+def _hist_panel(ax, rax, h: "FeatureHistogram", labels: Sequence[str], title: str, legend: bool = False,
+                xlabel: str | None = None) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     edges, r, g, log = _plot_edges(h)
     widths = np.diff(edges)
     ax.stairs(r / widths, edges, fill=True, color=REF_COLOUR, alpha=0.35, label=labels[0])
@@ -121,20 +217,25 @@ def _hist_panel(ax, rax, h: "FeatureHistogram", labels: Sequence[str], title: st
     if log:
         ax.set_xscale("log")
         rax.set_xscale("log")
-    if (r > 0).sum() > 2 and (r[r > 0].max() / r[r > 0].min()) > 1e3:
+    log_y = (r > 0).sum() > 2 and (r[r > 0].max() / r[r > 0].min()) > 1e3
+    if log_y:
         ax.set_yscale("log")
+    _headroom(ax, log_y)
     sp = h.stats.get("separation_power")
     c2 = h.stats.get("chi2_ndf")
     txt = []
-    if sp is not None and math.isfinite(sp):
-        txt.append(f"sep. {sp:.3g}")
     if c2 is not None and math.isfinite(c2):
         txt.append(f"χ²/ndf {c2:.3g}")
+    if sp is not None and math.isfinite(sp):
+        txt.append(f"sep. {sp:.2g}")
     ax.set_title(title, fontsize=10)
-    if txt:
-        ax.text(0.97, 0.95, "\n".join(txt), transform=ax.transAxes, ha="right", va="top", fontsize=8)
+    if txt:  # in the free band at the top, clear of the bars
+        ax.text(0.97, 0.95, "   ".join(txt), transform=ax.transAxes, ha="right", va="top", fontsize=8)
     if legend:
         ax.legend(loc="upper left", fontsize=8, frameon=False)
+    label, unit = feature_axis(h.name)
+    ax.set_ylabel(f"1/N dN/dx [1/{unit}]" if unit else "1/N dN/dx", fontsize=9)
+    ax.yaxis.set_major_locator(MaxNLocator(5, prune="lower")) if not log_y else None
     # ratio generated / reference with Poisson errors of both (per-bin counts)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(r > 0, g / r, np.nan)
@@ -142,10 +243,8 @@ def _hist_panel(ax, rax, h: "FeatureHistogram", labels: Sequence[str], title: st
         n_g = max(float(np.sum(h.generated)), 1.0)
         err = ratio * np.sqrt(1.0 / np.maximum(r * n_r, 1e-12) + 1.0 / np.maximum(g * n_g, 1e-12))
     centres = np.sqrt(edges[:-1] * edges[1:]) if log else 0.5 * (edges[:-1] + edges[1:])
-    rax.errorbar(centres, ratio, yerr=np.where(np.isfinite(err), err, 0), fmt="o", ms=2, color=GEN_COLOUR, lw=0.8)
-    rax.axhline(1.0, color="grey", lw=0.8)
-    rax.set_ylim(0.5, 1.5)
-    rax.set_ylabel("gen/ref", fontsize=8)
+    _ratio_panel(rax, centres, ratio, err)
+    rax.set_xlabel(xlabel or _with_unit(label, unit), fontsize=9)
     ax.tick_params(labelbottom=False)
 
 
@@ -153,24 +252,34 @@ def _hist_panel(ax, rax, h: "FeatureHistogram", labels: Sequence[str], title: st
 def feature_grid(hists: Sequence["FeatureHistogram"], path: Path, title: str = "",
                  labels: Sequence[str] = ("reference", "generated"), panel_titles: Sequence[str] | None = None,
                  ncols: int | None = None) -> Path:
-    """Histograms (with ratio panels) of several features in one figure."""
+    """Histograms (with ratio panels) of several features in one figure; one legend above them."""
+    from matplotlib.patches import Patch
+    from matplotlib.lines import Line2D
+
     plt = _plt()
     n = len(hists)
     ncols = ncols or min(n, 5)
     nrows = math.ceil(n / ncols)
-    fig = plt.figure(figsize=(3.4 * ncols + 0.5, 3.6 * nrows + (0.4 if title else 0)))
-    # main, ratio and a spacer row per feature row, so titles do not sit on the ratio above
-    gs = fig.add_gridspec(nrows * 3, ncols, height_ratios=[3, 1, 0.55] * nrows, hspace=0.08, wspace=0.3)
+    top = 1.15 if title else 0.75  # inches above the panels: title, legend, panel titles
+    fig = plt.figure(figsize=(3.6 * ncols + 0.5, 3.9 * nrows + top))
+    # main, ratio and a spacer row (x label, then the next row's title) per feature row
+    gs = fig.add_gridspec(nrows * 3, ncols, height_ratios=[3, 1, 0.85] * nrows, hspace=0.08, wspace=0.38)
     for i, h in enumerate(hists):
         row, col = divmod(i, ncols)
         ax = fig.add_subplot(gs[3 * row, col])
         rax = fig.add_subplot(gs[3 * row + 1, col], sharex=ax)
-        _hist_panel(ax, rax, h, labels, panel_titles[i] if panel_titles else h.name, legend=i == 0)
+        _hist_panel(ax, rax, h, labels, panel_titles[i] if panel_titles else h.name,
+                    xlabel=_with_unit(*feature_axis(h.name)) if panel_titles else None)
     width, height = fig.get_size_inches()
-    fig.subplots_adjust(left=0.75 / width, right=1 - 0.15 / width, bottom=0.45 / height,
-                        top=1 - (0.75 if title else 0.35) / height)
+    fig.subplots_adjust(left=0.8 / width, right=1 - 0.15 / width, bottom=0.1 / height, top=1 - top / height)
+    # one legend for all panels, above them: it covers no data
+    handles = [Patch(facecolor=REF_COLOUR, alpha=0.35, edgecolor=REF_COLOUR, label=labels[0]),
+               Line2D([], [], color=GEN_COLOUR, lw=1.5, label=labels[1]),
+               Line2D([], [], color=GEN_COLOUR, marker="o", ms=3, lw=0, label=f"{labels[1]} / {labels[0]}")]
+    fig.legend(handles=handles, loc="upper center", ncol=3, frameon=False, fontsize=9,
+               bbox_to_anchor=(0.5, 1 - (0.42 if title else 0.05) / height))
     if title:
-        fig.suptitle(title, fontsize=13, y=1 - 0.15 / height)
+        fig.suptitle(title, fontsize=13, y=1 - 0.12 / height)
     _save(fig, path, tight=False)
     return path
 
@@ -270,16 +379,15 @@ def _profile_panel(ax, rax, x_edges, ref, gen, labels, xlabel, ylabel, log_y=Tru
         ref, gen = ref / density, gen / density
     ax.stairs(ref, x_edges, color=REF_COLOUR, fill=True, alpha=0.35, label=labels[0])
     ax.stairs(gen, x_edges, color=GEN_COLOUR, lw=1.5, label=labels[1])
-    if log_y and np.any(ref > 0):
+    log_y = log_y and bool(np.any(ref > 0))
+    if log_y:
         ax.set_yscale("log")
+    _headroom(ax, log_y, 0.25)  # the legend sits in the free band at the top
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=8, frameon=False, loc="upper right", ncol=2)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(ref > 0, gen / ref, np.nan)
-    rax.stairs(ratio, x_edges, color=GEN_COLOUR, lw=1.2, baseline=None)
-    rax.axhline(1.0, color="grey", lw=0.8)
-    rax.set_ylim(0.5, 1.5)
-    rax.set_ylabel("gen/ref", fontsize=8)
+    _ratio_panel(rax, None, ratio, stairs_edges=x_edges)
     rax.set_xlabel(xlabel)
     ax.tick_params(labelbottom=False)
 
@@ -321,11 +429,13 @@ def profiles(result: "EvaluationResult", out_dir: Path) -> list[Path]:
                 ax, rax = fig.add_subplot(gs[3 * row, col]), fig.add_subplot(gs[3 * row + 1, col])
                 if kind == "longitudinal":
                     _profile_panel(ax, rax, x_long, result.longitudinal["reference"][i + 1][active],
-                                   result.longitudinal["generated"][i + 1][active], result.labels, "layer id", "MeV")
+                                   result.longitudinal["generated"][i + 1][active], result.labels, "layer id",
+                                   "mean E [MeV]")
                     _layer_ticks(rax, layer_ids)
                 else:
                     _profile_panel(ax, rax, r_edges, result.radial["reference"][i + 1],
-                                   result.radial["generated"][i + 1], result.labels, "r [mm]", "MeV/mm²",
+                                   result.radial["generated"][i + 1], result.labels, "r [mm]",
+                                   "E density [MeV/mm²]",
                                    density=ring_area)
                 ax.set_title(p["label"], fontsize=10)
             fig.suptitle(f"{kind} profile per incident energy", fontsize=12, y=1.0 + 0.03 / nrows)

@@ -1,20 +1,20 @@
 """Write an evaluation to disk: ``metrics.json``, PNG plots and a self-contained ``report.html``.
 
-The HTML has inline CSS, no JavaScript and no external resources: images are
-referenced by relative path next to it, so the directory can be copied anywhere
-and opened in a browser with no server and no network.
+The HTML is one file: inline CSS, no JavaScript, no external resources, every plot
+embedded as a base64 ``data:`` URI.  It can be moved, e-mailed or opened with no
+server and no network; the PNGs are also written beside it for papers and slides.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from caloforge.errors import ConfigError
-from caloforge.io import atomic_path
+from caloforge.io import atomic_path, check_output_dir
 
 if TYPE_CHECKING:
     from caloforge.evaluate.compare import EvaluationResult
@@ -65,15 +65,29 @@ def _auc_class(v: float | None) -> str:
     return "good" if abs(v - 0.5) < 0.05 else ("warn" if abs(v - 0.5) < 0.2 else "bad")
 
 
+def _x1e3(value: float) -> str:
+    """A distance in CaloChallenge units: two decimals, or two significant digits when tiny."""
+    v = float(value) * 1e3
+    if not math.isfinite(v):
+        return "–"
+    return f"{v:.2f}" if abs(v) >= 0.1 or v == 0 else f"{v:.2g}"
+
+
 def format_headline(headline: dict[str, Any]) -> str:
-    """One line with the headline numbers, for terminals and logs."""
+    """One line with the headline numbers, for terminals and logs (FPD/KPD ×10³).
+
+    >>> format_headline({"etot_chi2_ndf": 7.3, "fpd": 0.27111, "kpd": 1.5e-4})
+    'E_tot χ²/ndf 7.3  ·  FPD ×10³ 271.11  ·  KPD ×10³ 0.15'
+    >>> format_headline({"etot_chi2_ndf": 1.0, "kpd": 2e-6})
+    'E_tot χ²/ndf 1  ·  KPD ×10³ 0.002'
+    """
     parts = [f"E_tot χ²/ndf {_fmt(headline.get('etot_chi2_ndf'), 3)}"]
     if headline.get("classifier_auc") is not None:
         parts.append(f"classifier AUC {_fmt(headline['classifier_auc'], 3)}")
-    if headline.get("fpd") is not None:
-        parts.append(f"FPD {_fmt(headline['fpd'], 3)}")
-    if headline.get("kpd") is not None:
-        parts.append(f"KPD {_fmt(headline['kpd'], 3)}")
+    # FPD/KPD in the CaloChallenge units (×10³), as in the report and the demo
+    for key in ("fpd", "kpd"):
+        if headline.get(key) is not None:
+            parts.append(f"{key.upper()} ×10³ {_x1e3(headline[key])}")
     return "  ·  ".join(parts)
 
 
@@ -109,21 +123,25 @@ def _cards(m: dict[str, Any]) -> str:
 
 
 def _feature_table(m: dict[str, Any]) -> str:
+    from caloforge.evaluate.plots import feature_axis
+
     rows = []
     feats = m["features"]
     order = sorted(feats, key=lambda k: -((feats[k]["inclusive"] or {}).get("chi2_ndf") or 0.0))
     for name in order:
         inc = feats[name]["inclusive"]
         if inc is None:
-            rows.append(f'<tr><td class="name">{html.escape(name)}</td><td colspan="6">not comparable</td></tr>')
+            rows.append(f'<tr><td class="name">{html.escape(name)}</td><td colspan="8">not comparable</td></tr>')
             continue
+        unit = feature_axis(name)[1]
         rows.append(
-            f'<tr><td class="name">{html.escape(name)}</td><td>{_fmt(inc["separation_power"], 3)}</td>'
+            f'<tr><td class="name">{html.escape(name)}</td><td>{html.escape(unit) or "–"}</td>'
+            f'<td>{_fmt(inc["separation_power"], 3)}</td>'
             f'<td class="{_chi2_class(inc["chi2_ndf"])}">{_fmt(inc["chi2_ndf"], 3)}</td><td>{_fmt(inc["ndf"])}</td>'
             f'<td>{_fmt(inc["mean_reference"])}</td><td>{_fmt(inc["mean_generated"])}</td>'
             f'<td>{_fmt(inc["std_reference"])}</td><td>{_fmt(inc["std_generated"])}</td></tr>'
         )
-    head = ('<tr><th class="name">feature</th><th>separation power</th><th>χ²/ndf</th><th>ndf</th>'
+    head = ('<tr><th class="name">feature</th><th>unit</th><th>separation power</th><th>χ²/ndf</th><th>ndf</th>'
             '<th>mean ref</th><th>mean gen</th><th>std ref</th><th>std gen</th></tr>')
     return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
 
@@ -207,7 +225,11 @@ def _memorisation_table(m: dict[str, Any]) -> str:
     )
 
 
-def _html(result: "EvaluationResult", plots: list[tuple[str, str, str]]) -> str:
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _html(result: "EvaluationResult", plots: list[tuple[str, str, str]], out_dir: Path | None = None) -> str:
     m = result.metrics
     title = f"caloforge evaluation — {m['geometry']}"
     sections = {"features": "Feature histograms", "per-energy": "Per incident energy",
@@ -219,8 +241,10 @@ def _html(result: "EvaluationResult", plots: list[tuple[str, str, str]]) -> str:
             continue
         figs.append(f"<h2>{heading}</h2>")
         for t, f in items:
-            figs.append(f'<figure><img src="{html.escape(f)}" alt="{html.escape(t)}" loading="lazy">'
-                        f"<figcaption>{html.escape(t)}</figcaption></figure>")
+            src = _data_uri(out_dir / f) if out_dir is not None else html.escape(f)  # embedded: one file
+            figs.append(f'<figure><img src="{src}" alt="{html.escape(t)}">'
+                        f"<figcaption>{html.escape(t)} <span class='meta'>({html.escape(f)})</span>"
+                        "</figcaption></figure>")
     fpd, kpd = m.get("fpd"), m.get("kpd")
     dist = ""
     if fpd:
@@ -254,9 +278,7 @@ def _html(result: "EvaluationResult", plots: list[tuple[str, str, str]]) -> str:
 def write_report(result: "EvaluationResult", out_dir: str | Path, *, plots: bool = True,
                  progress: Callable[[int], None] | None = None) -> Path:
     """Write ``metrics.json``, the PNGs and ``report.html`` into ``out_dir``; returns the HTML path."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"{out_dir}: exists and is not a directory; choose another output directory")
+    out_dir = check_output_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(result, out_dir / "metrics.json")
     rows: list[tuple[str, str, str]] = []
@@ -266,5 +288,5 @@ def write_report(result: "EvaluationResult", out_dir: str | Path, *, plots: bool
         rows = plot_all(result, out_dir, progress=progress)
     path = out_dir / "report.html"
     with atomic_path(path) as tmp:
-        tmp.write_text(_html(result, rows), encoding="utf-8")
+        tmp.write_text(_html(result, rows, out_dir), encoding="utf-8")
     return path

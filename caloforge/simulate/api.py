@@ -14,8 +14,10 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from caloforge import interrupt
 from caloforge.errors import ConfigError
 from caloforge.geometry import Geometry, load_geometry
 from caloforge.io import CONDITION_NAMES, ShowerData, ShowerWriter
@@ -42,6 +45,7 @@ PARTICLES = {
     "pion": "pion", "pi+": "pion", "pi-": "pion", "pi": "pion", "pion+": "pion", "pion-": "pion",
 }
 PHOTON_CONVERSION_X0 = 9.0 / 7.0  # mean free path of a high-energy photon
+FLUSH_SECONDS = 2.0  # finished showers wait at most this long before they reach the file
 MAX_SPOTS = 100_000  # spots handled at once: bounds memory (≈ 100 bytes per spot) and page faults
 
 
@@ -335,25 +339,52 @@ def _default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel the queue and end the workers now: on Ctrl-C or an error, nobody waits for them."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    terminate = getattr(pool, "terminate_workers", None)  # Python ≥ 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            proc.terminate()
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.join(timeout=5)
+
+
+def _result(future) -> ShowerData:
+    """The future's result, polling so that a Ctrl-C swallowed elsewhere is acted on within 0.1 s."""
+    while True:
+        interrupt.check()
+        try:
+            return future.result(timeout=0.1)
+        except FuturesTimeout:
+            continue
+
+
 def _run_tasks(geo: Geometry, tasks: Sequence[_Task], seed: int, workers: int) -> Iterator[ShowerData]:
     """The tasks' blocks, in order: here, or on ``workers`` processes with a bounded window in flight."""
     if workers == 1:
         stack = Stack.build(geo)
         for t in tasks:
+            interrupt.check()
             yield simulate_block(stack, t, seed)
         return
     ctx = multiprocessing.get_context(_start_method())
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(geo,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(geo,))
+    try:
         pending: deque = deque()
-        try:
-            for t in tasks:
-                pending.append(pool.submit(_run_task, (t, seed)))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        for t in tasks:
+            pending.append(pool.submit(_run_task, (t, seed)))
+            if len(pending) >= 2 * workers:
+                yield _result(pending.popleft())
+        while pending:
+            yield _result(pending.popleft())
+    except BaseException:  # Ctrl-C, an error, or the consumer closing the generator early
+        _stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
 
 
 def iter_plan(geometry: Geometry | str, parts: Sequence[Part], seed: int = 0, workers: int | None = 1,
@@ -446,7 +477,11 @@ def simulate(
 def write_plan(path: str | Path, geometry: Geometry | str, parts: Sequence[Part], seed: int = 0,
                workers: int | None = None, progress: bool = False, chunk: int = 4096,
                attrs: dict | None = None) -> int:
-    """Stream a plan into a CaloChallenge HDF5 file (atomic; partial on interruption). Returns the count."""
+    """Stream a plan into a CaloChallenge HDF5 file (atomic). Returns the count.
+
+    Showers are appended every ``chunk`` showers or :data:`FLUSH_SECONDS`, whichever
+    comes first; on Ctrl-C the finished ones are appended too and the file is left as
+    ``<stem>.partial.h5`` holding whole showers."""
     geo = load_geometry(geometry)
     names = _condition_names(parts)
     meta = {"generator": "caloforge.simulate", "geometry": geo.name, "seed": int(seed),
@@ -454,20 +489,29 @@ def write_plan(path: str | Path, geometry: Geometry | str, parts: Sequence[Part]
     meta.update(attrs or {})
     buf: list[ShowerData] = []
     buffered = 0
+    last_flush = time.monotonic()
 
     def flush(w: ShowerWriter) -> None:
-        nonlocal buf, buffered
-        if buf:
-            d = ShowerData.concatenate(buf)
-            w.append(d.incident_energy, d.showers, {k: d.conditions[k] for k in names})
-            buf, buffered = [], 0
+        nonlocal buf, buffered, last_flush
+        with interrupt.deferred():  # written and forgotten together: never twice, never lost
+            if buf:
+                d = ShowerData.concatenate(buf)
+                w.append(d.incident_energy, d.showers, {k: d.conditions[k] for k in names})
+                buf, buffered = [], 0
+            last_flush = time.monotonic()
 
     with ShowerWriter(path, geo.n_voxels, conditions=names, attrs=meta) as writer:
-        for block in iter_plan(geo, parts, seed, workers, progress, description=f"simulating → {Path(path).name}"):
-            buf.append(block)
-            buffered += len(block)
-            if buffered >= chunk:
-                flush(writer)
+        try:
+            for block in iter_plan(geo, parts, seed, workers, progress,
+                                   description=f"simulating → {Path(path).name}"):
+                buf.append(block)
+                buffered += len(block)
+                # by size, and by time so that slow geometries keep their finished showers too
+                if buffered >= chunk or time.monotonic() - last_flush > FLUSH_SECONDS:
+                    flush(writer)
+        except KeyboardInterrupt:
+            flush(writer)  # the finished blocks go into FILE.partial.h5
+            raise
         flush(writer)
         return writer.n
 
