@@ -384,6 +384,7 @@ def generate_cmd(
 
     from caloforge.errors import ConfigError
     from caloforge.generate import generate_to_file, load_model, parse_energies, reference_energies
+    from caloforge.io import check_output_file
     from caloforge.runtime import set_threads
 
     if (energies is None) == (like is None):
@@ -392,6 +393,7 @@ def generate_cmd(
         raise ConfigError("--energies needs --n N (showers per energy, N > 0)")
     if like is not None and (n is not None or theta or phi):
         raise ConfigError("--like takes energies and conditions from the reference file: drop --n/--theta/--phi")
+    check_output_file(output)  # before loading the model, not after generating
     set_threads(threads or None)
     gen = load_model(model, device=device)
     if like is not None:
