@@ -171,8 +171,9 @@ def tiny_model(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     e = np.repeat([1024.0, 65536.0], 20)
     showers = rng.gamma(0.5, 1.0, (40, 368)) * (rng.random((40, 368)) < 0.4)
-    config = {"model": {"latent_dim": 4, "generator_hidden": [8], "critic_hidden": [8], "voxel_scale": 100.0},
-              "training": {"batch_size": 16, "critic_steps": 1, "max_iterations": 2, "checkpoint_every": 2,
+    config = {"model": {"latent_dim": 4, "generator_hidden": [8], "critic_hidden": [8], "voxel_scale": 100.0,
+                        "critic_steps": 1},
+              "training": {"batch_size": 16, "max_iterations": 2, "checkpoint_every": 2,
                            "tensorboard": False}}
     out = tmp_path_factory.mktemp("model") / "run"
     train(config, ShowerData(e, showers), out, progress=False)
