@@ -174,8 +174,21 @@ class EnergySplit(ShowerModel):
             out[k, :, :b.shape[1]] = b
         return out.permute(1, 0, 2).reshape(n, -1)
 
+    def noise_spec(self):
+        # the layout of sample_noise: one block of noise_dim columns per range, zero-padded
+        specs = [p.noise_spec() for p in self.parts]
+        kinds = {s["distribution"] for s in specs}
+        if kinds != {"normal"}:
+            raise NotImplementedError(f"energy_split noise_spec for {sorted(kinds)} noise")
+        mean, std = [], []
+        for s in specs:
+            pad = self.noise_dim - len(s["mean"])
+            mean += list(s["mean"]) + [0.0] * pad
+            std += list(s["std"]) + [0.0] * pad
+        return {"distribution": "normal", "mean": mean, "std": std}
+
     def _noise_for(self, noise: Tensor, k: int) -> Tensor:
-        return noise.reshape(len(noise), len(self.parts), self.noise_dim)[:, k, :self.parts[k].noise_dim]
+        return noise.reshape(-1, len(self.parts), self.noise_dim)[:, k, :self.parts[k].noise_dim]
 
     def decode(self, noise, incident_energy, conditions):
         # every range on every row, then pick: branch-free, so it exports to ONNX
