@@ -440,6 +440,39 @@ def demo_cmd(
     console.print(f"done in {total / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items()) + ")")
 
 
+# --- export / bench (caloforge.export, caloforge.bench) ----------------------------
+@app.command("export")
+@user_errors
+def export_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint directory (e.g. RUN_DIR/best) or run directory."),
+    format: str = typer.Option("onnx", "--format", "-f", help="onnx (ONNX Runtime, ROOT SOFIE; opset 17) or "
+                               "torchscript (LibTorch C++, examples/cpp)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output file (.onnx or .pt); written only after the "
+                                "parity check passed."),
+    tolerance: float = typer.Option(1e-5, "--tolerance", help="Largest allowed |Δvoxel| / E_shower against "
+                                    "PyTorch on the same noise."),
+    exporter: str = typer.Option("auto", "--exporter", help="ONNX exporter: auto (TorchScript-based, then "
+                                 "dynamo), torchscript or dynamo."),
+) -> None:
+    """Export the sampling network (noise + physical conditions → voxel energies in MeV) for deployment.
+
+    The graph includes the condition encoding, the inverse preprocessing and the final
+    clamp at 0; the batch size is dynamic; the file carries the geometry, voxel count,
+    condition names/encoding, energy range and noise distribution as metadata.  The
+    written file is run on the same noise as PyTorch before it is kept.
+    """
+    from caloforge.export import check_output_path, export_model
+
+    check_output_path(output, format)  # before the model is loaded
+    result = export_model(model, format, output, tolerance=tolerance, exporter=exporter)
+    m = result.metadata
+    console.print(f"{m['family']} ({m['geometry']}, {m['n_voxels']} voxels; inputs noise [N, {m['noise_dim']}], "
+                  f"conditions [N, {len(m['condition_names'])}] = {', '.join(m['condition_names'])})")
+    console.print(f"parity vs PyTorch on {result.n_checked} showers: max |Δ|/E_shower = {result.max_deviation:.2e} "
+                  f"(tolerance {tolerance:g})")
+    print(f"output: {result.path}")
+
+
 def main() -> None:  # console-script entry point
     app()
 

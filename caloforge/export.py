@@ -245,11 +245,11 @@ def _write_onnx(module, args, tmp: Path, metadata: Mapping[str, Any], exporter: 
 
 
 def _write_torchscript(module, args, tmp: Path, metadata: Mapping[str, Any]) -> None:
+    text = "".join(f"{k} {v}\n" for k, v in flat_metadata(metadata).items() if k != "caloforge_metadata")
     with _quiet(), torch.no_grad():
         traced = torch.jit.trace(module, args, check_trace=False)
-    text = "".join(f"{k} {v}\n" for k, v in flat_metadata(metadata).items() if k != "caloforge_metadata")
-    torch.jit.save(traced, str(tmp), _extra_files={"caloforge.json": json.dumps(dict(metadata), indent=1),
-                                                   "caloforge.txt": text})
+        torch.jit.save(traced, str(tmp), _extra_files={"caloforge.json": json.dumps(dict(metadata), indent=1),
+                                                       "caloforge.txt": text})
 
 
 def _runner(fmt: str, path: Path) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:

@@ -163,7 +163,17 @@ struct Args {
 
 Args parse_args(int argc, char** argv) {
   Args a;
-  std::vector<std::string> v(argv + 1, argv + argc);
+  std::vector<std::string> v;
+  for (int i = 1; i < argc; ++i) {  // --option=value is --option value
+    std::string arg = argv[i];
+    auto eq = arg.find('=');
+    if (arg.rfind("--", 0) == 0 && eq != std::string::npos) {
+      v.push_back(arg.substr(0, eq));
+      v.push_back(arg.substr(eq + 1));
+    } else {
+      v.push_back(arg);
+    }
+  }
   auto value = [&](size_t& i) -> const std::string& {
     if (i + 1 >= v.size()) throw UsageError(v[i] + " needs a value");
     return v[++i];
