@@ -122,3 +122,12 @@ def test_cpp_bench_reports_the_protocol(program, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert [r["batch"] for r in rows] == [1, 10] and all(r["ms_per_shower"] > 0 and r["repeats"] == 2 for r in rows)
+
+
+def test_bench_times_the_cpp_path(program, tmp_path):
+    from caloforge.bench import bench
+    from caloforge.checkpoint import point_best, write_checkpoint
+
+    point_best(tmp_path, write_checkpoint(tmp_path / "checkpoints" / "iter-0000001", _models()[1]))
+    report = bench(tmp_path, paths=["cpp"], batches=[1, 3], repeats=1, cpp_program=program)
+    assert [(r["path"], r["batch"]) for r in report["results"]] == [("cpp", 1), ("cpp", 3)]
