@@ -361,6 +361,8 @@ def generate_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     threads: int = typer.Option(0, "--threads", help="Torch threads (0 = the CPUs this process may use)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    engine: str = typer.Option("auto", "--engine", help="auto (ONNX Runtime for large CPU requests when it "
+                               "reproduces the model, else PyTorch), pytorch or onnxruntime."),
 ) -> None:
     """Generate showers from a trained model into a CaloChallenge-format file."""
     import warnings
@@ -402,7 +404,7 @@ def generate_cmd(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         generate_to_file(gen, output, incident, conditions=conditions, batch_size=batch_size, seed=seed,
-                         progress=True)  # gen is already on --device
+                         progress=True, engine=engine)  # gen is already on --device
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}")
     console.print(f"wrote {len(incident)} showers ({gen.n_voxels} voxels, {gen.geometry}) from {gen.path}")

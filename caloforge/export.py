@@ -162,8 +162,9 @@ def max_relative_deviation(reference, other) -> float:
     return float(rel.max()) if rel.size else 0.0
 
 
-def onnx_session(path: str | Path, threads: int = 1):
-    """An ONNX Runtime CPU session with all graph optimisations and ``threads`` intra-op threads."""
+def onnx_session(path: str | Path | bytes, threads: int = 1):
+    """An ONNX Runtime CPU session (a file, or the model's bytes) with all graph optimisations and ``threads``
+    intra-op threads."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -171,7 +172,8 @@ def onnx_session(path: str | Path, threads: int = 1):
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
