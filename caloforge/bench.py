@@ -68,15 +68,18 @@ def time_calls(call: Callable[[], Any], batch: int, repeats: int, sync: Callable
         call()
     sync()
     calls = calls_per_repeat(batch) if calls is None else int(calls)
-    per_shower = []
+    per_shower, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(calls):
             call()
         sync()
         per_shower.append((time.perf_counter() - t0) * 1e3 / (calls * batch))
+        cpu.append((time.process_time() - c0) * 1e3 / (calls * batch))
+    # wall time is the protocol; the process CPU time tells the work apart from waiting on a shared machine
     return {"batch": int(batch), "ms_per_shower": median_ms(per_shower), "min_ms_per_shower": min(per_shower),
-            "max_ms_per_shower": max(per_shower), "repeats": int(repeats), "calls_per_repeat": calls}
+            "max_ms_per_shower": max(per_shower), "cpu_ms_per_shower": median_ms(cpu), "repeats": int(repeats),
+            "calls_per_repeat": calls}
 
 
 def find_cpp_program(explicit: str | Path | None = None) -> Path | None:
@@ -193,12 +196,15 @@ def bench(model, *, paths: Iterable[str] = PATHS, batches: Sequence[int] = BATCH
                 for row in _cpp_timings(program, net, batches, threads, repeats, float(energy), conditions):
                     results.append({"path": "cpp", "device": "cpu", "threads": threads, **row})
                     log(f"cpp b{row['batch']}: {row['ms_per_shower']:.4g} ms/shower")
-        session = None
+        session, deployed = None, None
         if "onnxruntime" in paths:
             tmp = tempfile.mkdtemp(prefix="caloforge-bench-")
             try:
                 onnx_path = export_model(net, "onnx", Path(tmp) / "model.onnx").path
                 session = onnx_session(onnx_path, threads)
+                import onnx
+
+                deployed = sum(int(np.prod(t.dims)) for t in onnx.load(str(onnx_path)).graph.initializer)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         for batch in map(int, batches):
@@ -255,6 +261,7 @@ def bench(model, *, paths: Iterable[str] = PATHS, batches: Sequence[int] = BATCH
             "machine": machine_description(threads), "model": {
                 "path": str(gen.path), "family": gen.config.get("name"), "geometry": gen.geometry,
                 "n_voxels": gen.n_voxels, "parameters": int(sum(p.numel() for p in net.parameters())),
+                "deployed_parameters": deployed,
                 "conditions": dict(zip(net.condition_names, conditions))},
             "protocol": {"batches": [int(b) for b in batches], "repeats": repeats, "warmup_calls": WARMUP_CALLS,
                          "showers_per_repeat": f"max(batch, {showers_per_repeat})", "statistic": "median",
@@ -263,18 +270,26 @@ def bench(model, *, paths: Iterable[str] = PATHS, batches: Sequence[int] = BATCH
 
 
 def format_table(report: dict[str, Any]) -> list[list[str]]:
-    """Rows [source, path, device/threads, ms b1, b100, b10000] of caloforge's timings and the anchors."""
+    """Rows [source, path, device/threads, ms b1, b100, b10000] of caloforge's timings and the anchors.
+
+    caloforge's CPU cells are "wall (process CPU)" ms per shower; the published GPU rows
+    are listed only when this report has GPU timings.
+    """
     batches = report["protocol"]["batches"]
     rows = []
-    keyed: dict[tuple, dict[int, float]] = {}
+    keyed: dict[tuple, dict[int, str]] = {}
     for r in report["results"]:
-        keyed.setdefault((r["path"], r["device"], r["threads"]), {})[r["batch"]] = r["ms_per_shower"]
+        cell = f"{r['ms_per_shower']:.4g}"
+        if r.get("cpu_ms_per_shower") is not None and r["device"] == "cpu":
+            cell += f" ({r['cpu_ms_per_shower']:.3g})"
+        keyed.setdefault((r["path"], r["device"], r["threads"]), {})[r["batch"]] = cell
     for (path, device, threads), by_batch in keyed.items():
         rows.append([f"caloforge {report['model']['family']}", path,
                      f"{device}, {threads} thread{'s' if threads > 1 else ''}" if device == "cpu" else device]
-                    + [f"{by_batch[b]:.4g}" if b in by_batch else "–" for b in batches])
+                    + [by_batch.get(b, "–") for b in batches])
+    devices = ("cpu", "gpu") if any(r["device"] == "cuda" for r in report["results"]) else ("cpu",)
     for a in report["calochallenge"]:
-        for device in ("cpu", "gpu"):
+        for device in devices:
             vals = [a.get(f"ms_per_shower_{device}_b{b}") for b in batches]
             if any(v is not None for v in vals):
                 rows.append([f"CaloChallenge {a['model']}", "published", device]

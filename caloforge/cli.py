@@ -517,7 +517,8 @@ def bench_cmd(
                    threads=threads, repeats=repeats, energy=e, cpp_program=cpp_program,
                    log=lambda s: err_console.print(f"[dim]{s}[/]"))
     m = report["model"]
-    table = Table(title=f"ms per shower: {m['family']} on {m['geometry']} ({m['parameters']:,} parameters), "
+    size = f"{m['deployed_parameters']:,} deployed" if m.get("deployed_parameters") else f"{m['parameters']:,}"
+    table = Table(title=f"ms per shower, wall (process CPU): {m['family']} on {m['geometry']} ({size} parameters), "
                   f"median of {repeats}", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ["model", "path", "device"] + [f"batch {b}" for b in batch_list]:
         table.add_column(col, justify="left" if col in ("model", "path", "device") else "right", no_wrap=True)
