@@ -376,6 +376,8 @@ def generate_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     threads: int = typer.Option(0, "--threads", help="Torch threads (0 = the CPUs this process may use)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    engine: str = typer.Option("auto", "--engine", help="auto (ONNX Runtime for large CPU requests when it "
+                               "reproduces the model, else PyTorch), pytorch or onnxruntime."),
 ) -> None:
     """Generate showers from a trained model into a CaloChallenge-format file."""
     import warnings
@@ -419,7 +421,7 @@ def generate_cmd(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         generate_to_file(gen, output, incident, conditions=conditions, batch_size=batch_size, seed=seed,
-                         progress=True)  # gen is already on --device
+                         progress=True, engine=engine)  # gen is already on --device
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}")
     console.print(f"wrote {len(incident)} showers ({gen.n_voxels} voxels, {gen.geometry}) from {gen.path}")
@@ -455,6 +457,99 @@ def demo_cmd(
             console.print(f"  {label:52s} {fmt.format(value * 1e3 if key == 'fpd' else value)}")
     total = sum(result.timings.values())
     console.print(f"done in {total / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items()) + ")")
+
+
+# --- export / bench (caloforge.export, caloforge.bench) ----------------------------
+@app.command("export")
+@user_errors
+def export_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint directory (e.g. RUN_DIR/best) or run directory."),
+    format: str = typer.Option("onnx", "--format", "-f", help="onnx (ONNX Runtime, ROOT SOFIE; opset 17) or "
+                               "torchscript (LibTorch C++, examples/cpp)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output file (.onnx or .pt); written only after the "
+                                "parity check passed."),
+    tolerance: float = typer.Option(1e-5, "--tolerance", help="Largest allowed |Δvoxel| / E_shower against "
+                                    "PyTorch on the same noise."),
+    exporter: str = typer.Option("auto", "--exporter", help="ONNX exporter: auto (TorchScript-based, then "
+                                 "dynamo), torchscript or dynamo."),
+) -> None:
+    """Export the sampling network (noise + physical conditions → voxel energies in MeV) for deployment.
+
+    The graph includes the condition encoding, the inverse preprocessing and the final
+    clamp at 0; the batch size is dynamic; the file carries the geometry, voxel count,
+    condition names/encoding, energy range and noise distribution as metadata.  The
+    written file is run on the same noise as PyTorch before it is kept.
+    """
+    from caloforge.export import check_output_path, export_model
+
+    check_output_path(output, format)  # before the model is loaded
+    result = export_model(model, format, output, tolerance=tolerance, exporter=exporter)
+    m = result.metadata
+    console.print(f"{m['family']} ({m['geometry']}, {m['n_voxels']} voxels; inputs noise [N, {m['noise_dim']}], "
+                  f"conditions [N, {len(m['condition_names'])}] = {', '.join(m['condition_names'])})")
+    console.print(f"parity vs PyTorch on {result.n_checked} showers: max |Δ|/E_shower = {result.max_deviation:.2e} "
+                  f"(tolerance {tolerance:g})")
+    print(f"output: {result.path}")
+
+
+@app.command("bench")
+@user_errors
+def bench_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint directory (e.g. RUN_DIR/best) or run directory."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads for every path (stated in the table and JSON)."),
+    batches: str = typer.Option("1,100,10000", "--batches", help="Batch sizes (the CaloChallenge protocol: 1,100,10000)."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed repeats per batch size; the median is reported."),
+    paths: str = typer.Option(",".join(("pytorch", "generate", "onnxruntime", "cpp")), "--paths",
+                              help="Paths to time: pytorch, generate, onnxruntime, cpp (examples/cpp, built in "
+                              "build/cpp), cuda (pytorch on the GPU; added automatically when one is present)."),
+    energy: Optional[str] = typer.Option(None, "--energy", help="Incident energy of the timed showers, e.g. 65GeV "
+                                         "(default: the geometric mean of the trained range)."),
+    cpp_program: Optional[Path] = typer.Option(None, "--cpp-program", help="The built C++ example (default: "
+                                               "build/cpp/caloforge_generate)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", "-o", help="Also write the full report as JSON."),
+) -> None:
+    """Time generation with the CaloChallenge protocol (ms per shower at batch 1, 100, 10 000; warm-up
+    excluded; median of repeats) for the PyTorch, ONNX Runtime and C++ paths, next to the published
+    CaloChallenge 2022 timings of the same dataset."""
+    import json as _json
+    import os
+
+    from caloforge.bench import bench, format_table
+    from caloforge.errors import ConfigError
+    from caloforge.generate import parse_energies
+
+    try:
+        batch_list = [int(b) for b in batches.split(",") if b.strip()]
+    except ValueError:
+        raise ConfigError(f"--batches {batches!r}: expected comma-separated integers, e.g. 1,100,10000") from None
+    e = None
+    if energy is not None:
+        parsed = parse_energies(energy)
+        if len(parsed) != 1:
+            raise ConfigError(f"--energy {energy!r}: give one energy")
+        e = float(parsed[0])
+    if json_out is not None and (json_out.is_dir() or not (json_out.parent if str(json_out.parent) else Path(".")).is_dir()):
+        raise ConfigError(f"{json_out}: cannot be written (not a file in an existing directory)")
+    report = bench(model, paths=[p.strip() for p in paths.split(",") if p.strip()], batches=batch_list,
+                   threads=threads, repeats=repeats, energy=e, cpp_program=cpp_program,
+                   log=lambda s: err_console.print(f"[dim]{s}[/]"))
+    m = report["model"]
+    size = f"{m['deployed_parameters']:,} deployed" if m.get("deployed_parameters") else f"{m['parameters']:,}"
+    table = Table(title=f"ms per shower, wall (process CPU): {m['family']} on {m['geometry']} ({size} parameters), "
+                  f"median of {repeats}", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ["model", "path", "device"] + [f"batch {b}" for b in batch_list]:
+        table.add_column(col, justify="left" if col in ("model", "path", "device") else "right", no_wrap=True)
+    for row in format_table(report):
+        table.add_row(*row)
+    (console if console.is_terminal else Console(highlight=False, width=140)).print(table)
+    mach = report["machine"]
+    console.print(f"{report['date']}; {mach['cpu']}, {mach['usable_cpus']} usable CPUs, {threads} thread(s), "
+                  f"load average {mach['load_average']}; GPU: {mach['gpu'] or 'none'}")
+    if json_out is not None:
+        tmp = json_out.parent / f".{json_out.name}.tmp-{os.getpid()}"
+        tmp.write_text(_json.dumps(report, indent=1))
+        os.replace(tmp, json_out)
+        print(f"json: {json_out}")
 
 
 def main() -> None:  # console-script entry point

@@ -30,7 +30,7 @@ import torch
 from caloforge.errors import ConfigError, DataError
 from caloforge.io import ShowerData, ShowerWriter, iter_showers
 
-__all__ = ["ShowerGenerator", "OutOfRangeWarning", "load_model", "generate", "generate_to_file", "parse_energies",
+__all__ = ["ENGINES", "ShowerGenerator", "OutOfRangeWarning", "load_model", "generate", "generate_to_file", "parse_energies",
            "reference_energies"]
 
 
@@ -116,15 +116,41 @@ def _prepare(model, incident_energy, conditions, batch_size: int, device: str | 
     return gen, energy, conditions
 
 
+ENGINES = ("auto", "onnxruntime", "pytorch")
+FAST_MIN_SHOWERS = 20_000  # below this, building the ONNX Runtime session costs more than it saves
+
+
+def _sampler(gen: ShowerGenerator, n: int, engine: str):
+    """The ONNX Runtime sampler (:mod:`caloforge.engine`) when it applies, else None (PyTorch)."""
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
+    if engine == "pytorch" or (engine == "auto" and n < FAST_MIN_SHOWERS):
+        return None
+    from caloforge.engine import fast_sampler
+
+    key = (torch.get_num_threads(), str(gen.model.device))
+    cache = gen.__dict__.setdefault("_engines", {})  # built once per loaded model and thread count
+    if key not in cache:
+        cache[key] = fast_sampler(gen.model)
+    if cache[key] is None and engine == "onnxruntime":
+        raise ConfigError(f"{gen.path}: --engine onnxruntime is not available for this model (it must be on the "
+                          "CPU, sample by decode(sample_noise), and export with parity); use auto or pytorch")
+    return cache[key]
+
+
 def _batches(gen: ShowerGenerator, energy: np.ndarray, conditions: Mapping[str, np.ndarray], batch_size: int,
-             seed: int):
+             seed: int, engine: str = "auto"):
     dev = gen.model.device
     gen.model.eval()
     rng = torch.Generator(device=dev).manual_seed(int(seed))
+    sampler = _sampler(gen, len(energy), engine)
     for lo in range(0, len(energy), batch_size):
         e = energy[lo:lo + batch_size]
         cond = {"incident_energy": e, **{k: v[lo:lo + batch_size] for k, v in conditions.items()}}
-        showers = gen.model.sample(cond, rng).cpu().numpy()
+        if sampler is not None:  # the same noise from rng through the exported graph
+            showers = sampler.sample(cond, rng)
+        else:
+            showers = gen.model.sample(cond, rng).cpu().numpy()
         # the networks end in ReLU, but guard against any NaN/inf or negative output
         showers = np.nan_to_num(showers, nan=0.0, posinf=0.0, neginf=0.0)
         np.maximum(showers, 0.0, out=showers)
@@ -132,26 +158,32 @@ def _batches(gen: ShowerGenerator, energy: np.ndarray, conditions: Mapping[str, 
 
 
 def generate(model, incident_energy, *, conditions: Mapping[str, np.ndarray] | None = None,
-             batch_size: int = 10_000, device: str | None = None, seed: int = 0) -> ShowerData:
+             batch_size: int = 10_000, device: str | None = None, seed: int = 0, engine: str = "auto") -> ShowerData:
     """Showers (MeV, float32, finite, ≥ 0) for incident energies (N,) in MeV.
 
     ``model`` is a :class:`ShowerGenerator` or a path for :func:`load_model`.
     ``conditions`` (angles in rad, impact points in mm) go to the model when it is
     conditioned on them and are written to the output row for row.  Energies outside
     the trained range raise an :class:`OutOfRangeWarning`.  ``device`` moves the
-    model there; None keeps it where it is (a path is loaded on the CPU).
+    model there; None keeps it where it is (a path is loaded on the CPU).  ``engine``:
+    ``auto`` runs large CPU requests through ONNX Runtime when it reproduces the model
+    (:mod:`caloforge.engine`), ``pytorch`` never does, ``onnxruntime`` insists.
     """
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
     gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device)
     out = np.empty((len(energy), gen.n_voxels), dtype=np.float32)
-    for lo, e, showers in _batches(gen, energy, conditions, batch_size, seed):
+    for lo, e, showers in _batches(gen, energy, conditions, batch_size, seed, engine):
         out[lo:lo + len(e)] = showers
     return ShowerData(energy, out, conditions)
 
 
 def generate_to_file(model, path: str | Path, incident_energy, *, conditions: Mapping[str, np.ndarray] | None = None,
                      batch_size: int = 10_000, device: str | None = None, seed: int = 0,
-                     progress: bool = False) -> Path:
+                     progress: bool = False, engine: str = "auto") -> Path:
     """Stream generated showers into a CaloChallenge HDF5 file (atomic: temp + rename); see :func:`generate`."""
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
     gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device)
     attrs = {"generator": "caloforge", "model": str(gen.path), "model_iteration": gen.iteration,
              "geometry": gen.geometry, "seed": int(seed)}
@@ -159,7 +191,7 @@ def generate_to_file(model, path: str | Path, incident_energy, *, conditions: Ma
 
     with Progress("generate", len(energy), enabled=progress, unit="showers", interval=10.0) as bar:
         with ShowerWriter(path, gen.n_voxels, conditions=tuple(conditions), attrs=attrs) as w:
-            for lo, e, showers in _batches(gen, energy, conditions, batch_size, seed):
+            for lo, e, showers in _batches(gen, energy, conditions, batch_size, seed, engine):
                 w.append(e, showers, {k: v[lo:lo + len(e)] for k, v in conditions.items()})
                 bar.update(lo + len(e))
     return Path(path)

@@ -221,6 +221,16 @@ class ShowerModel(nn.Module):
         """The random input of :meth:`decode` for ``n`` showers (standard normal by default)."""
         return torch.randn(n, self.noise_dim, generator=generator, device=device or self.device)
 
+    def noise_spec(self) -> dict[str, Any]:
+        """How :meth:`sample_noise` draws each noise column, for deployments that draw it themselves.
+
+        ``{"distribution": "normal", "mean": [...], "std": [...]}`` (one entry per
+        column; std 0 = a constant column) or ``"uniform"`` with ``"low"``/``"high"``.
+        Families that override :meth:`sample_noise` override this too; the export
+        tests check the two agree.
+        """
+        return {"distribution": "normal", "mean": [0.0] * self.noise_dim, "std": [1.0] * self.noise_dim}
+
     def decode(self, noise: Tensor, incident_energy: Tensor, conditions: Mapping[str, Tensor]) -> Tensor:
         """Deterministic map noise + physical conditions → showers in MeV (N, V)."""
         raise NotImplementedError

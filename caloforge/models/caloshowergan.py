@@ -229,6 +229,10 @@ class CaloShowerGAN(ShowerModel):
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=device or self.device)
         return z * self.config.noise_std + self.config.noise_mean
 
+    def noise_spec(self):
+        d = self.config.latent_dim
+        return {"distribution": "normal", "mean": [self.config.noise_mean] * d, "std": [self.config.noise_std] * d}
+
     def _encode(self, energy: Tensor, conditions: Mapping[str, Tensor]) -> Tensor:
         return self.condition_encoder.encode(energy, conditions).to(self.device)
 

@@ -162,20 +162,39 @@ class EnergySplit(ShowerModel):
         return totals
 
     @property
-    def noise_dim(self) -> int:
+    def _block(self) -> int:
+        """Noise columns per range: the widest sub-model's (narrower ones are zero-padded)."""
         return max(p.noise_dim for p in self.parts)
+
+    @property
+    def noise_dim(self) -> int:
+        # the width of sample_noise: one block per range
+        return len(self.parts) * self._block
 
     def sample_noise(self, n, generator=None, device=None):
         # one block of noise per range, each drawn by its own family (GAN noise has mean 0.5)
         device = device or self.device
         blocks = [p.sample_noise(n, generator, device) for p in self.parts]
-        out = torch.zeros(len(self.parts), n, self.noise_dim, device=device)
+        out = torch.zeros(len(self.parts), n, self._block, device=device)
         for k, b in enumerate(blocks):
             out[k, :, :b.shape[1]] = b
         return out.permute(1, 0, 2).reshape(n, -1)
 
+    def noise_spec(self):
+        # the layout of sample_noise: one block of noise_dim columns per range, zero-padded
+        specs = [p.noise_spec() for p in self.parts]
+        kinds = {s["distribution"] for s in specs}
+        if kinds != {"normal"}:
+            raise NotImplementedError(f"energy_split noise_spec for {sorted(kinds)} noise")
+        mean, std = [], []
+        for s in specs:
+            pad = self._block - len(s["mean"])
+            mean += list(s["mean"]) + [0.0] * pad
+            std += list(s["std"]) + [0.0] * pad
+        return {"distribution": "normal", "mean": mean, "std": std}
+
     def _noise_for(self, noise: Tensor, k: int) -> Tensor:
-        return noise.reshape(len(noise), len(self.parts), self.noise_dim)[:, k, :self.parts[k].noise_dim]
+        return noise.reshape(-1, len(self.parts), self._block)[:, k, :self.parts[k].noise_dim]
 
     def decode(self, noise, incident_energy, conditions):
         # every range on every row, then pick: branch-free, so it exports to ONNX

@@ -1,0 +1,73 @@
+"""caloforge bench: the CaloChallenge timing protocol's structure (never timing values), table, JSON, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from caloforge.bench import bench, calls_per_repeat, calochallenge_rows, format_table, time_calls
+from caloforge.cli import app
+from caloforge.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from caloforge.checkpoint import point_best, write_checkpoint
+    from tests.test_export import tiny_model
+
+    root = tmp_path_factory.mktemp("run")
+    point_best(root, write_checkpoint(root / "checkpoints" / "iter-0000001", tiny_model("caloshowergan", 1),
+                                      meta={"iteration": 1}))
+    return root
+
+
+def test_protocol_excludes_warmup_and_takes_the_median():
+    calls = []
+    row = time_calls(lambda: calls.append(1), batch=100, repeats=3)
+    assert len(calls) == 2 + 3 * calls_per_repeat(100) == 2 + 3 * 10
+    assert row["min_ms_per_shower"] <= row["ms_per_shower"] <= row["max_ms_per_shower"]
+    assert calls_per_repeat(1) == 1000 and calls_per_repeat(10_000) == 1
+
+
+def test_bench_times_every_requested_path(run_dir):
+    report = bench(run_dir, paths=["pytorch", "generate", "onnxruntime"], batches=[1, 7], repeats=2, threads=1,
+                   showers_per_repeat=20)
+    got = {(r["path"], r["batch"]) for r in report["results"]}
+    assert got == {(p, b) for p in ("pytorch", "generate", "onnxruntime") for b in (1, 7)}
+    assert all(r["ms_per_shower"] > 0 and r["threads"] == 1 and r["device"] == "cpu" for r in report["results"])
+    assert report["model"]["geometry"] == "ds1-pions" and report["machine"]["threads"] == 1
+    assert set(report["model"]["conditions"]) == {"incident_energy", "incident_theta", "incident_phi", "impact_x"}
+    json.dumps(report)  # JSON-able
+    table = format_table(report)
+    assert {row[1] for row in table if row[0].startswith("caloforge")} == {"pytorch", "generate", "onnxruntime"}
+
+
+def test_calochallenge_rows_match_the_dataset(tmp_path):
+    csv = tmp_path / "anchors.csv"
+    csv.write_text("dataset,model,ms_per_shower_cpu_b1,ms_per_shower_cpu_b100,ms_per_shower_cpu_b10000\n"
+                   "ds1_pions,CaloShowerGAN,1163,70.7,1.6\nds1_photons,CaloINN,37.9,2.78,2.88\nds1_pions,GEANT4,,,\n")
+    rows = calochallenge_rows("ds1-pions", csv)
+    assert rows == [{"model": "CaloShowerGAN", "ms_per_shower_cpu_b1": 1163.0, "ms_per_shower_cpu_b100": 70.7,
+                     "ms_per_shower_cpu_b10000": 1.6}]
+    assert calochallenge_rows("calogan", csv) == []
+
+
+def test_bench_bad_input(run_dir):
+    with pytest.raises(ConfigError, match="--paths"):
+        bench(run_dir, paths=["tensorflow"])
+    with pytest.raises(ConfigError, match="--batches"):
+        bench(run_dir, batches=[0])
+
+
+def test_cli_bench_prints_a_table_and_writes_json(run_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--model", str(run_dir), "--batches", "1,5", "--repeats", "1",
+                                      "--paths", "pytorch,onnxruntime", "--energy", "10GeV", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime" in result.output and "batch 5" in result.output
+    report = json.loads(out.read_text())
+    assert report["model"]["conditions"]["incident_energy"] == 10000.0
+    bad = CliRunner().invoke(app, ["bench", "--model", str(run_dir), "--batches", "1,x"])
+    assert bad.exit_code == 2 and "--batches" in bad.output
