@@ -68,13 +68,15 @@ def _auc_class(v: float | None) -> str:
 def format_headline(headline: dict[str, Any]) -> str:
     """One line with the headline numbers, for terminals and logs."""
     parts = [f"E_tot χ²/ndf {_fmt(headline.get('etot_chi2_ndf'), 3)}"]
+    if headline.get("protocol"):  # which definitions produced the numbers below
+        parts.insert(0, f"{headline['protocol']} protocol:")
     if headline.get("classifier_auc") is not None:
         parts.append(f"classifier AUC {_fmt(headline['classifier_auc'], 3)}")
     if headline.get("fpd") is not None:
         parts.append(f"FPD {_fmt(headline['fpd'], 3)}")
     if headline.get("kpd") is not None:
         parts.append(f"KPD {_fmt(headline['kpd'], 3)}")
-    return "  ·  ".join(parts)
+    return "  ·  ".join(parts).replace("protocol:  ·  ", "protocol: ")
 
 
 def write_metrics(result: "EvaluationResult", path: str | Path) -> Path:
@@ -100,6 +102,10 @@ def _cards(m: dict[str, Any]) -> str:
         d = m.get(key)
         if d:
             cards.append((f"{key.upper()} ×10³", f"{_fmt(d['value_x1e3'], 3)} ± {_fmt(d['error_x1e3'], 2)}", ""))
+    proto = (m.get("protocol") or {}).get("name")
+    if proto:  # every number on this page comes from this protocol
+        cards.append(("protocol" + (" (comparable with the CaloChallenge table)" if proto == "calochallenge" else ""),
+                      html.escape(proto), ""))
     s = m["summary"]
     cards.append(("median feature χ²/ndf", _fmt(s.get("median_chi2_ndf"), 3), _chi2_class(s.get("median_chi2_ndf"))))
     cards.append(("mean separation power", _fmt(s.get("mean_separation_power"), 3), ""))
