@@ -246,6 +246,9 @@ def evaluate_cmd(
                      classifier_settings=settings or None)
     with console.status("writing plots and report"):
         html_path = write_report(result, output, plots=plots)
+    from caloforge.evaluate.calochallenge import write_official_outputs
+
+    write_official_outputs(result.metrics, output)  # the official evaluator's text files, same names
     m = result.metrics
     worst = m["summary"]["worst_chi2_ndf"]
     line = f"[bold]{m['n_generated']}[/] generated vs [bold]{m['n_reference']}[/] reference showers on {geo.name}"

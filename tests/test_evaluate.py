@@ -254,6 +254,10 @@ def test_cli_evaluate(tmp_path, small_files):
     assert "calochallenge protocol:" in res.output  # the default on a CaloChallenge geometry
     metrics = _strict_json(out / "metrics.json")
     assert metrics["protocol"]["voxel_cut_mev"] == 1.0
+    # the official evaluator's text outputs, under its file names and labels
+    fpd_txt = (out / "fpd_kpd_1-photons.txt").read_text()
+    assert fpd_txt.startswith(f"FPD (x10^3): {metrics['fpd']['value_x1e3']:.4f} ± ")
+    assert "EC Phi layer 2: \n" in (out / "histogram_chi2_1-photons.txt").read_text()
     assert metrics["n_reference"] == 800
     assert metrics["headline"]["etot_chi2_ndf"] > 2  # the 5 % scale shows (≈ 1 without it)
 

@@ -30,6 +30,7 @@ except where marked "caloforge choice" (the official code is silent there):
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -40,7 +41,8 @@ from caloforge.geometry import Geometry
 __all__ = [
     "PROTOCOLS", "DATASETS", "CLASSIFIER_SETTINGS", "FPD_SETTINGS", "KPD_SETTINGS", "HIST_MIN_ENERGY",
     "dataset_of", "default_protocol", "resolve_protocol", "voxel_cut", "apply_cut", "feature_edges",
-    "per_energy_ratio_edges", "separation_power", "official_name",
+    "per_energy_ratio_edges", "separation_power", "official_name", "classifier_settings",
+    "write_official_outputs",
 ]
 
 PROTOCOLS = ("calochallenge", "caloforge")
@@ -199,3 +201,40 @@ def classifier_settings(overrides: Mapping[str, Any] | None = None) -> dict[str,
     out = dict(CLASSIFIER_SETTINGS)
     out.update(overrides or {})
     return out
+
+
+def write_official_outputs(metrics: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
+    """The official evaluator's text outputs, from a calochallenge-protocol ``metrics`` dict:
+    ``histogram_chi2_<dataset>.txt`` (separation power per histogram, under the official
+    labels), ``fpd_kpd_<dataset>.txt`` (FPD and KPD ×10³ with errors) and
+    ``classifier_cls-low_<dataset>.txt`` / ``classifier_cls-high_<dataset>.txt`` (AUC / JSD).
+    Returns the paths written (none for the caloforge protocol)."""
+    from caloforge.io import atomic_path
+
+    proto = metrics.get("protocol") or {}
+    if proto.get("name") != "calochallenge":
+        return []
+    ds, out = proto["dataset"], Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    lines = ["List of separation powers of the histograms (caloforge, CaloChallenge protocol).", ""]
+    for name, entry in (metrics.get("features") or {}).items():
+        inc = entry.get("inclusive") or {}
+        if inc.get("official_name") and inc.get("separation_power") is not None:
+            lines += [f"{inc['official_name']}: ", str(inc["separation_power"]), ""]
+    files[f"histogram_chi2_{ds}.txt"] = "\n".join(lines) + "\n"
+    if metrics.get("fpd") and metrics.get("kpd"):
+        f, k = metrics["fpd"], metrics["kpd"]
+        files[f"fpd_kpd_{ds}.txt"] = (f"FPD (x10^3): {f['value_x1e3']:.4f} ± {f['error_x1e3']:.4f}\n"
+                                      f"KPD (x10^3): {k['value_x1e3']:.4f} ± {k['error_x1e3']:.4f}\n")
+    for mode in ("low", "high"):
+        res = (metrics.get("classifier") or {}).get(mode) or {}
+        if res.get("auc") is not None and res.get("jsd") is not None:
+            files[f"classifier_cls-{mode}_{ds}.txt"] = ("Final result of classifier test (AUC / JSD):\n"
+                                                        f"{res['auc']:.4f} / {res['jsd']:.4f}\n\n")
+    paths = []
+    for fname, text in files.items():
+        with atomic_path(out / fname) as tmp:
+            tmp.write_text(text)
+        paths.append(out / fname)
+    return paths

@@ -382,6 +382,8 @@ def _histogram_official(name: str, ref: np.ndarray, gen: np.ndarray, dataset: st
     # what the official histogram drops: a model can hide a tail outside the fixed range
     stats["outside_range_reference"] = float((r[0] + r[-1]) / max(r.sum(), 1.0))
     stats["outside_range_generated"] = float((g[0] + g[-1]) / max(g.sum(), 1.0))
+    if values_r is not ref:  # counts of 1 − sparsity → counts of sparsity on the (symmetric) edges, for the plots
+        r, g = (np.concatenate([[c[-1]], c[1:-1][::-1], [c[0]]]) for c in (r, g))
     return FeatureHistogram(name, edges, r, g, stats)
 
 
