@@ -150,8 +150,13 @@ def simulate_cmd(
     phi: Optional[str] = typer.Option(None, "--phi", help="Azimuth of the tilt in degrees, or a range LOW:HIGH."),
     n: Optional[int] = typer.Option(None, "--n", "-n", help="Number of showers (per energy for --energies)."),
     preset: Optional[str] = typer.Option(None, "--preset",
-                                         help="Dataset preset: ds1-photons, ds1-pions, calogan, clic, ild, atlas-4layer."),
+                                         help="Dataset preset: ds1-photons, ds1-pions, ds2, ds3, calogan, clic, ild, "
+                                              "atlas-4layer."),
     scale: float = typer.Option(1.0, "--scale", help="With --preset: multiply the preset's counts."),
+    energy_scale: Optional[str] = typer.Option(None, "--energy-scale", help="visible (energy in the active "
+                                               "medium) or calibrated (divided by the sampling fraction); default: "
+                                               "the preset's / named geometry's dataset convention, visible for "
+                                               "user geometries."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed → identical file)."),
     workers: int = typer.Option(0, "--workers", "-j", help="Worker processes (0 = all cores)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -187,6 +192,7 @@ def simulate_cmd(
         parts = p.parts(particle, scale)
         geo = geometry or p.geometry
         attrs = {"preset": preset}
+        energy_scale = energy_scale or p.energy_scale
     else:
         if particle is None or geometry is None:
             raise ConfigError("--geometry and --particle are required (or use --preset)")
@@ -199,7 +205,8 @@ def simulate_cmd(
             raise ConfigError(f"--energy-range needs LOW:HIGH, got {energy_range!r}")
         parts = [make_part(particle, spec, n, theta=angle(theta), phi=azimuth(phi))]
         geo, attrs = geometry, {}
-    count = write_plan(output, geo, parts, seed=seed, workers=workers or None, progress=not quiet, attrs=attrs)
+    count = write_plan(output, geo, parts, seed=seed, workers=workers or None, progress=not quiet, attrs=attrs,
+                       energy_scale=energy_scale)
     console.print(f"wrote {count} showers to {output}")
 
 
@@ -227,6 +234,13 @@ def evaluate_cmd(
     training: Optional[Path] = typer.Option(None, "--training", help="The model's training file: adds the "
                                             "nearest-neighbour memorisation check (the reference must be "
                                             "independent of it)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="calochallenge (the official definitions, "
+                                           "comparable with the published table; default on ds1-photons, "
+                                           "ds1-pions, ds2, ds3) or caloforge (default elsewhere)."),
+    cls_epochs: Optional[int] = typer.Option(None, "--cls-epochs", min=1, help="Classifier epochs (default: 50; "
+                                             "fewer for a quick, non-official run)."),
+    cls_hidden: Optional[int] = typer.Option(None, "--cls-hidden", min=1, help="Classifier nodes per hidden layer "
+                                             "(default: 2048 under calochallenge, 512 under caloforge)."),
 ) -> None:
     """Validate generated showers against a reference: per-feature separation power and χ²/ndf
     (inclusive and per incident energy), E_tot χ², FPD/KPD, optional classifier AUC, plots and an
@@ -239,10 +253,15 @@ def evaluate_cmd(
 
     check_output_dir(output)  # before minutes of work, not after
     geo = load_geometry(geometry)
+    settings = {k: v for k, v in (("epochs", cls_epochs), ("n_hidden", cls_hidden)) if v is not None}
     result = compare(reference, generated, geo, per_energy=per_energy, classifier=classifier, seed=seed,
-                     device=device, progress=True, max_showers=max_showers, training=training)
+                     device=device, progress=True, max_showers=max_showers, training=training, protocol=protocol,
+                     classifier_settings=settings or None)
     with console.status("writing plots and report"):
         html_path = write_report(result, output, plots=plots)
+    from caloforge.evaluate.calochallenge import write_official_outputs
+
+    write_official_outputs(result.metrics, output)  # the official evaluator's text files, same names
     m = result.metrics
     worst = m["summary"]["worst_chi2_ndf"]
     line = f"[bold]{m['n_generated']}[/] generated vs [bold]{m['n_reference']}[/] reference showers on {geo.name}"

@@ -540,9 +540,10 @@ def _ds23(number: int) -> Geometry:
     path = _binning_file(f"binning_dataset_{number}.xml")
     mat = MATERIALS["w-si-calochallenge"]
     n_layers = len(_read_xml_layers(path)[1])
-    # each readout layer = 2 × (1.4 mm W + 0.3 mm Si): 3.4 mm
+    # each readout layer = 2 × (1.4 mm W + 0.3 mm Si): 3.4 mm; the sampling fraction is the
+    # CaloChallenge's own (its files are the Si energy divided by 0.033)
     stack = [
-        dict(name=f"L{i}", z_front=3.4 * i, thickness=3.4, material=mat, sampling_fraction=0.021, sampling_term=0.17)
+        dict(name=f"L{i}", z_front=3.4 * i, thickness=3.4, material=mat, sampling_fraction=0.033, sampling_term=0.17)
         for i in range(n_layers)
     ]
     return geometry_from_xml(

@@ -10,6 +10,7 @@ classifier and by the χ² of the feature it touches.
 from __future__ import annotations
 
 import io
+import functools
 import json
 import os
 import re
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from caloforge.evaluate import compare, write_report
+from caloforge.evaluate import compare as _compare
+from caloforge.evaluate import write_report
 from caloforge.geometry import load_geometry
 from caloforge.io import ShowerData, write_showers
 
@@ -27,6 +29,8 @@ ENERGIES = [1024.0, 4096.0, 16384.0, 65536.0]
 N_PER_ENERGY = 1250  # 5000 showers per sample
 # a small, fast classifier: enough to separate the defects below in a second or two
 CLASSIFIER = dict(epochs=60, n_hidden=128, n_layers=2, batch_size=256, lr=3e-3, patience=10)
+# these tests are about the caloforge protocol (tests/test_calochallenge.py covers the official one)
+compare = functools.partial(_compare, protocol="caloforge")
 
 
 def _simulate(seed: int, n_per_energy: int = N_PER_ENERGY, geometry=GEO) -> ShowerData:
@@ -88,8 +92,8 @@ def test_energy_points_and_per_energy_tables(null_result):
     assert np.all(np.diff(depth) > 0)
     # the headline the demo prints
     h = null_result.headline
-    assert set(h) == {"etot_chi2_ndf", "classifier_auc", "fpd", "kpd"}
-    assert h["classifier_auc"] == m["classifier"]["low"]["auc"]
+    assert {"etot_chi2_ndf", "classifier_auc", "fpd", "kpd", "protocol"} <= set(h)
+    assert h["classifier_auc"] == h["auc_low"] == m["classifier"]["low"]["auc"]
 
 
 # ----------------------------------------------------------------------------------
@@ -219,7 +223,10 @@ def test_report_files(tmp_path, null_result):
                 "fpd", "kpd", "classifier", "headline", "voxel_spectrum", "sparsity"):
         assert key in metrics, key
     assert metrics["geometry"] == "ds1-photons"
-    assert set(metrics["headline"]) == {"etot_chi2_ndf", "classifier_auc", "fpd", "kpd"}
+    assert set(metrics["headline"]) == {"protocol", "etot_chi2_ndf", "classifier_auc", "fpd", "kpd", "fpd_x1e3",
+                                        "kpd_x1e3", "auc_low", "auc_high"}
+    assert metrics["headline"]["protocol"] == metrics["protocol"]["name"] == "caloforge"
+    assert metrics["headline"]["fpd_x1e3"] == pytest.approx(1e3 * metrics["headline"]["fpd"])
     assert metrics["features"]["E_ratio"]["inclusive"]["ndf"] > 5
     html = html_path.read_text()
     images = _embedded_images(html)
@@ -317,7 +324,13 @@ def test_cli_evaluate(tmp_path, small_files):
     assert res.exit_code == 0, res.output
     assert f"report: {out / 'report.html'}" in res.output
     assert "E_tot χ²/ndf" in res.output and "FPD" in res.output
+    assert "calochallenge protocol:" in res.output  # the default on a CaloChallenge geometry
     metrics = _strict_json(out / "metrics.json")
+    assert metrics["protocol"]["voxel_cut_mev"] == 1.0
+    # the official evaluator's text outputs, under its file names and labels
+    fpd_txt = (out / "fpd_kpd_1-photons.txt").read_text()
+    assert fpd_txt.startswith(f"FPD (x10^3): {metrics['fpd']['value_x1e3']:.4f} ± ")
+    assert "EC Phi layer 2: \n" in (out / "histogram_chi2_1-photons.txt").read_text()
     assert metrics["n_reference"] == 800
     assert metrics["headline"]["etot_chi2_ndf"] > 2  # the 5 % scale shows (≈ 1 without it)
 

@@ -65,3 +65,23 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
     text = r.output.strip() if r.output.strip() else str(r.stderr).strip()
     assert needle in text and len(text.splitlines()) == 1, text
     assert not out.exists()
+
+
+def test_energy_scale_option(tmp_path):
+    """calogan files are calibrated by default (its dataset's convention): E_tot/E_inc ≈ 1;
+    --energy-scale visible gives the LAr signal, the sampling fraction 0.2 of that; the file
+    records which; a bad value is one line and exit 2."""
+    import h5py
+
+    common = ["-g", "calogan", "-p", "electron", "--energies", "20GeV", "--n", "30", "--seed", "5", "-j", "1", "-q"]
+    cal, vis = tmp_path / "cal.h5", tmp_path / "vis.h5"
+    assert run(*common, "-o", str(cal)).exit_code == 0
+    assert run(*common, "--energy-scale", "visible", "-o", str(vis)).exit_code == 0
+    r_cal = read_showers(cal).showers.sum(1) / 2e4
+    r_vis = read_showers(vis).showers.sum(1) / 2e4
+    assert 0.97 < r_cal.mean() < 1.01
+    assert r_vis.mean() == pytest.approx(0.2 * r_cal.mean(), rel=1e-4)
+    with h5py.File(cal) as f, h5py.File(vis) as g:
+        assert (f.attrs["energy_scale"], g.attrs["energy_scale"]) == ("calibrated", "visible")
+    bad = run(*common, "--energy-scale", "raw", "-o", str(tmp_path / "bad.h5"))
+    assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1 and "energy scale" in bad.output

@@ -45,7 +45,8 @@ def fit_resolution(energies_gev, rel_sigma) -> tuple[float, float]:
 @pytest.fixture(scope="module")
 def calogan_photons():
     energies = [2e3, 8e3, 32e3, 100e3]
-    return energies, [caloforge.simulate("calogan", "photon", [e] * N, seed=11 + i) for i, e in enumerate(energies)]
+    return energies, [caloforge.simulate("calogan", "photon", [e] * N, seed=11 + i, energy_scale="visible")
+                      for i, e in enumerate(energies)]
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,33 @@ def test_em_response_constant_and_equal_to_sampling_fraction_times_containment(c
         T, a = math.exp(p.mean_ln_T[0]), math.exp(p.mean_ln_alpha[0])
         contained = gammainc(a, (a - 1) / T * (depth_x0 - 9 / 7))
         assert r == pytest.approx(f * contained, rel=0.02), (e, r)
+
+
+@pytest.mark.parametrize("preset, lo, hi", [
+    ("calogan", 0.97, 1.01),  # 31 X0 deep: ≈ 1 % longitudinal leakage at 100 GeV
+    ("ds2", 0.95, 1.01),  # CaloChallenge Si-W: Si energy / 0.033
+    ("ds1-photons", 0.90, 1.0),  # ATLAS barrel: dead material before the presampler, Tile behind
+])
+def test_calibrated_presets_respond_one_minus_leakage(preset, lo, hi):
+    """Calibrated files (the dataset conventions) hold visible energy / sampling fraction: the EM
+    response is the contained fraction, ≈ 1, at every energy; the visible one is ≈ f times that."""
+    geo = load_geometry(preset)
+    particle = "electron" if preset == "ds2" else "photon"
+    for e in (8e3, 64e3):
+        cal = caloforge.simulate(geo, particle, [e] * 150, seed=4)
+        vis = caloforge.simulate(geo, particle, [e] * 150, seed=4, energy_scale="visible")
+        assert lo < response(cal).mean() < hi, (preset, e, response(cal).mean())
+        # the same showers: calibration only divides each voxel by its layer's sampling fraction
+        f = np.array([L.sampling_fraction for L in geo.layers])[geo.voxel_layer]
+        assert np.allclose(cal.showers * f, vis.showers, rtol=1e-5, atol=1e-9)
+
+
+def test_si_w_readout_threshold_in_file_units():
+    """DS2/DS3: 0.5 keV in the silicon is 0.5 keV / 0.033 = 15.15 keV in the calibrated file."""
+    d = caloforge.simulate("ds2", "electron", [2e3] * 50, seed=6)
+    hits = d.showers[d.showers > 0]
+    assert hits.min() >= 0.5e-3 / 0.033 * (1 - 1e-5)
+    assert (hits < 2 * 0.5e-3 / 0.033).any()  # the threshold is reached, not an artefact of large hits
 
 
 def test_em_resolution_stochastic_term(calogan_photons, clic_electrons):
@@ -225,7 +253,7 @@ def test_pion_punch_through_probability():
     """In calogan (≈1 λ_I) a fraction exp(-depth/λ) of pions crosses without interacting."""
     geo = load_geometry("calogan")
     depth_lambda = sum(L.thickness / L.material.lambda_I for L in geo.layers)
-    d = caloforge.simulate(geo, "pion", [50e3] * 600, seed=10)
+    d = caloforge.simulate(geo, "pion", [50e3] * 600, seed=10, energy_scale="visible")
     mip_only = (d.showers.sum(1) < 150.0).mean()  # a MIP leaves ≈ 60 MeV visible here
     assert mip_only == pytest.approx(math.exp(-depth_lambda), abs=0.06)
 

@@ -3,6 +3,8 @@
 * :mod:`~caloforge.evaluate.features` – per-shower observables (pure functions)
 * :mod:`~caloforge.evaluate.metrics` – separation power, χ², FPD/KPD, memorisation
 * :mod:`~caloforge.evaluate.classifier` – the CaloChallenge DNN two-sample test
+* :mod:`~caloforge.evaluate.calochallenge` – the official CaloChallenge protocol's definitions
+  (voxel cut, 30-column set, fixed bins, classifier and FPD/KPD settings)
 * :mod:`~caloforge.evaluate.compare` – :func:`compare`: everything in one streamed call
 * :mod:`~caloforge.evaluate.plots` / :mod:`~caloforge.evaluate.report` – PNGs and ``report.html``
 
@@ -19,13 +21,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["compare", "write_report", "EvaluationResult", "features", "metrics", "classifier", "plots", "report"]
+__all__ = ["compare", "write_report", "EvaluationResult", "features", "metrics", "classifier", "calochallenge",
+           "plots", "report"]
 
 # compare.py needs only numpy/h5py; importing it here also makes ``caloforge.evaluate.compare``
 # the function (the name would otherwise be bound to the submodule on its first import).
 from caloforge.evaluate.compare import EvaluationResult, compare  # noqa: E402
 
-_SUBMODULES = {"features", "metrics", "classifier", "plots", "report"}
+_SUBMODULES = {"features", "metrics", "classifier", "calochallenge", "plots", "report"}
 _LAZY = {"write_report": "report"}
 
 

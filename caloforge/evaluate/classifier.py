@@ -65,10 +65,11 @@ def _arrays(sample: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prepare_low(showers: np.ndarray, incident_energy: np.ndarray, geometry: Geometry | None = None, *,
-                normed: bool = False) -> np.ndarray:
+                normed: bool = False, percent: bool = True) -> np.ndarray:
     """Low-level classifier input (float32).
 
-    ``normed=False``: [log10 E_inc, 100 · voxels / E_inc];
+    ``normed=False``: [log10 E_inc, 100 · voxels / E_inc] (``percent=False``: voxels / E_inc,
+    the current official input);
     ``normed=True`` (needs ``geometry``): [log10 E_inc, voxels / E_layer, log10(E_layer + 1e-8)]
     over the active layers.
 
@@ -78,7 +79,7 @@ def prepare_low(showers: np.ndarray, incident_energy: np.ndarray, geometry: Geom
     e = np.asarray(incident_energy, dtype=np.float64).reshape(-1, 1)
     s = np.asarray(showers, dtype=np.float64)
     if not normed:
-        return np.concatenate([np.log10(e), 100.0 * s / e], axis=1).astype(np.float32)
+        return np.concatenate([np.log10(e), (100.0 if percent else 1.0) * s / e], axis=1).astype(np.float32)
     if geometry is None:
         raise ConfigError("classifier mode 'low-normed' needs the geometry")
     layer_e = geometry.layer_energy(s)
@@ -193,7 +194,9 @@ def classifier_test_arrays(reference: np.ndarray, generated: np.ndarray, *, seed
                            device: str = "cpu", n_layers: int = 2, n_hidden: int = 512,
                            dropout: float = 0.0, batch_size: int = 1000, lr: float = 2e-4,
                            patience: int | None = 10, split: tuple[float, float, float] = (0.6, 0.2, 0.2),
-                           max_showers: int | None = None, standardise: bool = True) -> dict[str, Any]:
+                           max_showers: int | None = None, standardise: bool = True,
+                           selection: Literal["loss", "accuracy"] = "loss",
+                           dtype: Literal["float32", "float64"] = "float32") -> dict[str, Any]:
     """Classifier two-sample test on prepared input matrices (rows = showers).
 
     Returns ``auc``, ``jsd`` (test part, after isotonic calibration on the validation
@@ -205,6 +208,11 @@ def classifier_test_arrays(reference: np.ndarray, generated: np.ndarray, *, seed
     standard deviation before the network (an affine map the first layer could
     learn, but which makes small or short trainings converge; CaloChallenge feeds
     the raw columns).
+
+    ``selection``: which epoch is kept — ``"loss"``, the lowest BCE on the validation part
+    (with early stopping after ``patience`` epochs); ``"accuracy"``, the official rule: the
+    first epoch with the highest accuracy on that part, training stops early only when it
+    reaches 1.  ``dtype``: ``"float64"`` as the official code (slower on CPU).
     """
     import torch
 
@@ -216,6 +224,11 @@ def classifier_test_arrays(reference: np.ndarray, generated: np.ndarray, *, seed
         raise ConfigError(f"classifier split must be three positive fractions summing to 1, got {split}")
     if epochs < 1:
         raise ConfigError("classifier epochs must be >= 1")
+    if selection not in ("loss", "accuracy"):
+        raise ConfigError(f"classifier selection must be 'loss' or 'accuracy', not {selection!r}")
+    if dtype not in ("float32", "float64"):
+        raise ConfigError(f"classifier dtype must be float32 or float64, not {dtype!r}")
+    np_dtype = np.float64 if dtype == "float64" else np.float32
     rng = np.random.default_rng(seed)
     n = min(len(x_ref), len(x_gen), max_showers or np.iinfo(np.int64).max)
     n_train, n_val = int(split[0] * n), int(split[1] * n)
@@ -237,10 +250,13 @@ def classifier_test_arrays(reference: np.ndarray, generated: np.ndarray, *, seed
         mean, std = xt.mean(axis=0), xt.std(axis=0)
         std = np.where(std > 0, std, 1.0)
         xt, xv, xs = ((x - mean) / std for x in (xt, xv, xs))
-        xt, xv, xs = (x.astype(np.float32) for x in (xt, xv, xs))
+    xt, xv, xs = (x.astype(np_dtype) for x in (xt, xv, xs))
+    yt, yv = yt.astype(np_dtype), yv.astype(np_dtype)
     xt_t, yt_t = torch.from_numpy(xt).to(dev), torch.from_numpy(yt).to(dev)
     xv_t, yv_t = torch.from_numpy(xv).to(dev), torch.from_numpy(yv).to(dev)
     model = _network(xt.shape[1], n_layers, n_hidden, dropout).to(dev)
+    if dtype == "float64":
+        model = model.double()
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = torch.nn.BCEWithLogitsLoss()
 
@@ -250,6 +266,7 @@ def classifier_test_arrays(reference: np.ndarray, generated: np.ndarray, *, seed
             return torch.cat([model(x[i:i + 8192]).reshape(-1) for i in range(0, len(x), 8192)])
 
     best_loss, best_state, best_epoch, since_best, epoch = math.inf, None, 0, 0, 0
+    best_acc = -math.inf
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(xt_t), generator=gen).to(dev)
@@ -259,7 +276,16 @@ def classifier_test_arrays(reference: np.ndarray, generated: np.ndarray, *, seed
             loss = loss_fn(model(xt_t[idx]).reshape(-1), yt_t[idx])
             loss.backward()
             optimiser.step()
-        val_loss = float(loss_fn(logits(xv_t), yv_t))
+        val_logits = logits(xv_t)
+        if selection == "accuracy":  # the official rule: best accuracy, stop only at 100 %
+            acc = float(((val_logits > 0) == (yv_t > 0.5)).double().mean())
+            if acc > best_acc:
+                best_acc, best_epoch = acc, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            if acc == 1.0:
+                break
+            continue
+        val_loss = float(loss_fn(val_logits, yv_t))
         if val_loss < best_loss - 1e-7:
             best_loss, best_epoch, since_best = val_loss, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -290,6 +316,10 @@ def classifier_test_arrays(reference: np.ndarray, generated: np.ndarray, *, seed
         "n_features": int(xt.shape[1]),
         "device": str(dev),
         "seed": int(seed),
+        "selection": selection,
+        "n_hidden": int(n_hidden),
+        "n_layers": int(n_layers),
+        "epochs": int(epochs),
     }
 
 
@@ -326,8 +356,9 @@ def classifier_test(reference: Any, generated: Any, *, geometry: Geometry | str 
         keep_r = np.sort(rng.permutation(len(e_ref))[:max_showers])
         keep_g = np.sort(rng.permutation(len(e_gen))[:max_showers])
         e_ref, s_ref, e_gen, s_gen = e_ref[keep_r], s_ref[keep_r], e_gen[keep_g], s_gen[keep_g]
+    percent = settings.pop("percent", True)
     if mode == "low":
-        x_ref, x_gen = prepare_low(s_ref, e_ref), prepare_low(s_gen, e_gen)
+        x_ref, x_gen = prepare_low(s_ref, e_ref, percent=percent), prepare_low(s_gen, e_gen, percent=percent)
     elif mode == "low-normed":
         x_ref, x_gen = prepare_low(s_ref, e_ref, geo, normed=True), prepare_low(s_gen, e_gen, geo, normed=True)
     elif mode == "high":

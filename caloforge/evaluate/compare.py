@@ -27,8 +27,8 @@ Example
 ...     e = rng.choice([1e3, 1e4], n)
 ...     return ShowerData(e, rng.exponential(1.0, (n, 368)) * e[:, None] / 368)
 >>> result = compare(toy(400), toy(400), "ds1-photons", per_energy=False, fpd_kpd=False)
->>> sorted(result.headline)
-['classifier_auc', 'etot_chi2_ndf', 'fpd', 'kpd']
+>>> result.headline["protocol"], sorted(result.headline)[:4]
+('calochallenge', ['auc_high', 'auc_low', 'classifier_auc', 'etot_chi2_ndf'])
 """
 
 from __future__ import annotations
@@ -116,19 +116,28 @@ class EvaluationResult:
     labels: tuple[str, str] = ("reference", "generated")  # display names of the two samples
 
     @property
-    def headline(self) -> dict[str, float | None]:
+    def headline(self) -> dict[str, Any]:
         """The numbers a summary prints: χ²/ndf of E_tot/E_inc summed over energy points,
-        classifier AUC (low-level, ``None`` when not run), FPD and KPD (``None`` when not run)."""
+        classifier AUC (low-level, ``None`` when not run), FPD and KPD (``None`` when not run),
+        and — to read against the published CaloChallenge table — FPD and KPD ×10³, the low- and
+        high-level AUCs and the ``protocol`` that produced them (``"calochallenge"``: the
+        official definitions; ``"caloforge"``: not comparable with the table)."""
         m = self.metrics
         clf = m.get("classifier") or {}
-        auc = (clf.get("low") or {}).get("auc")
-        if auc is None:
-            auc = (clf.get("high") or {}).get("auc")
+        auc_low = (clf.get("low") or {}).get("auc")
+        auc_high = (clf.get("high") or {}).get("auc")
+        fpd = (m.get("fpd") or {}).get("value")
+        kpd = (m.get("kpd") or {}).get("value")
         return {
+            "protocol": (m.get("protocol") or {}).get("name", "caloforge"),
             "etot_chi2_ndf": m["total_energy"]["chi2_ndf"],
-            "classifier_auc": auc,
-            "fpd": (m.get("fpd") or {}).get("value"),
-            "kpd": (m.get("kpd") or {}).get("value"),
+            "classifier_auc": auc_low if auc_low is not None else auc_high,
+            "fpd": fpd,
+            "kpd": kpd,
+            "fpd_x1e3": None if fpd is None else 1e3 * fpd,
+            "kpd_x1e3": None if kpd is None else 1e3 * kpd,
+            "auc_low": auc_low,
+            "auc_high": auc_high,
         }
 
 
@@ -234,13 +243,16 @@ def scan_sample(
     max_showers: int | None = None,
     chunk_size: int | None = None,
     keep_rows: np.ndarray | None = None,
-    hl_matrix: bool = True,
+    hl_matrix: bool | str = True,
     advance: Callable[[float], None] = lambda n=1: None,
     cancel: "threading.Event | None" = None,
+    cut: float = 0.0,
 ) -> SampleSummary:
     """One streamed pass over a sample: features and accumulators, chunk by chunk.
 
     ``keep_rows`` (sorted row indices) are kept with their voxels for the classifier.
+    ``cut`` [MeV]: voxels below it are set to 0 first (the CaloChallenge protocol);
+    ``hl_matrix="calochallenge"`` keeps its 30-column high-level set.
     Memory: one chunk of voxels plus O(N × n_features) floats.
     """
     from caloforge.evaluate import features as F
@@ -260,6 +272,8 @@ def scan_sample(
         if cancel is not None and cancel.is_set():  # the other sample failed or Ctrl-C: stop early
             raise _Cancelled()
         s = np.asarray(chunk.showers, dtype=np.float32)
+        if cut > 0:
+            s = np.where(s < cut, np.float32(0.0), s)
         e = chunk.incident_energy.astype(np.float64)
         # features, high-level matrix and layer energies share one pass over the voxels
         table, matrix, layer_energy = F.high_level_tables(s, e, geometry, matrix=hl_matrix)
@@ -278,7 +292,8 @@ def scan_sample(
         if keep_rows is not None:
             lo, hi = np.searchsorted(keep_rows, [offset, offset + len(e)])
             if hi > lo:
-                kept.append(chunk.select(keep_rows[lo:hi] - offset))
+                rows = keep_rows[lo:hi] - offset
+                kept.append(ShowerData(chunk.incident_energy[rows], s[rows]))  # after the cut
         offset += len(e)
         advance(len(e))
     columns = {k: np.concatenate(v) for k, v in feats.items()}
@@ -322,42 +337,54 @@ def _n_bins(n_ref: int, n_gen: int) -> int:
 
 
 def _histogram(name: str, ref: np.ndarray, gen: np.ndarray) -> FeatureHistogram | None:
+    """caloforge protocol: bins over both samples (:func:`~caloforge.evaluate.metrics.pooled_edges`)."""
     from caloforge.evaluate import metrics as M
 
     ref = ref[np.isfinite(ref)]
     gen = gen[np.isfinite(gen)]
     if ref.size < 2 or gen.size < 2:
         return None
-    edges = _edges(ref, _n_bins(ref.size, gen.size))
+    edges = M.pooled_edges(ref, gen, _n_bins(ref.size, gen.size))
     stats = M.compare_feature(ref, gen, bins=edges)
     r, g = np.asarray(stats.pop("counts_reference")), np.asarray(stats.pop("counts_generated"))
     stats.pop("edges")
+    stats["binning"] = "pooled"
     return FeatureHistogram(name, edges, r, g, stats)
 
 
-def _edges(ref: np.ndarray, n_bins: int) -> np.ndarray:
-    """Bin edges made from the reference alone.
-
-    Integer-valued features with a small range get one bin per value (no aliasing);
-    positive features whose bulk spans more than two decades get log bins; others
-    linear bins over the central 99.8 % (one outlier must not squeeze the bulk into
-    a bin).  Values outside the edges land in the under/overflow bins, so they still
-    count in χ² and separation power.
-    """
+def _histogram_official(name: str, ref: np.ndarray, gen: np.ndarray, dataset: str, geometry: Geometry,
+                        edges: np.ndarray | None = None) -> FeatureHistogram | None:
+    """CaloChallenge protocol: the official fixed bins and separation power (entries outside the
+    range dropped, as the official code does; their fractions are reported); features the
+    official code does not histogram fall back to the caloforge binning."""
+    from caloforge.evaluate import calochallenge as CC
     from caloforge.evaluate import metrics as M
 
-    lo, hi = float(ref.min()), float(ref.max())
-    if hi > lo and hi - lo <= 2 * n_bins and np.all(ref == np.round(ref)):
-        return np.arange(lo - 0.5, hi + 1.0, 1.0)
-    pos = ref[ref > 0]
-    if lo >= 0 and pos.size >= 0.5 * ref.size:
-        p_lo, p1, p99, p_hi = np.quantile(pos, [0.001, 0.01, 0.99, 0.999])
-        if p1 > 0 and p99 > 100 * p1 and p_hi > p_lo:
-            return np.logspace(np.log10(p_lo), np.log10(p_hi), n_bins + 1)
-    q_lo, q_hi = np.quantile(ref, [0.001, 0.999])
-    if q_hi > q_lo:
-        return np.linspace(q_lo, q_hi, n_bins + 1)
-    return M.common_bins(ref, n_bins, "linear")
+    ref = ref[np.isfinite(ref)]
+    gen = gen[np.isfinite(gen)]
+    if ref.size < 2 or gen.size < 2:
+        return None
+    if edges is None:
+        edges = CC.feature_edges(name, dataset, ref, geometry)
+    if edges is None:
+        return _histogram(name, ref, gen)
+    values_r, values_g = ref, gen
+    if name.startswith("sparsity_layer_"):  # the official plot histograms 1 − sparsity
+        values_r, values_g = 1.0 - ref, 1.0 - gen
+    stats = M.compare_feature(values_r, values_g, bins=edges)
+    r, g = np.asarray(stats.pop("counts_reference")), np.asarray(stats.pop("counts_generated"))
+    stats.pop("edges")
+    stats.update(mean_reference=float(ref.mean()), mean_generated=float(gen.mean()),
+                 std_reference=float(ref.std()), std_generated=float(gen.std()))
+    stats["separation_power"] = CC.separation_power(values_r, values_g, edges)
+    stats["binning"] = "calochallenge"
+    stats["official_name"] = CC.official_name(name)
+    # what the official histogram drops: a model can hide a tail outside the fixed range
+    stats["outside_range_reference"] = float((r[0] + r[-1]) / max(r.sum(), 1.0))
+    stats["outside_range_generated"] = float((g[0] + g[-1]) / max(g.sum(), 1.0))
+    if values_r is not ref:  # counts of 1 − sparsity → counts of sparsity on the (symmetric) edges, for the plots
+        r, g = (np.concatenate([[c[-1]], c[1:-1][::-1], [c[0]]]) for c in (r, g))
+    return FeatureHistogram(name, edges, r, g, stats)
 
 
 def _energy_grouping(ref_e: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -418,12 +445,13 @@ def _total_energy(ref: SampleSummary, gen: SampleSummary, discrete: bool) -> dic
     }
 
 
-def _fpd_kpd(ref: SampleSummary, gen: SampleSummary, seed: int) -> dict[str, Any]:
+def _fpd_kpd(ref: SampleSummary, gen: SampleSummary, seed: int, official: bool = False) -> dict[str, Any]:
+    from caloforge.evaluate import calochallenge as CC
     from caloforge.evaluate import metrics as M
 
     out: dict[str, Any] = {}
-    fpd = M.fpd(ref.hl_matrix, gen.hl_matrix, seed=seed)
-    kpd = M.kpd(ref.hl_matrix, gen.hl_matrix, seed=seed)
+    fpd = M.fpd(ref.hl_matrix, gen.hl_matrix, seed=seed, **(CC.FPD_SETTINGS if official else {}))
+    kpd = M.kpd(ref.hl_matrix, gen.hl_matrix, seed=seed, **(CC.KPD_SETTINGS if official else {}))
     for name, (value, error) in (("fpd", fpd), ("kpd", kpd)):
         out[name] = {"value": float(value), "error": float(error), "value_x1e3": 1e3 * float(value),
                      "error_x1e3": 1e3 * float(error)}
@@ -431,15 +459,20 @@ def _fpd_kpd(ref: SampleSummary, gen: SampleSummary, seed: int) -> dict[str, Any
 
 
 def _classifier(ref: SampleSummary, gen: SampleSummary, geometry: Geometry, seed: int, device: str,
-                settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Low level on the kept voxel subsample, high level on every shower's feature matrix."""
+                settings: Mapping[str, Any], official: bool = False) -> dict[str, Any]:
+    """Low level on the kept voxel subsample, high level on every shower's feature matrix.
+    ``official``: the CaloChallenge classifier (:data:`~caloforge.evaluate.calochallenge.CLASSIFIER_SETTINGS`,
+    ``settings`` override it) with voxel / E_inc inputs."""
+    from caloforge.evaluate import calochallenge as CC
     from caloforge.evaluate import classifier as C
 
     def scalars(res: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in res.items() if isinstance(v, (int, float, np.integer, np.floating, str))}
 
+    settings = CC.classifier_settings(settings) if official else dict(settings)
+    low_settings = dict(settings, percent=False) if official else settings
     low = C.classifier_test(ref.classifier_sample, gen.classifier_sample, geometry=geometry, mode="low", seed=seed,
-                            device=device, **settings)
+                            device=device, **low_settings)
     high = C.classifier_test_arrays(ref.hl_matrix, gen.hl_matrix, seed=seed, device=device, **settings)
     high["mode"] = "high"
     return {"low": scalars(low), "high": scalars(high)}
@@ -463,6 +496,23 @@ def _memorisation(training: SampleSummary, ref: SampleSummary, gen: SampleSummar
     out = {k: v for k, v in res.items() if np.isscalar(v)}
     out.update(n_training=len(t), n_generated=len(g), n_reference=len(r), space="standardised high-level features")
     return out
+
+
+def _protocol_description(protocol: str, dataset: str | None, cut: float,
+                          classifier_settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What produced the numbers: stored with them and shown by the report."""
+    from caloforge.evaluate import calochallenge as CC
+
+    if protocol == "calochallenge":
+        clf = CC.classifier_settings(classifier_settings)
+        return {"name": protocol, "dataset": dataset, "voxel_cut_mev": cut, "hl_columns": "calochallenge (30 for DS1 γ)",
+                "binning": "official fixed ranges; entries outside dropped from the separation power",
+                "fpd": dict(CC.FPD_SETTINGS), "kpd": dict(CC.KPD_SETTINGS),
+                "classifier": {k: list(v) if isinstance(v, tuple) else v for k, v in clf.items()},
+                "official_classifier": all(clf[k] == v for k, v in CC.CLASSIFIER_SETTINGS.items())}
+    return {"name": protocol, "dataset": dataset, "voxel_cut_mev": 0.0, "hl_columns": "caloforge (14 for DS1 γ)",
+            "binning": "pooled equal-count bins, explicit zero bin", "fpd": {"min_samples": 20_000},
+            "kpd": {"batch_size": 5_000}, "classifier": dict(classifier_settings or {}), "official_classifier": False}
 
 
 def _load_source(source: ShowerSource, what: str, geometry: Geometry) -> ShowerSource:
@@ -519,6 +569,7 @@ def compare(
     classifier_settings: Mapping[str, Any] | None = None,
     labels: tuple[str, str] = ("reference", "generated"),
     training: ShowerSource | None = None,
+    protocol: str | None = None,
 ) -> EvaluationResult:
     """Evaluate ``generated`` showers against ``reference`` showers.
 
@@ -530,15 +581,31 @@ def compare(
     ``progress``: ``True`` for rich progress bars, or a callback taking step names.
     ``training``: the model's training sample, for the nearest-neighbour memorisation
     check (``reference`` must then be independent of it).
+
+    ``protocol``: ``"calochallenge"`` (the official definitions, comparable with the published
+    table: voxel cut, 30-column high-level set, fixed histogram ranges, the official classifier
+    and FPD/KPD settings; see :mod:`caloforge.evaluate.calochallenge`) or ``"caloforge"``
+    (no cut, pooled adaptive bins, a seeded standardised early-stopped classifier: better
+    behaved on small samples).  ``None``: calochallenge on ds1-photons, ds1-pions, ds2 and
+    ds3, caloforge elsewhere.  Under calochallenge, ``classifier_settings`` override the
+    official ones (e.g. ``{"epochs": 5, "n_hidden": 256}`` for a quick run).
     """
+    from caloforge.evaluate import calochallenge as CC
+
     geo = load_geometry(geometry)
+    protocol = CC.resolve_protocol(protocol, geo)
+    official = protocol == "calochallenge"
+    dataset = CC.dataset_of(geo)
+    cut = CC.voxel_cut(dataset) if official else 0.0
     reference = _load_source(reference, "reference", geo)
     generated = _load_source(generated, "generated", geo)
     n_ref_total = min(_count(reference), max_showers or 1 << 62)
     n_gen_total = min(_count(generated), max_showers or 1 << 62)
     n_clf = min(classifier_max, max(CLASSIFIER_MAX_BYTES // (4 * geo.n_voxels), 1000)) if classifier else 0
     training = _load_source(training, "training", geo) if training is not None else None
-    need_hl = fpd_kpd or classifier or training is not None
+    need_hl: bool | str = fpd_kpd or classifier or training is not None
+    if need_hl and official:
+        need_hl = "calochallenge"
     timings: dict[str, float] = {}
     with _Progress(progress) as prog:
         t0 = time.perf_counter()
@@ -548,7 +615,8 @@ def compare(
         def scan(i: int, source: ShowerSource, n_total: int) -> SampleSummary:
             with prog.task(f"reading {labels[i]}", n_total) as adv:
                 return scan_sample(source, geo, max_showers=max_showers, chunk_size=chunk_size, hl_matrix=need_hl,
-                                   keep_rows=_random_rows(n_total, n_clf, seed + i), advance=adv, cancel=cancel)
+                                   keep_rows=_random_rows(n_total, n_clf, seed + i), advance=adv, cancel=cancel,
+                                   cut=cut)
 
         # the two samples are independent: scan them side by side (numpy and the HDF5
         # decompression release the GIL); neither result depends on the other
@@ -587,10 +655,17 @@ def compare(
         with prog.task("histograms", len(names)) as adv:
             for name in names:
                 r, g = ref.features[name], gen.features[name]
-                h = _histogram(name, r, g)
+                h = _histogram_official(name, r, g, dataset, geo) if official else _histogram(name, r, g)
                 entry: dict[str, Any] = {"inclusive": _stats_dict(h)}
                 if per_energy and h is not None:
-                    h.per_energy = [_histogram(name, r[ri], g[gi]) for ri, gi in zip(ref_rows, gen_rows)]
+                    if official:
+                        # the inclusive fixed bins at every energy (E_tot/E_inc: the official per-energy bins)
+                        h.per_energy = [_histogram_official(
+                            name, r[ri], g[gi], dataset, geo,
+                            CC.per_energy_ratio_edges(dataset, p["energy"]) if name == "E_ratio" else h.edges)
+                            for ri, gi, p in zip(ref_rows, gen_rows, point_table)]
+                    else:
+                        h.per_energy = [_histogram(name, r[ri], g[gi]) for ri, gi in zip(ref_rows, gen_rows)]
                     entry["per_energy"] = {p["label"]: _stats_dict(ph) for p, ph in zip(point_table, h.per_energy)}
                 if h is not None:
                     hists[name] = h
@@ -599,6 +674,7 @@ def compare(
         timings["histograms"] = time.perf_counter() - t0
 
         metrics: dict[str, Any] = {
+            "protocol": _protocol_description(protocol, dataset, cut, classifier_settings),
             "geometry": geo.name,
             "n_reference": ref.n,
             "n_generated": gen.n,
@@ -626,7 +702,7 @@ def compare(
             t0 = time.perf_counter()
             with prog.task("FPD / KPD", None):
                 try:
-                    metrics.update(_fpd_kpd(ref, gen, seed))
+                    metrics.update(_fpd_kpd(ref, gen, seed, official))
                 except DataError as exc:
                     notes.append(f"FPD/KPD skipped: {exc}")
             timings["fpd_kpd"] = time.perf_counter() - t0
@@ -635,7 +711,7 @@ def compare(
             t0 = time.perf_counter()
             with prog.task("classifier (low + high level)", None):
                 try:
-                    clf = _classifier(ref, gen, geo, seed, device, dict(classifier_settings or {}))
+                    clf = _classifier(ref, gen, geo, seed, device, dict(classifier_settings or {}), official)
                     clf["n_per_sample_low"] = min(len(ref.classifier_sample), len(gen.classifier_sample))
                     clf["n_per_sample_high"] = min(ref.n, gen.n)
                     metrics["classifier"] = clf
@@ -646,7 +722,8 @@ def compare(
         if training is not None:
             t0 = time.perf_counter()
             with prog.task("reading training sample", min(_count(training), max_showers or 1 << 62)) as adv:
-                train = scan_sample(training, geo, max_showers=max_showers, chunk_size=chunk_size, advance=adv)
+                train = scan_sample(training, geo, max_showers=max_showers, chunk_size=chunk_size, advance=adv,
+                                    hl_matrix="calochallenge" if official else True, cut=cut)
             metrics["memorisation"] = _memorisation(train, ref, gen, seed)
             timings["memorisation"] = time.perf_counter() - t0
         metrics["notes"] = notes

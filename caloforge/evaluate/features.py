@@ -62,6 +62,8 @@ __all__ = [
     "high_level_matrix",
     "high_level_matrix_names",
     "high_level_tables",
+    "calochallenge_matrix",
+    "calochallenge_matrix_names",
     "FEATURE_GROUPS",
 ]
 
@@ -527,11 +529,55 @@ def _matrix_from_moments(m: Mapping[str, np.ndarray], e_inc: np.ndarray, geometr
     return np.concatenate(cols, axis=1)
 
 
+def calochallenge_matrix_names(geometry: Geometry) -> list[str]:
+    """Columns of :func:`calochallenge_matrix`: the 14 of :func:`high_level_matrix_names` (DS1
+    photons), then ``log10_E_tot``, ``sparsity_layer_i``, ``CE_r_layer_i``, ``width_r_layer_i``.
+
+    >>> from caloforge.geometry import load_geometry
+    >>> len(calochallenge_matrix_names(load_geometry("ds1-photons")))
+    30
+    """
+    names = high_level_matrix_names(geometry) + ["log10_E_tot"]
+    for stem in ("sparsity", "CE_r", "width_r"):
+        names += [f"{stem}_layer_{i}" for i in geometry.active_layers]
+    return names
+
+
+def calochallenge_matrix(showers: np.ndarray, incident_energy: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The CaloChallenge high-level set since November 2023 (``prepare_high_data_for_classifier``
+    in the official ``evaluate.py``), (N, F) float64: :func:`high_level_matrix`'s columns, then
+    log10(E_tot + 1e-8), the sparsity per layer (fraction of voxels ≤ 0) and the radial centre of
+    energy and width per layer divided by 100 mm.  Apply the protocol's voxel cut first
+    (:func:`caloforge.evaluate.calochallenge.apply_cut`): the official code does.
+
+    >>> from caloforge.geometry import load_geometry
+    >>> g = load_geometry("ds1-photons")
+    >>> calochallenge_matrix(np.ones((2, g.n_voxels)), np.array([1e3, 1e3]), g).shape
+    (2, 30)
+    """
+    showers = _check(showers, geometry)
+    e_inc = _incident(incident_energy, len(showers))
+    return _calochallenge_from_moments(_layer_moments(showers, geometry), e_inc, geometry)
+
+
+def _calochallenge_from_moments(m: Mapping[str, np.ndarray], e_inc: np.ndarray, geometry: Geometry) -> np.ndarray:
+    e = m["E"]
+    active = list(geometry.active_layers)
+    occupancy, _ = _occupancy(m, geometry)
+    cols = [_matrix_from_moments(m, e_inc, geometry),
+            np.log10(np.clip(e.sum(axis=1), 0.0, None) + 1e-8)[:, None],
+            1.0 - occupancy[:, active],
+            _safe_div(m["Er"], e)[:, active] / 1e2,
+            _width(m["Err"], m["Er"], e)[:, active] / 1e2]
+    return np.concatenate(cols, axis=1)
+
+
 def high_level_tables(showers: np.ndarray, incident_energy: np.ndarray, geometry: Geometry, *,
-                      matrix: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray]:
+                      matrix: bool | str = True) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray]:
     """:func:`high_level_features` (default groups), :func:`high_level_matrix` (default
     columns; ``None`` unless ``matrix``) and the layer energies (N, n_layers) [MeV] from one
     pass over the voxels: the per-layer moments behind all three are computed once.
+    ``matrix="calochallenge"`` gives :func:`calochallenge_matrix` instead.
 
     >>> from caloforge.geometry import load_geometry
     >>> g = load_geometry("ds1-photons")
@@ -544,4 +590,6 @@ def high_level_tables(showers: np.ndarray, incident_energy: np.ndarray, geometry
     e_inc = _incident(incident_energy, len(showers))
     m = _layer_moments(showers, geometry)
     features = _features_from_moments(showers, m, e_inc, geometry, set(FEATURE_GROUPS), None)
+    if matrix == "calochallenge":
+        return features, _calochallenge_from_moments(m, e_inc, geometry), m["E"]
     return features, (_matrix_from_moments(m, e_inc, geometry) if matrix else None), m["E"]

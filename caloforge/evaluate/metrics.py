@@ -32,6 +32,8 @@ from caloforge.errors import DataError
 
 __all__ = [
     "common_bins",
+    "reference_edges",
+    "pooled_edges",
     "histogram_counts",
     "separation_power",
     "histogram_chi2",
@@ -103,6 +105,72 @@ def common_bins(reference: np.ndarray, n_bins: int = 30, mode: Binning = "auto")
         v = float(ref[ref > 0].min()) if mode == "log" else float(ref.min())
         half = max(abs(v) * 1e-6, 1e-12)
         edges = np.array([v - half, v + half])
+    return edges
+
+
+def reference_edges(reference: np.ndarray, n_bins: int) -> np.ndarray:
+    """The evaluator's binning before pooled bins (kept for comparison): edges from the
+    reference alone — one bin per value for small integer ranges, log bins over the central
+    99.8 % of the positive values when they span more than two decades and make up half the
+    sample, else linear bins over the reference's central 99.8 %.  Zeros share a bin with the
+    smallest values, and a generated tail beyond the reference lands in one overflow bin."""
+    ref = _finite(reference)
+    lo, hi = float(ref.min()), float(ref.max())
+    if hi > lo and hi - lo <= 2 * n_bins and np.all(ref == np.round(ref)):
+        return np.arange(lo - 0.5, hi + 1.0, 1.0)
+    pos = ref[ref > 0]
+    if lo >= 0 and pos.size >= 0.5 * ref.size:
+        p_lo, p1, p99, p_hi = np.quantile(pos, [0.001, 0.01, 0.99, 0.999])
+        if p1 > 0 and p99 > 100 * p1 and p_hi > p_lo:
+            return np.logspace(np.log10(p_lo), np.log10(p_hi), n_bins + 1)
+    q_lo, q_hi = np.quantile(ref, [0.001, 0.999])
+    if q_hi > q_lo:
+        return np.linspace(q_lo, q_hi, n_bins + 1)
+    return common_bins(ref, n_bins, "linear")
+
+
+# a feature with at least this fraction of exact zeros (empty layers, sparsity …) gets a bin of its own for them
+ZERO_BIN_FRACTION = 0.01
+
+
+def pooled_edges(reference: np.ndarray, generated: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin edges that cannot hide a tail or a wrong fraction of zeros: equal-count bins of the
+    *pooled* sample (so both samples' ranges and tails are binned, not lumped into an overflow
+    bin or squeezed into a wide reference bin), one bin per value for small integer ranges, and
+    when ≥ 1 % of the pooled values are exactly 0 an explicit bin that holds only the zeros.
+
+    >>> e = pooled_edges(np.array([0.0, 0.0, 1.0, 2.0, 3.0]), np.array([0.0, 2.5, 7.5, 9.0]), 4)
+    >>> e[:2].tolist(), float(e[-1])  # [-0.5, 0.5) holds only the zeros; the top covers 9
+    ([-0.5, 0.5], 9.0)
+    """
+    x = np.concatenate([_finite(reference), _finite(generated)])
+    if x.size == 0:
+        return np.array([0.0, 1.0])
+    lo, hi = float(x.min()), float(x.max())
+    if hi > lo and hi - lo <= 2 * n_bins and np.all(x == np.round(x)):
+        return np.arange(lo - 0.5, hi + 1.0, 1.0)
+    nonzero = x[x != 0]
+    zero_bin = nonzero.size < x.size and (x.size - nonzero.size) >= ZERO_BIN_FRACTION * x.size
+    body = nonzero if zero_bin and nonzero.size else x
+    levels = np.linspace(0.0, 1.0, max(n_bins - int(zero_bin), 1) + 1)
+    # finer bins in both tails (down to 0.1 % of the pooled sample, ≥ 10 entries each), so a tail
+    # that is wrong in shape or position gets bins of its own instead of sharing one with the bulk
+    tails = np.array([q for q in (0.001, 0.003, 0.01) if q * body.size >= 10])
+    levels = np.concatenate([levels, tails, 1.0 - tails])
+    edges = np.quantile(body, np.sort(levels))
+    # each sample's own range ends at an edge, so values beyond the other sample's range get bins
+    # of their own (never shared with, and averaged against, the other sample's extremes)
+    r, g = _finite(reference), _finite(generated)
+    ends = [np.nextafter(v.max(), np.inf) for v in (r, g) if v.size] + [np.nextafter(v.min(), -np.inf) for v in (r, g)
+                                                                          if v.size]
+    edges = np.unique(np.concatenate([edges, [e for e in ends if e < edges[-1] and e > edges[0]]]))
+    if zero_bin and nonzero.size:
+        half = 0.5 * float(np.abs(nonzero).min())  # no non-zero value lies within ±half of 0
+        edges = np.unique(np.concatenate([edges[np.abs(edges) > half], [-half, half]]))
+    elif zero_bin:  # all zeros
+        edges = np.array([-0.5, 0.5])
+    if edges.size < 2:
+        edges = common_bins(x, n_bins, "linear")
     return edges
 
 

@@ -82,13 +82,15 @@ def format_headline(headline: dict[str, Any]) -> str:
     'E_tot χ²/ndf 1  ·  KPD ×10³ 0.002'
     """
     parts = [f"E_tot χ²/ndf {_fmt(headline.get('etot_chi2_ndf'), 3)}"]
+    if headline.get("protocol"):  # which definitions produced the numbers below
+        parts.insert(0, f"{headline['protocol']} protocol:")
     if headline.get("classifier_auc") is not None:
         parts.append(f"classifier AUC {_fmt(headline['classifier_auc'], 3)}")
     # FPD/KPD in the CaloChallenge units (×10³), as in the report and the demo
     for key in ("fpd", "kpd"):
         if headline.get(key) is not None:
             parts.append(f"{key.upper()} ×10³ {_x1e3(headline[key])}")
-    return "  ·  ".join(parts)
+    return "  ·  ".join(parts).replace("protocol:  ·  ", "protocol: ")
 
 
 def write_metrics(result: "EvaluationResult", path: str | Path) -> Path:
@@ -114,6 +116,10 @@ def _cards(m: dict[str, Any]) -> str:
         d = m.get(key)
         if d:
             cards.append((f"{key.upper()} ×10³", f"{_fmt(d['value_x1e3'], 3)} ± {_fmt(d['error_x1e3'], 2)}", ""))
+    proto = (m.get("protocol") or {}).get("name")
+    if proto:  # every number on this page comes from this protocol
+        cards.append(("protocol" + (" (comparable with the CaloChallenge table)" if proto == "calochallenge" else ""),
+                      html.escape(proto), ""))
     s = m["summary"]
     cards.append(("median feature χ²/ndf", _fmt(s.get("median_chi2_ndf"), 3), _chi2_class(s.get("median_chi2_ndf"))))
     cards.append(("mean separation power", _fmt(s.get("mean_separation_power"), 3), ""))

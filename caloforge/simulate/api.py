@@ -36,7 +36,7 @@ from .hadronic import (HADRONIC_SAMPLING_SCALE, hadronic_spots, pi0_showers, sam
                        sample_hadronic_visible, sample_interaction_depth)
 from .units import parse_energy, parse_energy_list, parse_range
 
-__all__ = ["PARTICLES", "EnergySpec", "Part", "simulate", "simulate_to_file", "simulate_plan", "iter_plan",
+__all__ = ["PARTICLES", "ENERGY_SCALES", "DATASET_ENERGY_SCALE", "resolve_energy_scale", "EnergySpec", "Part", "simulate", "simulate_to_file", "simulate_plan", "iter_plan",
            "block_size", "spot_cap", "normalize_particle"]
 
 PARTICLES = {
@@ -47,6 +47,34 @@ PARTICLES = {
 PHOTON_CONVERSION_X0 = 9.0 / 7.0  # mean free path of a high-energy photon
 FLUSH_SECONDS = 2.0  # finished showers wait at most this long before they reach the file
 MAX_SPOTS = 100_000  # spots handled at once: bounds memory (≈ 100 bytes per spot) and page faults
+
+# "visible": the energy seen by the active medium (sampling fraction applied);
+# "calibrated": visible energy divided by the layer's sampling fraction, i.e. the energy
+# deposited in active + passive material (E_tot / E_inc ≈ 1 minus leakage for EM showers).
+ENERGY_SCALES = ("visible", "calibrated")
+# the convention of each named geometry's published dataset (README "Energy conventions"):
+# CaloChallenge DS1 and DS2/DS3 (Si energy / 0.033), CaloGAN (active + inactive per layer) and
+# the ATLAS cells (EM scale) are calibrated; the CLIC (3DGAN) and ILD (BIB-AE) samples store the
+# energy in the silicon (the MIP peak of the hit spectrum is visible-energy physics)
+DATASET_ENERGY_SCALE = {"ds1-photons": "calibrated", "ds1-pions": "calibrated", "ds2": "calibrated",
+                        "ds3": "calibrated", "calogan": "calibrated", "atlas-4layer": "calibrated",
+                        "clic": "visible", "ild": "visible"}
+
+
+def resolve_energy_scale(geometry: Geometry | str, energy_scale: str | None = None) -> str:
+    """``energy_scale`` checked, or (``None``) the convention of the geometry's dataset:
+    :data:`DATASET_ENERGY_SCALE` for the named geometries, ``"visible"`` for user geometries.
+
+    >>> resolve_energy_scale("ds1-photons"), resolve_energy_scale("clic"), resolve_energy_scale("ild", "calibrated")
+    ('calibrated', 'visible', 'calibrated')
+    """
+    if energy_scale is None:
+        name = geometry if isinstance(geometry, str) else geometry.name
+        return DATASET_ENERGY_SCALE.get(name, "visible")
+    scale = str(energy_scale).strip().lower()
+    if scale not in ENERGY_SCALES:
+        raise ConfigError(f"unknown energy scale {energy_scale!r}: use visible or calibrated")
+    return scale
 
 
 def normalize_particle(particle: str) -> str:
@@ -194,6 +222,7 @@ class _Task:
     stream: int
     block: int
     part: Part
+    calibrated: bool = False  # divide the visible energies by the sampling fraction
 
 
 def _slice_cond(value, lo: int, hi: int):
@@ -212,13 +241,13 @@ def _slice_part(part: Part, lo: int, hi: int) -> Part:
                    impact=_slice_cond(part.impact, lo, hi))
 
 
-def _tasks(parts: Sequence[Part], bsize: int) -> list[_Task]:
+def _tasks(parts: Sequence[Part], bsize: int, calibrated: bool = False) -> list[_Task]:
     tasks = []
     for p_idx, part in enumerate(parts):
         if isinstance(part.energies, EnergySpec) and part.energies.kind == "discrete":
             raise ConfigError("a Part with a discrete EnergySpec must list its per-shower energies (np.repeat)")
         for b, lo in enumerate(range(0, part.n, bsize)):
-            tasks.append(_Task(p_idx, b, _slice_part(part, lo, min(lo + bsize, part.n))))
+            tasks.append(_Task(p_idx, b, _slice_part(part, lo, min(lo + bsize, part.n)), calibrated))
     return tasks
 
 
@@ -253,7 +282,7 @@ def _showers(stack: Stack, particle: str, rng: np.random.Generator, energy: np.n
     if particle in ("photon", "electron"):
         t0 = rng.exponential(PHOTON_CONVERSION_X0, n) if particle == "photon" else np.zeros(n)
         spots = em_spots(rng, energy, t0, Z, Ec, stack.sampling, cap)
-        showers = visible(rng, stack, deposit(stack, spots, n, cos_tilt, slope, impact))
+        showers = visible(rng, stack, deposit(stack, spots, n, cos_tilt, slope, impact), threshold=stack.threshold)
     else:
         s_int = sample_interaction_depth(rng, n)  # first inelastic interaction [λ along the axis]
         total = stack.cum_lambda[-1] / cos_tilt
@@ -273,7 +302,7 @@ def _showers(stack: Stack, particle: str, rng: np.random.Generator, energy: np.n
         dep_had = deposit(stack, had, n, cos_tilt, slope, impact)
         # zero suppression acts on the voxel's whole signal, not on each component
         showers = suppress(visible(rng, stack, dep_em, threshold=0.0)
-                           + visible(rng, stack, dep_had, HADRONIC_SAMPLING_SCALE, threshold=0.0))
+                           + visible(rng, stack, dep_had, HADRONIC_SAMPLING_SCALE, threshold=0.0), stack.threshold)
     return showers
 
 
@@ -304,6 +333,8 @@ def simulate_block(stack: Stack, task: _Task, seed: int) -> ShowerData:
         showers[sl] = _showers(stack, part.particle, rng, energy[sl], cos_tilt[sl], (slope[0][sl], slope[1][sl]),
                                (impact[0][sl], impact[1][sl]), cap)
         lo = hi
+    if task.calibrated:  # after the readout threshold and the sampling fluctuations, which are visible-energy physics
+        showers /= stack.voxel_fraction.astype(np.float32)
     cond = {"incident_theta": theta, "incident_phi": phi, "impact_x": impact[0], "impact_y": impact[1]}
     return ShowerData(energy, showers, cond)
 
@@ -388,10 +419,13 @@ def _run_tasks(geo: Geometry, tasks: Sequence[_Task], seed: int, workers: int) -
 
 
 def iter_plan(geometry: Geometry | str, parts: Sequence[Part], seed: int = 0, workers: int | None = 1,
-              progress: bool = False, description: str = "simulating") -> Iterator[ShowerData]:
-    """Yield the plan's showers block by block, in order (conditions: all four, always)."""
+              progress: bool = False, description: str = "simulating",
+              energy_scale: str | None = None) -> Iterator[ShowerData]:
+    """Yield the plan's showers block by block, in order (conditions: all four, always).
+    ``energy_scale``: see :func:`resolve_energy_scale`."""
     geo = load_geometry(geometry)
-    tasks = _tasks(parts, block_size(geo))
+    calibrated = resolve_energy_scale(geo, energy_scale) == "calibrated"
+    tasks = _tasks(parts, block_size(geo), calibrated)
     workers = _default_workers() if workers is None or workers <= 0 else int(workers)
     with (_progress(progress, description, sum(p.n for p in parts)) as update,
           closing(_run_tasks(geo, tasks, seed, min(workers, max(len(tasks), 1)))) as blocks):
@@ -420,7 +454,7 @@ def _condition_names(parts: Sequence[Part]) -> tuple[str, ...]:
 
 
 def simulate_plan(geometry: Geometry | str, parts: Sequence[Part], seed: int = 0, workers: int | None = 1,
-                  progress: bool = False) -> ShowerData:
+                  progress: bool = False, energy_scale: str | None = None) -> ShowerData:
     """Simulate all parts into memory (conditions kept when any part sets them)."""
     geo = load_geometry(geometry)
     names = _condition_names(parts)
@@ -429,7 +463,7 @@ def simulate_plan(geometry: Geometry | str, parts: Sequence[Part], seed: int = 0
     out = ShowerData(np.empty(total), np.empty((total, geo.n_voxels), np.float32),
                      {k: np.empty(total) for k in names})
     lo = 0
-    for block in iter_plan(geo, parts, seed, workers, progress):
+    for block in iter_plan(geo, parts, seed, workers, progress, energy_scale=energy_scale):
         hi = lo + len(block)
         out.incident_energy[lo:hi] = block.incident_energy
         out.showers[lo:hi] = block.showers
@@ -451,6 +485,7 @@ def simulate(
     seed: int = 0,
     workers: int | None = 1,
     progress: bool = False,
+    energy_scale: str | None = None,
 ) -> ShowerData:
     """Simulate showers of ``particle`` in ``geometry``; returns :class:`~caloforge.io.ShowerData` (MeV).
 
@@ -465,27 +500,34 @@ def simulate(
     centre at the expected shower maximum).  When any of them is given, the result's
     ``conditions`` hold ``incident_theta, incident_phi, impact_x, impact_y``.
     ``workers``: processes (None → all cores); the output does not depend on it.
+    ``energy_scale``: ``"visible"`` (energy in the active medium) or ``"calibrated"``
+    (divided by the sampling fraction); ``None`` follows the geometry's dataset
+    (:data:`DATASET_ENERGY_SCALE`; user geometries: visible).
 
-    >>> d = simulate("calogan", "photon", [10_000.0] * 4, seed=1)
+    >>> d = simulate("calogan", "photon", [10_000.0] * 4, seed=1, energy_scale="visible")
     >>> d.showers.shape, bool(0.1 < d.showers.sum(1).mean() / 1e4 < 0.25)
     ((4, 504), True)
+    >>> bool(0.9 < simulate("calogan", "photon", [10_000.0] * 4, seed=1).showers.sum(1).mean() / 1e4 < 1.05)
+    True
     """
     part = make_part(particle, energies, n, theta, phi, impact)
-    return simulate_plan(geometry, [part], seed=seed, workers=workers, progress=progress)
+    return simulate_plan(geometry, [part], seed=seed, workers=workers, progress=progress, energy_scale=energy_scale)
 
 
 def write_plan(path: str | Path, geometry: Geometry | str, parts: Sequence[Part], seed: int = 0,
                workers: int | None = None, progress: bool = False, chunk: int = 4096,
-               attrs: dict | None = None) -> int:
+               attrs: dict | None = None, energy_scale: str | None = None) -> int:
     """Stream a plan into a CaloChallenge HDF5 file (atomic). Returns the count.
 
     Showers are appended every ``chunk`` showers or :data:`FLUSH_SECONDS`, whichever
     comes first; on Ctrl-C the finished ones are appended too and the file is left as
-    ``<stem>.partial.h5`` holding whole showers."""
+    ``<stem>.partial.h5`` holding whole showers.  The file's ``energy_scale`` attribute
+    records the energy convention."""
     geo = load_geometry(geometry)
     names = _condition_names(parts)
+    scale = resolve_energy_scale(geo, energy_scale)
     meta = {"generator": "caloforge.simulate", "geometry": geo.name, "seed": int(seed),
-            "particles": ",".join(sorted({p.particle for p in parts}))}
+            "particles": ",".join(sorted({p.particle for p in parts})), "energy_scale": scale}
     meta.update(attrs or {})
     buf: list[ShowerData] = []
     buffered = 0
@@ -503,7 +545,7 @@ def write_plan(path: str | Path, geometry: Geometry | str, parts: Sequence[Part]
     with ShowerWriter(path, geo.n_voxels, conditions=names, attrs=meta) as writer:
         try:
             for block in iter_plan(geo, parts, seed, workers, progress,
-                                   description=f"simulating → {Path(path).name}"):
+                                   description=f"simulating → {Path(path).name}", energy_scale=scale):
                 buf.append(block)
                 buffered += len(block)
                 # by size, and by time so that slow geometries keep their finished showers too
@@ -530,9 +572,11 @@ def simulate_to_file(
     workers: int | None = None,
     progress: bool = False,
     chunk: int = 4096,
+    energy_scale: str | None = None,
 ) -> int:
     """Like :func:`simulate`, but streams into a CaloChallenge file in chunks of ``chunk``
     showers; an interrupted run leaves ``<stem>.partial.h5`` with the complete showers.
     Returns the number of showers written."""
     part = make_part(particle, energies, n, theta, phi, impact)
-    return write_plan(path, geometry, [part], seed=seed, workers=workers, progress=progress, chunk=chunk)
+    return write_plan(path, geometry, [part], seed=seed, workers=workers, progress=progress, chunk=chunk,
+                      energy_scale=energy_scale)

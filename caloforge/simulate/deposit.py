@@ -29,13 +29,16 @@ from caloforge.geometry import Geometry, Material
 
 from .em import Spots
 
-__all__ = ["Stack", "GAP_DENSITY", "VISIBLE_THRESHOLD", "deposit", "visible", "suppress", "mip_spots"]
+__all__ = ["Stack", "GAP_DENSITY", "VISIBLE_THRESHOLD", "READOUT_THRESHOLD", "deposit", "visible", "suppress", "mip_spots"]
 
 # The gaps between readout layers (cryostat walls, services) are modelled as the
 # preceding layer's material at this fraction of its density.
 GAP_DENSITY = 0.25
 # zero suppression of the readout [MeV visible]: 1 keV
 VISIBLE_THRESHOLD = 1e-3
+# readouts with their own published threshold [MeV visible]: the CaloChallenge Si-W files
+# (DS2/DS3) zero-suppress below 0.5 keV in the silicon
+READOUT_THRESHOLD = {"ds2": 0.5e-3, "ds3": 0.5e-3}
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Stack:
     sampling: bool  # GFlash sampling-calorimeter fluctuations
     voxel_fraction: np.ndarray  # (n_voxels,) sampling fraction of each voxel's layer
     voxel_term: np.ndarray  # (n_voxels,) stochastic term [√GeV] of each voxel's layer
+    threshold: float = VISIBLE_THRESHOLD  # readout zero suppression [MeV visible]
 
     @classmethod
     def build(cls, geometry: Geometry) -> "Stack":
@@ -99,6 +103,7 @@ class Stack:
             sampling=sampling,
             voxel_fraction=np.array([L.sampling_fraction for L in geometry.layers])[geometry.voxel_layer],
             voxel_term=np.array([L.sampling_term for L in geometry.layers])[geometry.voxel_layer],
+            threshold=READOUT_THRESHOLD.get(geometry.name, VISIBLE_THRESHOLD),
         )
 
     @property

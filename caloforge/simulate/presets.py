@@ -1,7 +1,19 @@
 """Seed datasets, reproduced in spirit: which energies, how many showers, which angles.
 
 Each preset names the geometry it is made for and lists its parts per particle;
-``scale`` multiplies every count (rounded, at least 1 per energy/part).
+``scale`` multiplies every count (rounded, at least 1 per energy/part).  Each preset
+writes energies in its dataset's convention (``energy_scale`` and ``convention``):
+
+* ``ds1-photons`` / ``ds1-pions``: calibrated, as the CaloChallenge DS1 files (cell
+  energies at the EM scale: E_tot / E_inc ≈ 1 minus leakage for photons, e/π-like below 1
+  for pions);
+* ``ds2`` / ``ds3``: calibrated, as the CaloChallenge Si-W files: the energy in the silicon
+  divided by the sampling fraction 0.033 (E_tot / E_inc ≈ 1 minus leakage); the 0.5 keV
+  silicon readout threshold is 15.15 keV in file units;
+* ``calogan``: calibrated: the layer energies include the inactive material (CaloGAN PRL);
+* ``atlas-4layer``: calibrated (ATLAS cells at the EM scale);
+* ``clic`` and ``ild``: visible: the energy in the silicon cells (3DGAN shows the sampling
+  fraction E_sum / E_p; BIB-AE the MIP peak of the hit spectrum).
 
 >>> p = PRESETS["ds1-photons"]
 >>> p.geometry, p.default_particle, sum(part.n for part in p.parts("photon"))
@@ -46,6 +58,8 @@ class Preset:
     particles: tuple[str, ...]
     description: str
     build: Callable[[str, float], list[Part]] = field(repr=False)
+    energy_scale: str = "calibrated"  # "visible" | "calibrated" (caloforge.simulate.api.ENERGY_SCALES)
+    convention: str = ""  # the dataset's energy convention, in words
 
     @property
     def default_particle(self) -> str:
@@ -72,23 +86,36 @@ PRESETS: dict[str, Preset] = {
     for p in [
         Preset("ds1-photons", "ds1-photons", ("photon",),
                "15 DS1 energies 256 MeV … 4.2 TeV, 121k photons (10k per energy up to 262 GeV)",
-               lambda part, s: _discrete(part, DS1_ENERGIES, DS1_PHOTON_COUNTS, s)),
+               lambda part, s: _discrete(part, DS1_ENERGIES, DS1_PHOTON_COUNTS, s),
+               "calibrated", "CaloChallenge DS1: cell energies at the EM scale, E_tot/E_inc ≈ 1 minus leakage"),
         Preset("ds1-pions", "ds1-pions", ("pion",),
                "15 DS1 energies 256 MeV … 4.2 TeV, 120k pions",
-               lambda part, s: _discrete(part, DS1_ENERGIES, DS1_PION_COUNTS, s)),
+               lambda part, s: _discrete(part, DS1_ENERGIES, DS1_PION_COUNTS, s),
+               "calibrated", "CaloChallenge DS1: cell energies at the EM scale (pions: e/π < 1, leakage)"),
+        Preset("ds2", "ds2", ("electron",),
+               "CaloChallenge DS2: electrons 1 GeV … 1 TeV log-uniform, 100k",
+               lambda part, s: [Part(part, EnergySpec.log_uniform(1 * GeV, 1e3 * GeV), _n(100_000, s))],
+               "calibrated", "CaloChallenge Si-W: silicon energy / 0.033; 0.5 keV Si threshold = 15.15 keV"),
+        Preset("ds3", "ds3", ("electron",),
+               "CaloChallenge DS3: electrons 1 GeV … 1 TeV log-uniform, 100k",
+               lambda part, s: [Part(part, EnergySpec.log_uniform(1 * GeV, 1e3 * GeV), _n(100_000, s))],
+               "calibrated", "CaloChallenge Si-W: silicon energy / 0.033; 0.5 keV Si threshold = 15.15 keV"),
         Preset("calogan", "calogan", ("photon", "electron", "pion"),
                "e+, γ, π+ at 1–100 GeV uniform, perpendicular, 100k each",
-               lambda part, s: [Part(part, EnergySpec.uniform(1 * GeV, 100 * GeV), _n(100_000, s))]),
+               lambda part, s: [Part(part, EnergySpec.uniform(1 * GeV, 100 * GeV), _n(100_000, s))],
+               "calibrated", "CaloGAN: layer energies include the inactive material"),
         Preset("clic", "clic", ("photon", "electron", "pion"),
                "e−, γ, π at 10–500 GeV flat: 10k perpendicular + 10k with θ 60°–120°, each",
-               _clic),
+               _clic, "visible", "CLIC (3DGAN): energy in the silicon cells"),
         Preset("ild", "ild", ("photon",),
                "photons 10–100 GeV flat with θ 30°–90°, 20k",
                lambda part, s: [Part(part, EnergySpec.uniform(10 * GeV, 100 * GeV), _n(20_000, s),
-                                     theta=(math.radians(30), math.radians(90)), phi=0.0)]),
+                                     theta=(math.radians(30), math.radians(90)), phi=0.0)],
+               "visible", "ILD (BIB-AE): hit energies in the silicon (MIP peak)"),
         Preset("atlas-4layer", "atlas-4layer", ("photon",),
                "photons at 1, 2, 4, 8, 16, 32, 65, 131, 262 GeV, 10k each",
-               lambda part, s: _discrete(part, [1, 2, 4, 8, 16, 32, 65, 131, 262] * np.array(GeV), [10_000] * 9, s)),
+               lambda part, s: _discrete(part, [1, 2, 4, 8, 16, 32, 65, 131, 262] * np.array(GeV), [10_000] * 9, s),
+               "calibrated", "ATLAS cells at the EM scale"),
     ]
 }
 
@@ -110,15 +137,18 @@ def _plan(name: str, particle: str | None, scale: float, geometry) -> tuple[obje
 
 
 def simulate_preset(name: str, seed: int = 0, scale: float = 1.0, workers: int | None = None,
-                    particle: str | None = None, geometry=None, progress: bool = False) -> ShowerData:
+                    particle: str | None = None, geometry=None, progress: bool = False,
+                    energy_scale: str | None = None) -> ShowerData:
     """Simulate a preset into memory (``particle`` defaults to the preset's photon / pion set;
-    ``geometry`` defaults to the preset's own)."""
-    return simulate_plan(*_plan(name, particle, scale, geometry), seed=seed, workers=workers, progress=progress)
+    ``geometry`` defaults to the preset's own; ``energy_scale`` to the preset's convention)."""
+    return simulate_plan(*_plan(name, particle, scale, geometry), seed=seed, workers=workers, progress=progress,
+                         energy_scale=energy_scale or get_preset(name).energy_scale)
 
 
 def simulate_preset_to_file(path: str | Path, name: str, seed: int = 0, scale: float = 1.0,
                             workers: int | None = None, particle: str | None = None, geometry=None,
-                            progress: bool = False, chunk: int = 4096) -> int:
+                            progress: bool = False, chunk: int = 4096, energy_scale: str | None = None) -> int:
     """Stream a preset into a CaloChallenge file; returns the number of showers."""
     return write_plan(path, *_plan(name, particle, scale, geometry), seed=seed, workers=workers,
-                      progress=progress, chunk=chunk, attrs={"preset": name})
+                      progress=progress, chunk=chunk, attrs={"preset": name},
+                      energy_scale=energy_scale or get_preset(name).energy_scale)
