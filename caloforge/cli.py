@@ -361,16 +361,21 @@ def generate_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     threads: int = typer.Option(0, "--threads", help="Torch threads (0 = the CPUs this process may use)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Write only shard K/N (K = 1 … N) of the request, "
+                                        "for N batch jobs; join them with caloforge merge. Every shard must use "
+                                        "the same --seed and --batch-size."),
 ) -> None:
-    """Generate showers from a trained model into a CaloChallenge-format file."""
+    """Generate showers from a trained model into a CaloChallenge-format file (or one shard of it)."""
     import warnings
 
     import numpy as np
 
     from caloforge.errors import ConfigError
-    from caloforge.generate import generate_to_file, load_model, parse_energies, reference_energies
+    from caloforge.generate import load_model, parse_energies, reference_energies
+    from caloforge.production import Shard, generate_production
     from caloforge.runtime import set_threads
 
+    part = Shard.parse(shard) if shard is not None else None
     if (energies is None) == (like is None):
         raise ConfigError("give either --energies with --n, or --like REF.h5")
     if energies is not None and (n is None or n <= 0):
@@ -401,12 +406,32 @@ def generate_cmd(
             conditions["incident_phi"] = _angles(phi, len(incident), rng, False, "--phi")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        generate_to_file(gen, output, incident, conditions=conditions, batch_size=batch_size, seed=seed,
-                         progress=True)  # gen is already on --device
+        _, written = generate_production(gen, output, incident, conditions=conditions, batch_size=batch_size,
+                                         seed=seed, shard=part, progress=True)  # gen is already on --device
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}")
-    console.print(f"wrote {len(incident)} showers ({gen.n_voxels} voxels, {gen.geometry}) from {gen.path}")
+    of = f" (shard {part} of {len(incident)})" if part is not None else ""
+    console.print(f"wrote {written} showers{of} ({gen.n_voxels} voxels, {gen.geometry}) from {gen.path}")
     print(f"output: {output}")
+
+
+# --- merge (caloforge.production) ----------------------------------------------------
+@app.command("merge")
+@user_errors
+def merge_cmd(
+    parts: list[Path] = typer.Argument(..., help="Shard files written by caloforge generate ... --shard K/N."),
+    output: Path = typer.Option(..., "--output", "-o", help="Merged shower file (CaloChallenge HDF5)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Join the N shards of a sharded generation into one file, identical to the unsharded run.
+
+    Refuses shards of different models, geometries, seeds, batch sizes or requests, and a
+    missing or repeated shard (one line, exit 2); nothing is written then."""
+    from caloforge.production import merge_shards
+
+    path, n = merge_shards(parts, output, progress=not quiet)
+    console.print(f"merged {len(parts)} shards: {n} showers")
+    print(f"output: {path}")
 
 
 @app.command("demo")
