@@ -515,10 +515,12 @@ def run_worker(config, space_path, data_path, output, storage: str | None = None
     timeout = parse_duration(o.timeout, "--timeout") if o.timeout is not None else None
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{output}: exists and is not a directory; choose another study directory")
+    if storage is None:
+        output.mkdir(parents=True, exist_ok=True)
+    url = storage or default_storage_url(output)
+    store = open_storage(url)  # an unusable storage fails before minutes of reading data
     data = read_showers(data_path, geometry=base.model.geometry)
     output.mkdir(parents=True, exist_ok=True)
-    url = storage or default_storage_url(output)
-    store = open_storage(url)
     name = o.study_name or Path(space_path).stem
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     with warnings.catch_warnings():
