@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--startup-trials", type=int, default=3)
     ap.add_argument("--checkpoint-every", type=int, default=None, help="override the demo config's 500 (pruning "
                     "compares trials at the same checkpoints)")
+    ap.add_argument("--timeout", default=None, help="start no new trial after this long (caloforge tune --timeout)")
     ap.add_argument("--no-classifier", action="store_true")
     args = ap.parse_args()
 
@@ -79,6 +80,8 @@ def main() -> None:
                  "-o", str(out / "study"), "--trials", str(args.trials), "--seeds", str(args.seeds),
                  "--max-iterations", str(args.max_iterations), "--trial-time", args.trial_time,
                  "--startup-trials", str(args.startup_trials), "--threads", "1"]
+    if args.timeout:
+        cmd += ["--timeout", args.timeout]
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env)

@@ -484,7 +484,7 @@ def tune_cmd(
             table.add_column(col, justify="left" if col == "parameters" else "right")
         for row in rep.best:
             params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
-            spread = f"{row['std']:.3g}" if row.get("std") is not None else "-"
+            spread = f"{row['std']:.3g}" if row.get("std") is not None and len(row.get("values") or []) > 1 else "-"
             values = ", ".join(f"{v:.4g}" for v in row.get("values") or [])
             table.add_row(str(row["number"]), f"{row['value']:.4g}", spread, values, params)
         (console if console.is_terminal else Console(highlight=False, width=200)).print(table)

@@ -205,3 +205,22 @@ def test_grid_sampler_needs_a_finite_space():
     lists = SearchSpace.from_mapping({"model.generator_hidden": [[8], [16, 16]]}, base)
     assert lists.base_values(base) == ({}, ["model.generator_hidden"])  # [16] is not a choice
     assert lists.apply(base, {"model.generator_hidden": "[16, 16]"}).model.generator_hidden == [16, 16]
+
+
+def test_on_checkpoint_hook_stops_training_cleanly_and_the_run_resumes(files, tmp_path):
+    from caloforge.train import StopTraining, train
+
+    seen = []
+
+    def hook(iteration: int, scores: dict) -> None:
+        seen.append((iteration, scores))
+        if iteration == 10:
+            raise StopTraining("enough")
+
+    cfg = {**BASE, "training": {**BASE["training"], "max_iterations": 20}}
+    result = train(cfg, files["data"], tmp_path / "run", progress=False, on_checkpoint=hook)
+    assert [i for i, _ in seen] == [5, 10] and all("chi2_etot" in s for _, s in seen)
+    assert (result.stopped, result.iterations, result.message) == ("stopped", 10, "enough")
+    assert [h[0] for h in result.history] == [5, 10] and result.best_checkpoint is not None
+    resumed = train(cfg, files["data"], tmp_path / "run", progress=False, resume=True)
+    assert (resumed.stopped, resumed.iterations) == ("completed", 20)
