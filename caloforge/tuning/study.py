@@ -470,7 +470,9 @@ def _objective_factory(ctx: dict):
                     elapsed_s=round(time.monotonic() - t0, 1))
         _write_json(trial_dir / "trial.json", info)
         spread = f" ± {std:.3g} over {len(values)} seeds ({', '.join(f'{v:.4g}' for v in values)})" if len(values) > 1 else ""
-        log(f"trial {trial.number}: {o.metric} {mean:.4g}{spread} in {(time.monotonic() - t0) / 60:.1f} min; "
+        took = time.monotonic() - t0
+        took_text = f"{took:.0f} s" if took < 90 else f"{took / 60:.1f} min"
+        log(f"trial {trial.number}: {o.metric} {mean:.4g}{spread} in {took_text}; "
             f"{_format_params(info['params'])}")
         return mean
 
