@@ -50,8 +50,8 @@ from caloforge.config import RunConfig, TrainingConfig, flatten, load_config, pa
 from caloforge.errors import ConfigError, DataError
 from caloforge.io import ShowerData, atomic_path, check_showers, read_showers
 
-__all__ = ["TrainResult", "StopTraining", "train", "split_validation", "load_config", "parse_duration", "TrainingConfig",
-           "RunConfig", "latest_checkpoint"]
+__all__ = ["TrainResult", "StopTraining", "train", "split_validation", "load_config", "parse_duration",
+           "TrainingConfig", "RunConfig", "latest_checkpoint"]
 
 latest_checkpoint = ckpt.latest_checkpoint
 # keys that may change between a run and its --resume (budgets and logging only)
