@@ -128,7 +128,8 @@ def _check_options(o: TuneOptions, base: RunConfig, space: SearchSpace) -> None:
             import difflib
 
             close = difflib.get_close_matches(str(value), known, n=1)
-            raise ConfigError(f"{name} {value!r}: unknown ({f'did you mean {close[0]}?' if close else 'known: ' + ', '.join(known)})")
+            hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(known)
+            raise ConfigError(f"{name} {value!r}: unknown ({hint})")
     if o.prune_above is not None and not math.isfinite(o.prune_above):
         raise ConfigError(f"--prune-above must be a finite number, got {o.prune_above!r}")
     if not (o.metric in EVALUATOR_METRICS or o.metric.isidentifier()):
@@ -440,7 +441,8 @@ def _objective_factory(ctx: dict):
             except Exception as exc:  # a configuration that crashes (memory, numerics) fails its trial only
                 info.update(state="FAIL", error=f"{type(exc).__name__}: {exc}")
                 _write_json(trial_dir / "trial.json", info)
-                raise _TrialFailed(f"seed {seed}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                raise _TrialFailed(f"seed {seed}: {type(exc).__name__}: {first}") from exc
             if stopped == "stopped":
                 where = f"seed {seed}, iteration {reporter.pruned_at}"
                 trial.set_user_attr("pruned_at", where)
@@ -469,7 +471,8 @@ def _objective_factory(ctx: dict):
         info.update(state="COMPLETE", seed_values=per_seed, mean=mean, std=std, best_seed=best_seed,
                     elapsed_s=round(time.monotonic() - t0, 1))
         _write_json(trial_dir / "trial.json", info)
-        spread = f" ± {std:.3g} over {len(values)} seeds ({', '.join(f'{v:.4g}' for v in values)})" if len(values) > 1 else ""
+        each = ", ".join(f"{v:.4g}" for v in values)
+        spread = f" ± {std:.3g} over {len(values)} seeds ({each})" if len(values) > 1 else ""
         took = time.monotonic() - t0
         took_text = f"{took:.0f} s" if took < 90 else f"{took / 60:.1f} min"
         log(f"trial {trial.number}: {o.metric} {mean:.4g}{spread} in {took_text}; "
