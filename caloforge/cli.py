@@ -397,17 +397,22 @@ def generate_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     engine: str = typer.Option("auto", "--engine", help="auto (ONNX Runtime for large CPU requests when it "
                                "reproduces the model, else PyTorch), pytorch or onnxruntime."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Write only shard K/N (K = 1 … N) of the request, "
+                                        "for N batch jobs; join them with caloforge merge. Every shard must use "
+                                        "the same --seed and --batch-size."),
 ) -> None:
-    """Generate showers from a trained model into a CaloChallenge-format file."""
+    """Generate showers from a trained model into a CaloChallenge-format file (or one shard of it)."""
     import warnings
 
     import numpy as np
 
     from caloforge.errors import ConfigError
-    from caloforge.generate import generate_to_file, load_model, parse_energies, reference_energies
+    from caloforge.generate import load_model, parse_energies, reference_energies
     from caloforge.io import check_output_file
+    from caloforge.production import Shard, generate_production
     from caloforge.runtime import set_threads
 
+    part = Shard.parse(shard) if shard is not None else None
     if (energies is None) == (like is None):
         raise ConfigError("give either --energies with --n, or --like REF.h5")
     if energies is not None and (n is None or n <= 0):
@@ -439,12 +444,134 @@ def generate_cmd(
             conditions["incident_phi"] = _angles(phi, len(incident), rng, False, "--phi")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        generate_to_file(gen, output, incident, conditions=conditions, batch_size=batch_size, seed=seed,
-                         progress=True, engine=engine)  # gen is already on --device
+        _, written = generate_production(gen, output, incident, conditions=conditions, batch_size=batch_size,
+                                         seed=seed, shard=part, progress=True, engine=engine)  # gen is on --device
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}")
-    console.print(f"wrote {len(incident)} showers ({gen.n_voxels} voxels, {gen.geometry}) from {gen.path}")
+    of = f" (shard {part} of {len(incident)})" if part is not None else ""
+    console.print(f"wrote {written} showers{of} ({gen.n_voxels} voxels, {gen.geometry}) from {gen.path}")
     print(f"output: {output}")
+
+
+# --- tune (caloforge.tuning) -------------------------------------------------------
+@app.command("tune")
+@user_errors
+def tune_cmd(
+    output: Path = typer.Option(..., "--output", "-o", help="Study directory: trials/ (run directories), best, "
+                                "report/, and study.db when --storage is not given."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Base training config (YAML or shipped name)."),
+    space: Optional[Path] = typer.Option(None, "--space", help="Search space YAML: config key → {type: float|int|"
+                                         "log|categorical, low, high | choices}."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Training shower file (CaloChallenge HDF5)."),
+    trials: int = typer.Option(20, "--trials", help="Finished trials the study should hold, counted over all workers."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="sqlite:///DIR/study.db (default), "
+                                          "postgresql://user@host/db, or journal:/shared/study.journal; the same "
+                                          "storage and study name on several machines make one study."),
+    study_name: Optional[str] = typer.Option(None, "--study-name", help="Study name (default: the space file's name)."),
+    seeds: int = typer.Option(1, "--seeds", help="Train every configuration with K seeds (training.seed + 0…K-1); "
+                              "the objective is their mean, the spread is reported."),
+    metric: str = typer.Option("chi2_etot", "--metric", help="Objective, minimised: chi2_etot (best checkpoint's "
+                               "E_tot χ²), another checkpoint score (val_nll), or auc, auc_high, fpd, kpd, "
+                               "etot_chi2_ndf from the evaluator on the validation split."),
+    sampler: str = typer.Option("tpe", "--sampler", help="tpe, cmaes (evolutionary), random or grid."),
+    pruner: str = typer.Option("median", "--pruner", help="median, hyperband or none: stop trials whose "
+                               "checkpoint scores fall behind."),
+    prune_above: Optional[float] = typer.Option(None, "--prune-above", help="Also stop any trial whose running "
+                                                "checkpoint score exceeds this value."),
+    startup_trials: int = typer.Option(5, "--startup-trials", help="Trials before TPE/CMA-ES model the space and "
+                                       "the median pruner starts pruning."),
+    trial_time: Optional[str] = typer.Option(None, "--trial-time", help="Time budget of one trial, all seeds, "
+                                             "e.g. 10m (each seed gets an equal share)."),
+    max_iterations: Optional[int] = typer.Option(None, "--max-iterations", help="Iteration budget of each "
+                                                 "training run (default: the config's)."),
+    nproc_per_trial: int = typer.Option(1, "--nproc-per-trial", help="Train each trial data-parallel with "
+                                        "caloforge train --nproc K."),
+    threads: int = typer.Option(0, "--threads", help="Torch threads per training process (0 = the CPUs this "
+                                "process may use)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+    worker: int = typer.Option(0, "--worker", help="This worker's number (e.g. $SLURM_ARRAY_TASK_ID): seeds "
+                               "its sampler differently from the other workers'."),
+    seed: int = typer.Option(0, "--seed", help="Sampler seed (with --worker)."),
+    timeout: Optional[str] = typer.Option(None, "--timeout", help="Start no new trial after this time, e.g. 3h "
+                                          "(a batch job's wall time minus one trial)."),
+    worker_trials: Optional[int] = typer.Option(None, "--worker-trials", help="Run at most N trials in this worker."),
+    enqueue_base: bool = typer.Option(True, "--enqueue-base/--no-enqueue-base", help="Make the first trial of a "
+                                      "new study the base config's own settings (the baseline to beat)."),
+    report: bool = typer.Option(False, "--report", help="Print the best trials and parameter importances, write "
+                                "Optuna's plots to OUTPUT/report/, and exit."),
+    top: int = typer.Option(5, "--top", help="With --report: how many trials to list."),
+) -> None:
+    """Hyperparameter search on Optuna: every trial is a training run directory, scored by the E_tot χ²
+    of its best checkpoint (or an evaluator metric), averaged over --seeds, pruned from checkpoint scores.
+    Run the same command on several machines against one --storage to make them one study."""
+    from caloforge.errors import ConfigError
+    from caloforge.tuning.storage import default_storage_url, describe_storage, open_storage
+
+    if report:
+        from caloforge.tuning.report import study_report
+
+        url = storage or default_storage_url(output)
+        if storage is None and not (output / "study.db").is_file():
+            raise ConfigError(f"{output / 'study.db'}: no study here; give --storage URL of the study")
+        rep = study_report(open_storage(url), study_name, output, top=top)
+        counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(rep.counts.items()))
+        console.print(f"[bold]study {rep.study_name}[/] ({describe_storage(url)}): {counts}; objective: mean "
+                      f"{rep.metric} over {rep.seeds} seed{'s' if rep.seeds != 1 else ''} (lower is better)")
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("trial", rep.metric, "± spread", "seeds", "parameters"):
+            table.add_column(col, justify="left" if col == "parameters" else "right")
+        for row in rep.best:
+            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
+            spread = f"{row['std']:.3g}" if row.get("std") is not None and len(row.get("values") or []) > 1 else "-"
+            values = ", ".join(f"{v:.4g}" for v in row.get("values") or [])
+            table.add_row(str(row["number"]), f"{row['value']:.4g}", spread, values, params)
+        (console if console.is_terminal else Console(highlight=False, width=200)).print(table)
+        if rep.importances:
+            console.print("parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in rep.importances.items()))
+        for note in rep.notes:
+            console.print(f"[yellow]note:[/] {note}")
+        if rep.best:
+            console.print(f"best trial: {rep.best[0]['trial_dir']} (caloforge generate --model {output / 'best'} ...)")
+        print(f"report: {output / 'report'}")
+        return
+    from caloforge.tuning.study import TuneOptions, run_worker
+
+    missing = [name for name, v in (("--config", config), ("--space", space), ("--data", data)) if v is None]
+    if missing:
+        raise ConfigError(f"caloforge tune needs {', '.join(missing)} (or --report to summarise a study)")
+    options = TuneOptions(trials=trials, seeds=seeds, metric=metric, sampler=sampler, pruner=pruner,
+                          prune_above=prune_above, startup_trials=startup_trials, trial_time=trial_time,
+                          max_iterations=max_iterations, nproc_per_trial=nproc_per_trial, threads=threads or None,
+                          device=device, worker=worker, seed=seed, timeout=timeout, worker_trials=worker_trials,
+                          enqueue_base=enqueue_base, study_name=study_name)
+    summary = run_worker(config, space, data, output, storage, options, log=console.print)
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(summary.counts.items()))
+    console.print(f"worker {worker} ran {len(summary.trials_run)} trial(s); {summary.stopped}. Study "
+                  f"{summary.study_name} ({summary.storage}): {counts}")
+    if summary.best_number is not None:
+        spread = f" ± {summary.best_std:.3g}" if summary.best_std else ""
+        console.print(f"best trial {summary.best_number}: {metric} {summary.best_value:.4g}{spread}")
+        if (output / "best").exists():
+            print(f"best: {output / 'best'}")
+
+
+# --- merge (caloforge.production) ----------------------------------------------------
+@app.command("merge")
+@user_errors
+def merge_cmd(
+    parts: list[Path] = typer.Argument(..., help="Shard files written by caloforge generate ... --shard K/N."),
+    output: Path = typer.Option(..., "--output", "-o", help="Merged shower file (CaloChallenge HDF5)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Join the N shards of a sharded generation into one file, identical to the unsharded run.
+
+    Refuses shards of different models, geometries, seeds, batch sizes or requests, and a
+    missing or repeated shard (one line, exit 2); nothing is written then."""
+    from caloforge.production import merge_shards
+
+    path, n = merge_shards(parts, output, progress=not quiet)
+    console.print(f"merged {len(parts)} shards: {n} showers")
+    print(f"output: {path}")
 
 
 @app.command("demo")

@@ -30,8 +30,8 @@ import torch
 from caloforge.errors import ConfigError, DataError
 from caloforge.io import ShowerData, ShowerWriter, iter_showers
 
-__all__ = ["ENGINES", "ShowerGenerator", "OutOfRangeWarning", "load_model", "generate", "generate_to_file", "parse_energies",
-           "reference_energies"]
+__all__ = ["ENGINES", "ShowerGenerator", "OutOfRangeWarning", "load_model", "generate", "generate_to_file",
+           "parse_energies", "reference_energies", "batch_seed"]
 
 
 class OutOfRangeWarning(UserWarning):
@@ -138,13 +138,32 @@ def _sampler(gen: ShowerGenerator, n: int, engine: str):
     return cache[key]
 
 
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of batch ``index`` of a generation with base ``seed``.
+
+    Every batch of ``batch_size`` showers draws its noise from its own generator, so
+    any split of the rows on batch boundaries (``caloforge generate --shard K/N``, see
+    :mod:`caloforge.production`) reproduces the unsplit output exactly.  Batch 0 uses
+    ``seed`` itself (a file of one batch is what caloforge 0.1 wrote); the others a
+    SeedSequence hash of (seed, index), so neighbouring seeds share no batch.
+
+    >>> batch_seed(7, 0), batch_seed(7, 1) == batch_seed(8, 0), batch_seed(7, 1) == batch_seed(7, 1)
+    (7, False, True)
+    """
+    if index == 0:
+        return int(seed)
+    state = np.random.SeedSequence(entropy=int(seed), spawn_key=(int(index),)).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1  # 62 bits: a valid torch seed
+
+
 def _batches(gen: ShowerGenerator, energy: np.ndarray, conditions: Mapping[str, np.ndarray], batch_size: int,
-             seed: int, engine: str = "auto"):
+             seed: int, engine: str = "auto", first_batch: int = 0, request_size: int | None = None):
     dev = gen.model.device
     gen.model.eval()
-    rng = torch.Generator(device=dev).manual_seed(int(seed))
-    sampler = _sampler(gen, len(energy), engine)
+    # the engine follows the size of the whole request, so that every shard of it uses the same one
+    sampler = _sampler(gen, len(energy) if request_size is None else request_size, engine)
     for lo in range(0, len(energy), batch_size):
+        rng = torch.Generator(device=dev).manual_seed(batch_seed(seed, first_batch + lo // batch_size))
         e = energy[lo:lo + batch_size]
         cond = {"incident_energy": e, **{k: v[lo:lo + batch_size] for k, v in conditions.items()}}
         if sampler is not None:  # the same noise from rng through the exported graph
@@ -167,7 +186,9 @@ def generate(model, incident_energy, *, conditions: Mapping[str, np.ndarray] | N
     the trained range raise an :class:`OutOfRangeWarning`.  ``device`` moves the
     model there; None keeps it where it is (a path is loaded on the CPU).  ``engine``:
     ``auto`` runs large CPU requests through ONNX Runtime when it reproduces the model
-    (:mod:`caloforge.engine`), ``pytorch`` never does, ``onnxruntime`` insists.
+    (:mod:`caloforge.engine`), ``pytorch`` never does, ``onnxruntime`` insists.  Each batch
+    of ``batch_size`` rows is seeded by :func:`batch_seed`: the output depends on
+    ``seed`` and ``batch_size``, and rows split on batch boundaries reproduce it.
     """
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")

@@ -39,7 +39,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -50,8 +50,8 @@ from caloforge.config import RunConfig, TrainingConfig, flatten, load_config, pa
 from caloforge.errors import ConfigError, DataError
 from caloforge.io import ShowerData, atomic_path, check_showers, read_showers
 
-__all__ = ["TrainResult", "train", "split_validation", "load_config", "parse_duration", "TrainingConfig",
-           "RunConfig", "latest_checkpoint"]
+__all__ = ["TrainResult", "StopTraining", "train", "split_validation", "load_config", "parse_duration",
+           "TrainingConfig", "RunConfig", "latest_checkpoint"]
 
 latest_checkpoint = ckpt.latest_checkpoint
 # keys that may change between a run and its --resume (budgets and logging only)
@@ -70,13 +70,18 @@ class TrainResult:
     last_checkpoint: Path | None
     iterations: int
     history: list[tuple[int, float]]
-    stopped: str  # "completed", "max_time", "diverged"
+    stopped: str  # "completed", "max_time", "diverged", "stopped" (by on_checkpoint)
     message: str = ""
 
     @property
     def best_path(self) -> Path | None:
         """Alias of ``best_checkpoint`` (RUN_DIR/best)."""
         return self.best_checkpoint
+
+
+class StopTraining(Exception):
+    """Raised by an ``on_checkpoint`` hook to end :func:`train` cleanly after that checkpoint
+    (e.g. a hyperparameter search pruning the trial); its message becomes ``TrainResult.message``."""
 
 
 def split_validation(data: ShowerData, fraction: float, seed: int) -> tuple[ShowerData, ShowerData]:
@@ -242,6 +247,7 @@ def train(
     validation: ShowerData | str | Path | None = None,
     seed: int | None = None,
     threads: int | None = None,
+    on_checkpoint: Callable[[int, dict], None] | None = None,
 ) -> TrainResult:
     """Train (or, with ``resume``, continue training) a model; see the module docstring.
 
@@ -252,6 +258,10 @@ def train(
     when a loss becomes NaN/inf (``stopped == "diverged"``), keeping the last good
     checkpoint.  ``seed`` overrides ``training.seed``; ``threads`` sets torch's
     intra-op threads (None: the CPUs this process may use).
+
+    ``on_checkpoint(iteration, scores)`` is called on rank 0 after each checkpoint is
+    written and scored; raising :class:`StopTraining` there ends the run after that
+    checkpoint with ``stopped == "stopped"`` (all ranks stop on the same iteration).
     """
     from caloforge.geometry import load_geometry
     from caloforge.models.base import BatchSource, fit
@@ -278,14 +288,14 @@ def train(
     with use_threads(threads) as n_threads:
         try:
             return _train(cfg, tc, data, validation, Path(run_dir), resume, dev, geo, budget_s, total, progress,
-                          n_threads, fit, BatchSource, Progress)
+                          n_threads, fit, BatchSource, Progress, on_checkpoint)
         finally:
             if launched:
                 dist.shutdown()
 
 
 def _train(cfg, tc, data, validation, run_dir, resume, dev, geo, budget_s, total, progress, n_threads,
-           fit, BatchSource, Progress) -> TrainResult:
+           fit, BatchSource, Progress, on_checkpoint=None) -> TrainResult:
     main = dist.is_main()
     source = str(data) if not isinstance(data, ShowerData) else "training data"
     if resume and not (run_dir / "run.json").exists():  # before minutes of reading data
@@ -422,6 +432,16 @@ def _train(cfg, tc, data, validation, run_dir, resume, dev, geo, budget_s, total
                             writer.flush()
                         bar.update(iteration, f"{tc.select_by} {scores[tc.select_by]:.4g} "
                                    f"(best {best_score:.4g} @ {best_iteration})", force=True)
+                    if on_checkpoint is not None:
+                        stop = None
+                        if main:
+                            try:
+                                on_checkpoint(iteration, dict(history[-1]["scores"]))
+                            except StopTraining as exc:
+                                stop = str(exc) or f"stopped by on_checkpoint after iteration {iteration}"
+                        if dist.broadcast_flag(stop is not None, dev):
+                            stopped, message = "stopped", stop or f"stopped after iteration {iteration}"
+                            break
                 if time_up and iteration < total:
                     stopped, message = "max_time", f"time budget reached after iteration {iteration}"
                     break

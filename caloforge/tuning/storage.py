@@ -1,0 +1,96 @@
+"""Where a study lives: Optuna storages from one ``--storage`` string, with one-line errors.
+
+* nothing: ``sqlite:///DIR/study.db`` — embedded, one machine (a few workers on it);
+* ``sqlite:///path.db``, ``postgresql://user:pw@host/db``, ``mysql+pymysql://…`` — an
+  SQLAlchemy URL (Optuna's RDB storage).  PostgreSQL is the choice for many workers
+  on many machines (install a driver, e.g. ``pip install psycopg2-binary``).  Workers
+  send a heartbeat; a trial whose worker died (killed batch job) is marked failed after
+  3 minutes and retried once by the next worker, which resumes its run directories;
+* ``journal:PATH`` (or a path ending ``.journal``/``.log``) — Optuna's journal file,
+  an append-only log that many processes, also on several machines sharing a file
+  system (NFS), can use without a database server.
+
+>>> describe_storage("postgresql://physicist:secret@db.example.org/tune")
+'postgresql://physicist:***@db.example.org/tune'
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from pathlib import Path
+
+from caloforge.errors import ConfigError
+
+__all__ = ["open_storage", "describe_storage", "default_storage_url"]
+
+HEARTBEAT_S = 60
+GRACE_S = 180
+_JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
+
+
+def default_storage_url(output: str | Path) -> str:
+    return f"sqlite:///{Path(output).resolve() / 'study.db'}"
+
+
+def describe_storage(url: str) -> str:
+    """The URL with any password masked, for messages and logs."""
+    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", str(url))
+
+
+def _journal_path(url: str) -> Path | None:
+    if url.startswith("journal:"):
+        return Path(url[len("journal:"):].removeprefix("//"))
+    if "://" not in url and url.endswith(_JOURNAL_SUFFIXES):
+        return Path(url)
+    return None
+
+
+def open_storage(url: str):
+    """An Optuna storage for ``url``; ConfigError (one line) when it cannot be used."""
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages.journal import JournalFileBackend
+
+    shown = describe_storage(url)
+    journal = _journal_path(url)
+    if journal is not None:
+        if not journal.parent.is_dir():
+            raise ConfigError(f"--storage {shown}: cannot open the journal file (no directory {journal.parent})")
+        try:
+            return JournalStorage(JournalFileBackend(str(journal)))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--storage {shown}: cannot open the journal file ({exc})") from None
+    if "://" not in url:
+        raise ConfigError(f"--storage {shown}: expected a database URL (sqlite:///DIR/study.db, "
+                          "postgresql://user@host/db) or a journal file (journal:/shared/study.journal)")
+    engine_kwargs = {}
+    if url.startswith("sqlite:"):
+        db = url.split(":///", 1)[-1]
+        if db and db != ":memory:" and not Path(db).parent.is_dir():
+            raise ConfigError(f"--storage {shown}: cannot open the database (no directory {Path(db).parent})")
+        engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers wait for the write lock
+    try:
+        for attempt in range(4):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the heartbeat API is marked experimental
+                    return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                                      grace_period=GRACE_S,
+                                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+            except ImportError:
+                raise
+            except Exception:  # workers starting together race to create the tables: the loser retries
+                if attempt == 3:
+                    raise
+                time.sleep(1.0 + attempt)
+    except ImportError as exc:
+        raise ConfigError(f"--storage {shown}: the database driver is not installed ({exc}); e.g. "
+                          "pip install psycopg2-binary for PostgreSQL") from None
+    except Exception as exc:  # SQLAlchemy's errors (unreachable host, bad credentials, bad URL)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = re.sub(r"\(Background on this error.*", "", first).strip()
+        raise ConfigError(f"--storage {shown}: cannot connect ({describe_storage(first)[:300]})") from None
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
