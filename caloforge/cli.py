@@ -595,12 +595,17 @@ def demo_cmd(
     h = result.headline
     console.print()
     console.print(f"[bold]report:[/] {result.report.resolve()}")
+    console.print(f"  numbers from the {h.get('protocol', 'caloforge')} protocol (comparable with the CaloChallenge table; "
+                  f"classifier: {h.get('classifier_epochs')} of the official 50 epochs)" if h.get("classifier_epochs")
+                  else f"  numbers from the {h.get('protocol', 'caloforge')} protocol")
     for key, label, fmt in (("etot_chi2_ndf", "χ²/ndf of E_tot/E_inc over energy points", "{:.2f}"),
-                            ("classifier_auc", "classifier AUC (low-level; 0.5 = indistinguishable)", "{:.3f}"),
-                            ("fpd", "FPD ×10³ (CaloChallenge units)", "{:.2f}")):
+                            ("auc_low", "classifier AUC low-level (0.5 = indistinguishable)", "{:.3f}"),
+                            ("auc_high", "classifier AUC high-level", "{:.3f}"),
+                            ("fpd_x1e3", "FPD ×10³", "{:.2f}"),
+                            ("kpd_x1e3", "KPD ×10³", "{:.3f}")):
         value = h.get(key)
         if value is not None:
-            console.print(f"  {label:52s} {fmt.format(value * 1e3 if key == 'fpd' else value)}")
+            console.print(f"  {label:52s} {fmt.format(value)}")
     total = sum(result.timings.values())
     console.print(f"done in {total / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items()) + ")")
 

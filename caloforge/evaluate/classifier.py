@@ -168,15 +168,9 @@ def _bce(p: np.ndarray, y: np.ndarray) -> float:
 # the test
 # ----------------------------------------------------------------------------------
 def _device(device: str):
-    import torch
+    from caloforge.runtime import resolve_device
 
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"classifier device {device!r}: CUDA is not available on this machine")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ConfigError(f"classifier device must be 'cpu', 'cuda' or 'auto', not {device!r}")
-    return torch.device(device)
+    return resolve_device(device)  # one vocabulary everywhere: cpu | cuda | cuda:N | auto
 
 
 def _network(input_dim: int, n_layers: int, n_hidden: int, dropout: float):

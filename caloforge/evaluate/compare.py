@@ -145,39 +145,38 @@ class EvaluationResult:
 # progress
 # ----------------------------------------------------------------------------------
 class _Progress:
-    """A rich progress display, or nothing.  ``task(name, total)`` yields an advance(n)."""
+    """Step-wise progress: one :class:`caloforge.runtime.Progress` per step (a bar on a terminal,
+    plain lines in logs), a callback taking step names, or nothing.  ``task(name, total)``
+    yields an ``advance(n)``."""
 
     def __init__(self, enabled: bool | Callable[[str], None]) -> None:
         self.callback = enabled if callable(enabled) else None
-        self.bar = None
-        if enabled is True:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            from rich.console import Console
-
-            # progress goes to stderr, so stdout keeps only the results
-            self.bar = Progress(TextColumn("{task.description:<30}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+        self.enabled = enabled is True
 
     def __enter__(self) -> "_Progress":
-        if self.bar is not None:
-            self.bar.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        pass
 
     @contextmanager
     def task(self, name: str, total: float | None) -> Iterator[Callable[[float], None]]:
+        from caloforge.runtime import Progress
+
         if self.callback is not None:
             self.callback(name)
-        if self.bar is None:
-            yield lambda n=1: None
-            return
-        tid = self.bar.add_task(name, total=total)
-        yield lambda n=1: self.bar.advance(tid, n)
-        self.bar.update(tid, completed=total if total is not None else 1, total=total if total is not None else 1)
+        n = int(total) if total else 1
+        with Progress(name, n, enabled=self.enabled, interval=10.0) as bar:
+            if total is None:
+                bar.update(0, "running", force=True)
+            done = [0.0]
+
+            def advance(k: float = 1) -> None:
+                done[0] += k
+                bar.update(int(done[0]))
+
+            yield advance
+            bar.update(n, "done", force=True)
 
 
 # ----------------------------------------------------------------------------------

@@ -436,16 +436,18 @@ def iter_plan(geometry: Geometry | str, parts: Sequence[Part], seed: int = 0, wo
 
 @contextmanager
 def _progress(enabled: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar (or nothing), yielding an ``update(n)`` function."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    """Progress (:class:`caloforge.runtime.Progress`: a bar on a terminal, plain lines otherwise)
+    or nothing, yielding an ``update(n)`` function that adds ``n`` finished showers."""
+    from caloforge.runtime import Progress
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=False) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+    with Progress(description, total, enabled=enabled, unit="showers", interval=10.0) as bar:
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            bar.update(done[0], force=done[0] >= total)
+
+        yield advance
 
 
 def _condition_names(parts: Sequence[Part]) -> tuple[str, ...]:
