@@ -10,6 +10,7 @@ import pytest
 from caloforge.errors import GeometryError
 from caloforge.evaluate import features as F
 from caloforge.geometry import load_geometry
+from caloforge.simulate import simulate
 
 
 @pytest.fixture(scope="module")
@@ -222,10 +223,10 @@ def test_bad_input(ds1):
 
 def test_features_on_simulated_electrons(atlas):
     """Reference-simulator EM showers: the shapes behave like ATLAS electrons."""
-    import caloforge
+    from caloforge.simulate import simulate
 
-    low = caloforge.simulate("atlas-4layer", "electron", [10_000.0] * 150, seed=11)
-    high = caloforge.simulate("atlas-4layer", "electron", [200_000.0] * 150, seed=12)
+    low = simulate("atlas-4layer", "electron", [10_000.0] * 150, seed=11)
+    high = simulate("atlas-4layer", "electron", [200_000.0] * 150, seed=12)
     f_low = F.high_level_features(low.showers, low.incident_energy, atlas)
     f_high = F.high_level_features(high.showers, high.incident_energy, atlas)
     # the shower maximum moves deeper as ln E: centre of gravity and CaloGAN depth grow

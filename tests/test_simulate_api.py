@@ -13,7 +13,7 @@ import caloforge.simulate as sim
 from caloforge.errors import ConfigError
 from caloforge.geometry import load_geometry
 from caloforge.io import read_showers
-from caloforge.simulate import EnergySpec, parse_angle, parse_energy, parse_energy_list, parse_range
+from caloforge.simulate import EnergySpec, parse_angle, parse_energy, parse_energy_list, parse_range, simulate
 
 
 # ----------------------------------------------------------------------------------
@@ -49,10 +49,10 @@ def test_parse_lists_ranges_angles():
 # ----------------------------------------------------------------------------------
 # the call forms
 # ----------------------------------------------------------------------------------
-def test_module_is_callable_and_importable():
-    assert callable(caloforge.simulate)
-    assert caloforge.simulate.simulate_preset is sim.simulate_preset
-    d = caloforge.simulate("calogan", "gamma", np.array([1e3, 2e3, 3e3]), seed=1)
+def test_the_package_exports_its_functions():
+    assert sim.simulate is simulate and sim.simulate_preset is caloforge.simulate.simulate_preset
+    assert not callable(caloforge.simulate)  # a plain package: no module class-swapping
+    d = simulate("calogan", "gamma", np.array([1e3, 2e3, 3e3]), seed=1)
     assert d.showers.shape == (3, 504) and d.showers.dtype == np.float32
     assert d.conditions == {}  # perpendicular, centred: nothing to record
     assert np.all(d.showers >= 0) and np.all(np.isfinite(d.showers))

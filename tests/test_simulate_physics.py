@@ -10,7 +10,7 @@ import pytest
 from scipy.optimize import curve_fit
 from scipy.special import gammainc
 
-import caloforge
+from caloforge.simulate import simulate
 from caloforge.geometry import geometry_from_dict, load_geometry
 from caloforge.simulate.em import mean_parameters, sample_profiles
 
@@ -45,14 +45,14 @@ def fit_resolution(energies_gev, rel_sigma) -> tuple[float, float]:
 @pytest.fixture(scope="module")
 def calogan_photons():
     energies = [2e3, 8e3, 32e3, 100e3]
-    return energies, [caloforge.simulate("calogan", "photon", [e] * N, seed=11 + i, energy_scale="visible")
+    return energies, [simulate("calogan", "photon", [e] * N, seed=11 + i, energy_scale="visible")
                       for i, e in enumerate(energies)]
 
 
 @pytest.fixture(scope="module")
 def clic_electrons():
     energies = [2e3, 8e3, 32e3, 128e3]
-    return energies, [caloforge.simulate("clic", "electron", [e] * 300, seed=21 + i) for i, e in enumerate(energies)]
+    return energies, [simulate("clic", "electron", [e] * 300, seed=21 + i) for i, e in enumerate(energies)]
 
 
 def test_gflash_fluctuations_follow_the_paper():
@@ -99,8 +99,8 @@ def test_calibrated_presets_respond_one_minus_leakage(preset, lo, hi):
     geo = load_geometry(preset)
     particle = "electron" if preset == "ds2" else "photon"
     for e in (8e3, 64e3):
-        cal = caloforge.simulate(geo, particle, [e] * 150, seed=4)
-        vis = caloforge.simulate(geo, particle, [e] * 150, seed=4, energy_scale="visible")
+        cal = simulate(geo, particle, [e] * 150, seed=4)
+        vis = simulate(geo, particle, [e] * 150, seed=4, energy_scale="visible")
         assert lo < response(cal).mean() < hi, (preset, e, response(cal).mean())
         # the same showers: calibration only divides each voxel by its layer's sampling fraction
         f = np.array([L.sampling_fraction for L in geo.layers])[geo.voxel_layer]
@@ -109,7 +109,7 @@ def test_calibrated_presets_respond_one_minus_leakage(preset, lo, hi):
 
 def test_si_w_readout_threshold_in_file_units():
     """DS2/DS3: 0.5 keV in the silicon is 0.5 keV / 0.033 = 15.15 keV in the calibrated file."""
-    d = caloforge.simulate("ds2", "electron", [2e3] * 50, seed=6)
+    d = simulate("ds2", "electron", [2e3] * 50, seed=6)
     hits = d.showers[d.showers > 0]
     assert hits.min() >= 0.5e-3 / 0.033 * (1 - 1e-5)
     assert (hits < 2 * 0.5e-3 / 0.033).any()  # the threshold is reached, not an artefact of large hits
@@ -155,7 +155,7 @@ def test_photons_convert_later_than_electrons():
     z = np.arange(geo.n_layers) + 0.5
     cog = {}
     for p in ("photon", "electron"):
-        prof = geo.layer_energy(caloforge.simulate(geo, p, [20e3] * 500, seed=5).showers).mean(0)
+        prof = geo.layer_energy(simulate(geo, p, [20e3] * 500, seed=5).showers).mean(0)
         cog[p] = (prof * z).sum() / prof.sum()
     assert cog["photon"] - cog["electron"] == pytest.approx(9 / 7, abs=0.35)
 
@@ -163,12 +163,12 @@ def test_photons_convert_later_than_electrons():
 def test_back_leakage_lowers_response_of_a_short_calorimeter():
     clic = load_geometry("clic")
     short = replace(clic, name="clic-8", layers=clic.layers[:8])
-    low, high = (response(caloforge.simulate(short, "electron", [e] * 200, seed=2)).mean() for e in (2e3, 200e3))
+    low, high = (response(simulate(short, "electron", [e] * 200, seed=2)).mean() for e in (2e3, 200e3))
     assert high < 0.85 * low
 
 
 def test_sparsity_falls_with_energy():
-    sparsity = [float((caloforge.simulate("ds1-photons", "photon", [e] * 150, seed=3).showers == 0).mean())
+    sparsity = [float((simulate("ds1-photons", "photon", [e] * 150, seed=3).showers == 0).mean())
                 for e in (1e3, 8e3, 64e3, 512e3)]
     assert all(b < a for a, b in zip(sparsity, sparsity[1:])), sparsity
     assert sparsity[-1] < 0.6 * sparsity[0]
@@ -178,7 +178,7 @@ def test_tilted_showers_move_across_layers_by_depth_cot_theta():
     geo = load_geometry("clic")
     z = np.array([L.z_center for L in geo.layers])
     for theta, phi, axis in ((60, 0, "x"), (120, 0, "x"), (70, 90, "y")):
-        d = caloforge.simulate(geo, "electron", [30e3] * 200, theta=math.radians(theta), phi=math.radians(phi), seed=4)
+        d = simulate(geo, "electron", [30e3] * 200, theta=math.radians(theta), phi=math.radians(phi), seed=4)
         assert set(d.conditions) == {"incident_theta", "incident_phi", "impact_x", "impact_y"}
         e, cen = layer_centroids(geo, d.showers.mean(0), axis)
         use = e > 0.02 * e.max()  # layers with enough energy for a centroid
@@ -195,7 +195,7 @@ def test_default_axis_crosses_the_centre_at_the_shower_maximum():
     z = np.array([L.z_center for L in geo.layers]) - geo.layers[0].z_front
     for particle in ("photon", "electron"):
         for e in (8e3, 128e3):
-            d = caloforge.simulate(geo, particle, [e] * 200, theta=math.radians(60), seed=4)
+            d = simulate(geo, particle, [e] * 200, theta=math.radians(60), seed=4)
             prof, cen = layer_centroids(geo, d.showers.mean(0), "x")
             use = prof > 0.02 * prof.max()
             slope, icpt = np.polyfit(z[use], cen[use], 1)
@@ -205,7 +205,7 @@ def test_default_axis_crosses_the_centre_at_the_shower_maximum():
 
 def test_impact_point_lands_in_the_right_cells():
     geo = load_geometry("clic")
-    d = caloforge.simulate(geo, "electron", [20e3] * 100, impact=(20.0, -10.0), seed=6)
+    d = simulate(geo, "electron", [20e3] * 100, impact=(20.0, -10.0), seed=6)
     x, y = geo.voxel_centers["x"], geo.voxel_centers["y"]
     e = d.showers.sum(0)
     assert (e * x).sum() / e.sum() == pytest.approx(20.0, abs=1.5)
@@ -228,8 +228,8 @@ def test_pion_response_resolution_and_profile_fluctuations(deep_tile):
     geo = deep_tile
     z = np.arange(geo.n_layers) + 0.5
     for e in (10e3, 50e3):
-        em = caloforge.simulate(geo, "electron", [e] * 300, seed=7)
-        pi = caloforge.simulate(geo, "pion", [e] * 300, seed=8)
+        em = simulate(geo, "electron", [e] * 300, seed=7)
+        pi = simulate(geo, "pion", [e] * 300, seed=8)
         r_em, r_pi = response(em), response(pi)
         assert r_pi.mean() < 0.92 * r_em.mean()  # e/h > 1: non-compensation
         assert r_pi.mean() > 0.5 * r_em.mean()
@@ -245,7 +245,7 @@ def test_pion_response_resolution_and_profile_fluctuations(deep_tile):
 
 def test_pion_response_rises_with_energy(deep_tile):
     """The mean EM fraction grows with energy, so a non-compensating response rises."""
-    r = [response(caloforge.simulate(deep_tile, "pion", [e] * 300, seed=9)).mean() for e in (5e3, 200e3)]
+    r = [response(simulate(deep_tile, "pion", [e] * 300, seed=9)).mean() for e in (5e3, 200e3)]
     assert r[1] > 1.04 * r[0]
 
 
@@ -253,7 +253,7 @@ def test_pion_punch_through_probability():
     """In calogan (≈1 λ_I) a fraction exp(-depth/λ) of pions crosses without interacting."""
     geo = load_geometry("calogan")
     depth_lambda = sum(L.thickness / L.material.lambda_I for L in geo.layers)
-    d = caloforge.simulate(geo, "pion", [50e3] * 600, seed=10, energy_scale="visible")
+    d = simulate(geo, "pion", [50e3] * 600, seed=10, energy_scale="visible")
     mip_only = (d.showers.sum(1) < 150.0).mean()  # a MIP leaves ≈ 60 MeV visible here
     assert mip_only == pytest.approx(math.exp(-depth_lambda), abs=0.06)
 
@@ -265,10 +265,10 @@ def test_energy_is_conserved_in_a_large_homogeneous_block():
     layers = [dict(thickness=100.0, material="atlas-tile-fe-scint", nx=9, ny=9, cell_x=400.0, cell_y=400.0)
               for _ in range(30)]  # 3 m × 3.6 m × 3.6 m: ≈ 14 λ_I, 140 X0
     geo = geometry_from_dict({"name": "block", "layers": layers})
-    e = caloforge.simulate(geo, "electron", [30e3] * 100, seed=1)
+    e = simulate(geo, "electron", [30e3] * 100, seed=1)
     assert response(e).mean() == pytest.approx(1.0, abs=0.003)
     assert response(e).std() < 0.002  # only spot leakage beyond the 1.8 m half-width
-    pi = caloforge.simulate(geo, "pion", [50e3] * 400, seed=2)
+    pi = simulate(geo, "pion", [50e3] * 400, seed=2)
     f = em_fraction_mean(np.array([50e3]))[0]
     assert response(pi).mean() == pytest.approx(f + (1 - f) / E_OVER_H, abs=0.025)
 

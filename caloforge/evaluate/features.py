@@ -503,7 +503,7 @@ def high_level_matrix(showers: np.ndarray, incident_energy: np.ndarray, geometry
     active layer, then centres of energy in η and φ and the widths in η and φ for the
     η/φ layers, divided by 100 mm (``prepare_high_data_for_classifier`` in
     CaloChallenge's ``evaluate.py``).  Row-wise, so chunks can be stacked; FPD/KPD
-    standardise the columns by the reference afterwards.
+    divide each column by the reference's largest |x| afterwards (JetNet's scaling).
 
     ``with_energy_ratio`` appends E_tot / E_inc (not in the CaloChallenge set, whose
     numbers it would change, but the most direct handle on an energy-scale error).

@@ -10,10 +10,11 @@ Everything here is a pure function of arrays:
   :func:`total_energy_chi2_per_point`;
 * :func:`energy_points` / :func:`assign_energy_points`, the incident-energy grouping
   used for every per-energy comparison;
-* FPD and KPD after JetNet (:func:`fpd`, :func:`kpd`) on features scaled by
-  :func:`standardise`.  Not identical to JetNet, so not directly comparable to
-  published numbers: JetNet divides by the reference's max |x| instead of
-  standardising, draws batches with replacement, and its KPD kernel has degree 4;
+* FPD and KPD with JetNet's definitions (:func:`fpd`, :func:`kpd`): features divided
+  by the reference's largest |x|, batches drawn with replacement, a degree-4 KPD
+  kernel; the CaloChallenge protocol uses JetNet's official ``min_samples`` /
+  ``batch_size`` (:mod:`caloforge.evaluate.calochallenge`);
+* :func:`standardise`, the feature scaling of the memorisation check;
 * :func:`memorisation`, the CaloGAN nearest-neighbour check.
 
 Histograms always carry an underflow and an overflow bin (see

@@ -1,25 +1,21 @@
 """The parametrised reference shower simulator (GFlash EM + a hadronic model).
 
-The module itself is callable, so both spellings work::
+The entry points are functions of this package::
 
-    import caloforge
-    data = caloforge.simulate("ds1-photons", "photon", [65_536.0] * 10)
-    from caloforge.simulate import simulate_preset
+    from caloforge.simulate import simulate, simulate_preset
+    data = simulate("ds1-photons", "photon", [65_536.0] * 10)
 
 Modules: :mod:`~caloforge.simulate.em` (Grindhammer–Peters EM showers),
 :mod:`~caloforge.simulate.hadronic` (pions), :mod:`~caloforge.simulate.deposit`
 (material stack, tilted axes, voxels, sampling), :mod:`~caloforge.simulate.presets`,
 :mod:`~caloforge.simulate.api`, :mod:`~caloforge.simulate.units`.
 
->>> import caloforge
->>> len(caloforge.simulate("calogan", "electron", [5000.0, 8000.0], seed=3))
+>>> from caloforge.simulate import simulate
+>>> len(simulate("calogan", "electron", [5000.0, 8000.0], seed=3))
 2
 """
 
 from __future__ import annotations
-
-import sys
-import types
 
 from .api import (
     PARTICLES,
@@ -43,13 +39,3 @@ __all__ = [
     "normalize_particle", "parse_energy", "parse_energy_list", "parse_range", "parse_angle",
     "block_size", "spot_cap",
 ]
-
-
-class _CallableModule(types.ModuleType):
-    """``caloforge.simulate(...)`` is :func:`caloforge.simulate.api.simulate`."""
-
-    def __call__(self, *args, **kwargs):
-        return simulate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
