@@ -207,6 +207,9 @@ def _memorisation_table(m: dict[str, Any]) -> str:
     )
 
 
+from caloforge.evaluate.granular_observables import granular_html, plot_granular  # noqa: E402
+
+
 def _html(result: "EvaluationResult", plots: list[tuple[str, str, str]]) -> str:
     m = result.metrics
     title = f"caloforge evaluation — {m['geometry']}"
@@ -246,6 +249,7 @@ def _html(result: "EvaluationResult", plots: list[tuple[str, str, str]]) -> str:
 <p class="meta">χ²/ndf: green &lt; 1.5, yellow &lt; 5, red ≥ 5. Separation power ½Σ(p−q)²/(p+q): 0 identical, 1 disjoint.</p>
 {_feature_table(m)}
 <h2>χ²/ndf per incident energy</h2>{_per_energy_table(m)}
+{granular_html(m)}
 {''.join(figs)}
 </body></html>
 """
@@ -264,6 +268,7 @@ def write_report(result: "EvaluationResult", out_dir: str | Path, *, plots: bool
         from caloforge.evaluate.plots import plot_all
 
         rows = plot_all(result, out_dir, progress=progress)
+        rows += plot_granular(result.metrics, out_dir, result.labels)
     path = out_dir / "report.html"
     with atomic_path(path) as tmp:
         tmp.write_text(_html(result, rows), encoding="utf-8")
