@@ -153,29 +153,39 @@ class Generator3D(nn.Module):
 
 
 class Discriminator3D(nn.Module):
-    """Network-space image → (real/fake logit, regressed E / energy_unit, regressed θ [rad])."""
+    """Network-space image → (real/fake logit, regressed E / energy_unit, regressed θ [rad]).
+
+    Dropout masks are drawn from the ``generator`` passed to :meth:`forward` (none without
+    one, and none in eval mode), so that a resumed training run repeats them bit for bit."""
 
     def __init__(self, cfg: Gan3DConfig, shape: tuple[int, int, int]) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
+        self.dropout = cfg.dropout
+        blocks: list[nn.Module] = []
         c_in = 1
         for i, c in enumerate(cfg.discriminator_channels):
-            layers += [nn.Conv3d(c_in, c, cfg.discriminator_kernel, padding=_same(cfg.discriminator_kernel)),
-                       nn.LeakyReLU(0.3)]  # Keras' LeakyReLU default slope
+            layers = [nn.Conv3d(c_in, c, cfg.discriminator_kernel, padding=_same(cfg.discriminator_kernel)),
+                      nn.LeakyReLU(0.3)]  # Keras' LeakyReLU default slope
             if i > 0:
                 layers.append(nn.BatchNorm3d(c, eps=1e-6))
-            layers.append(nn.Dropout(cfg.dropout))
+            blocks.append(nn.Sequential(*layers))
             c_in = c
-        pooled = [max(s // 2, 1) for s in shape]
-        layers += [nn.AvgPool3d(2, ceil_mode=False) if min(shape) >= 2 else nn.Identity(), nn.Flatten()]
-        self.features = nn.Sequential(*layers)
-        n_feat = c_in * math.prod(pooled) if min(shape) >= 2 else c_in * math.prod(shape)
+        self.blocks = nn.ModuleList(blocks)
+        pool = min(shape) >= 2
+        self.pool = nn.AvgPool3d(2) if pool else nn.Identity()
+        n_feat = c_in * (math.prod(s // 2 for s in shape) if pool else math.prod(shape))
         self.fake_head = nn.Linear(n_feat, 1)
         self.energy_head = nn.Linear(n_feat, 1)
         self.angle_head = nn.Linear(n_feat, 1)
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        h = self.features(image)
+    def forward(self, image: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        h = image
+        for block in self.blocks:
+            h = block(h)
+            if self.training and generator is not None and self.dropout > 0:
+                keep = torch.rand(h.shape, generator=generator, device=h.device) >= self.dropout
+                h = h * keep / (1.0 - self.dropout)
+        h = self.pool(h).flatten(1)
         return self.fake_head(h).reshape(-1), self.energy_head(h).reshape(-1), self.angle_head(h).reshape(-1)
 
 
@@ -273,7 +283,7 @@ class Gan3D(ShowerModel):
             fake = self.generator(self.sample_noise(n, generator), c)
         d_total = 0.0
         for images, label in ((real, 1.0), (fake, 0.0)):
-            logit, e_pred, a_pred = self.discriminator(images)
+            logit, e_pred, a_pred = self.discriminator(images, generator)
             bce = F.binary_cross_entropy_with_logits(logit, self._labels(label, n, generator))
             mape, mae = self._aux_losses(e_pred, a_pred, e_true, theta)
             d_loss = cfg.gan_weight * bce + cfg.energy_weight * mape + cfg.angle_weight * mae
@@ -287,7 +297,7 @@ class Gan3D(ShowerModel):
         try:
             for _ in range(cfg.generator_steps):
                 fake = self.generator(self.sample_noise(n, generator), c)
-                logit, e_pred, a_pred = self.discriminator(fake)
+                logit, e_pred, a_pred = self.discriminator(fake, generator)
                 bce = F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
                 mape, mae = self._aux_losses(e_pred, a_pred, e_true, theta)
                 phys = self.to_physical(fake).squeeze(1)  # MeV
