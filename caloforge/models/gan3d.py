@@ -317,12 +317,23 @@ class Gan3D(ShowerModel):
         return {"discriminator_loss": d_total, "generator_loss": g_loss.item(), "energy_mape": mape.item(),
                 "angle_mae": ang.item(), "ecal_mape": ecal_mape.item(), "spectrum_loss": spectrum.item()}
 
+    def _discriminate(self, showers: Tensor) -> tuple[Tensor, Tensor]:
+        """The discriminator's regression heads on showers in MeV, in bounded-memory chunks."""
+        step = generation_chunk(self.n_voxels, max(self.config.discriminator_channels))
+        e_out, a_out = [], []
+        with torch.no_grad():
+            for lo in range(0, len(showers), step):
+                x = self.to_network(showers[lo:lo + step].to(self.device, torch.float32))
+                _, e_pred, a_pred = self.discriminator(x)
+                e_out.append(e_pred)
+                a_out.append(a_pred)
+        return torch.cat(e_out), torch.cat(a_out)
+
     def validation_metrics(self, batch) -> dict[str, float]:
         """The discriminator's energy MAPE and angle MAE on held-out real showers."""
-        with torch.no_grad():
-            _, e_pred, a_pred = self.discriminator(self.to_network(batch.showers.to(self.device, torch.float32)))
-            e_true = (batch.incident_energy / self.config.energy_unit_mev).to(self.device, torch.float32)
-            mape, mae = self._aux_losses(e_pred, a_pred, e_true, self._theta(batch.conditions, len(batch)))
+        e_pred, a_pred = self._discriminate(batch.showers)
+        e_true = (batch.incident_energy / self.config.energy_unit_mev).to(self.device, torch.float32)
+        mape, mae = self._aux_losses(e_pred, a_pred, e_true, self._theta(batch.conditions, len(batch)))
         out = {"val_energy_mape": float(mape)}
         if self.uses_angle:
             out["val_angle_mae"] = float(mae)
@@ -334,30 +345,29 @@ class Gan3D(ShowerModel):
         was = self.training
         self.eval()
         try:
-            with torch.no_grad():
-                _, e_pred, a_pred = self.discriminator(self.to_network(showers.to(self.device, torch.float32)))
+            e_pred, a_pred = self._discriminate(showers)
         finally:
             self.train(was)
         return e_pred.double() * self.config.energy_unit_mev, a_pred.double()
 
 
 def _fit_sampling_fraction(energy: np.ndarray, theta: np.ndarray, visible: np.ndarray) -> list[float]:
-    """Least-squares c0 + c1·log(E/GeV) + c2·cos θ to visible / E (c2 = 0 when θ does not vary)."""
+    """Least-squares [c0, c1, c2] of c0 + c1·log(E/GeV) + c2·cos θ to visible / E; a term whose
+    variable does not vary in the data keeps coefficient 0.
+
+    >>> e = np.array([10e3, 100e3, 400e3]); c = _fit_sampling_fraction(e, np.full(3, 1.5), 0.01 * e)
+    >>> [round(v, 6) for v in c]
+    [0.01, 0.0, 0.0]
+    """
     ok = np.isfinite(visible) & (energy > 0)
     if not np.any(ok):
         return [1.0, 0.0, 0.0]
-    y = visible[ok] / energy[ok]
-    cols = [np.ones(ok.sum()), np.log(energy[ok] / GeV)]
-    vary_e = np.ptp(cols[1]) > 1e-9
-    vary_t = np.ptp(np.cos(theta[ok])) > 1e-9
-    A = np.stack(cols + [np.cos(theta[ok])], axis=1)[:, [True, vary_e, vary_t]]
-    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
-    full = [float(coef[0]), 0.0, 0.0]
-    i = 1
-    if vary_e:
-        full[1] = float(coef[i]); i += 1
-    if vary_t:
-        full[2] = float(coef[i])
+    columns = np.stack([np.ones(ok.sum()), np.log(energy[ok] / GeV), np.cos(theta[ok])], axis=1)
+    used = [0] + [j for j in (1, 2) if np.ptp(columns[:, j]) > 1e-9]
+    coef, *_ = np.linalg.lstsq(columns[:, used], visible[ok] / energy[ok], rcond=None)
+    full = [0.0, 0.0, 0.0]
+    for j, c in zip(used, coef):
+        full[j] = float(c)
     return full
 
 
