@@ -207,10 +207,9 @@ def _memorisation_table(m: dict[str, Any]) -> str:
     )
 
 
-from caloforge.evaluate.granular_observables import granular_html, plot_granular  # noqa: E402
-
-
 def _html(result: "EvaluationResult", plots: list[tuple[str, str, str]]) -> str:
+    from caloforge.evaluate.granular_observables import granular_html  # 3DGAN / BIB-AE grids only
+
     m = result.metrics
     title = f"caloforge evaluation — {m['geometry']}"
     sections = {"features": "Feature histograms", "per-energy": "Per incident energy",
@@ -268,6 +267,8 @@ def write_report(result: "EvaluationResult", out_dir: str | Path, *, plots: bool
         from caloforge.evaluate.plots import plot_all
 
         rows = plot_all(result, out_dir, progress=progress)
+        from caloforge.evaluate.granular_observables import plot_granular
+
         rows += plot_granular(result.metrics, out_dir, result.labels)
     path = out_dir / "report.html"
     with atomic_path(path) as tmp:
