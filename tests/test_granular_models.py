@@ -134,18 +134,28 @@ def _sample(path, data, seed=0):
                          seed=seed)
 
 
-@pytest.fixture(scope="module")
-def runs(toy, tmp_path_factory):
-    """family → (a 6-iteration run, the same run stopped after 2 iterations and resumed to 6)."""
-    geo, data = toy
-    out = {}
-    for family, model in (("gan3d", GAN3D_TINY), ("bibae", BIBAE_TINY)):
-        base = tmp_path_factory.mktemp(family)
+class _Runs(dict):
+    """family → (a 6-iteration run, the same run stopped after 2 iterations and resumed to 6),
+    trained on first use (each xdist worker trains only the families its tests need)."""
+
+    def __init__(self, toy, factory) -> None:
+        super().__init__()
+        self.toy, self.factory = toy, factory
+
+    def __missing__(self, family: str):
+        geo, data = self.toy
+        model = GAN3D_TINY if family == "gan3d" else BIBAE_TINY
+        base = self.factory.mktemp(family)
         train(_config(model, geo), data, base / "ref", progress=False)
         train(_config(model, geo), data, base / "cut", progress=False, max_iterations=2)
         train(_config(model, geo), data, base / "cut", progress=False, resume=True)
-        out[family] = (base / "ref", base / "cut")
-    return out
+        self[family] = (base / "ref", base / "cut")
+        return self[family]
+
+
+@pytest.fixture(scope="module")
+def runs(toy, tmp_path_factory):
+    return _Runs(toy, tmp_path_factory)
 
 
 @pytest.mark.parametrize("family", ["gan3d", "bibae"])
