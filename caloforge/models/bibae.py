@@ -40,9 +40,10 @@ read for its choices, not copied): five critic updates per autoencoder update, g
 penalty 10, Adam with learning rates 5·10⁻⁴ (autoencoder, critic, post-processor) and
 2·10⁻³ (latent critic).  Our own choices: GroupNorm instead of fixed-size LayerNorm (any grid
 size); trilinear upsampling of a coarse grid in the decoder instead of transposed
-convolutions; the post-processor is residual (its last layer starts at zero, so stage 2
-starts from the stage-1 output, which the authors reach by pre-training it on MSE); the
-dual/resetting critics of the slides' backup are not implemented.
+convolutions; Adam β = (0.5, 0.9) for every optimiser; a residual post-processor (its last
+layer starts at zero, so stage 2 starts from the stage-1 output, which the authors reach by
+pre-training it on MSE); the dual/resetting critics of the slides' backup are not implemented
+(our critic sees the input–candidate pair, as the authors' "Diff" critic).
 
 >>> from caloforge.models.base import fit
 >>> import torch
