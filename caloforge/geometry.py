@@ -633,6 +633,30 @@ def _ild() -> Geometry:
     return _cartesian("ild", specs, "ILD-like Si-W ECAL: 30 layers of 30×30 cells, 5 mm pitch (≈24 X0)")
 
 
+def _clic_angled() -> Geometry:
+    # 3DGAN's angled CLIC sample (Vallecorsa et al., ACAT 2019): electrons at 60°–120° need a
+    # wider transverse window, 51 × 51 cells of 5 mm, over the same 25 layers
+    return _cartesian(
+        "clic-angled",
+        [
+            dict(name=f"L{i}", thickness=5.0, nx=51, ny=51, cell_x=5.0, cell_y=5.0,
+                 material="clic-w-si", sampling_fraction=0.013, sampling_term=0.17)
+            for i in range(25)
+        ],
+        "CLIC-like Si-W ECAL for inclined showers: 25 layers of 51×51 cells, 5 mm pitch (≈25 X0)",
+    )
+
+
+def _ild_angled() -> Geometry:
+    # The BIB-AE multi-parameter grid (McKeown et al. 2023): angled photons projected onto
+    # (x, y, z) = (30, 60, 30) cells; the polar angle tilts the shower along y (60 cells)
+    base = _ild()
+    layers = tuple(replace(layer, nx=30, ny=60) for layer in base.layers)
+    return replace(base, name="ild-angled", layers=layers,
+                   description="ILD-like Si-W ECAL for inclined photons: 30 layers of 60 (y) × 30 (x) cells, "
+                               "5 mm pitch (≈24 X0); the polar angle tilts showers along y")
+
+
 PRESETS = {
     "ds1-photons": lambda: _ds1("photons"),
     "ds1-pions": lambda: _ds1("pions"),
@@ -642,6 +666,8 @@ PRESETS = {
     "atlas-4layer": _atlas_4layer,
     "clic": _clic,
     "ild": _ild,
+    "clic-angled": _clic_angled,
+    "ild-angled": _ild_angled,
 }
 
 

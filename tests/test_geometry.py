@@ -34,6 +34,8 @@ PRESET_TOTALS = {
     "atlas-4layer": 266,
     "clic": 25 * 25 * 25,
     "ild": 30 * 30 * 30,
+    "clic-angled": 51 * 51 * 25,
+    "ild-angled": 30 * 60 * 30,
 }
 
 

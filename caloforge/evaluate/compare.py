@@ -725,6 +725,14 @@ def compare(
                                     hl_matrix="calochallenge" if official else True, cut=cut)
             metrics["memorisation"] = _memorisation(train, ref, gen, seed)
             timings["memorisation"] = time.perf_counter() - t0
+        from caloforge.evaluate import granular_observables as granular  # 3DGAN / BIB-AE observables
+
+        if granular.applies(geo):
+            t0 = time.perf_counter()
+            with prog.task("granular observables", None):
+                metrics["granular"] = granular.compare_sources(reference, generated, geo, max_showers=max_showers,
+                                                               chunk_size=chunk_size)
+            timings["granular"] = time.perf_counter() - t0
         metrics["notes"] = notes
         metrics["timings_s"] = timings
 

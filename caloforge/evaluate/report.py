@@ -236,6 +236,8 @@ def _data_uri(path: Path) -> str:
 
 
 def _html(result: "EvaluationResult", plots: list[tuple[str, str, str]], out_dir: Path | None = None) -> str:
+    from caloforge.evaluate.granular_observables import granular_html  # 3DGAN / BIB-AE grids only
+
     m = result.metrics
     title = f"caloforge evaluation — {m['geometry']}"
     sections = {"features": "Feature histograms", "per-energy": "Per incident energy",
@@ -276,6 +278,7 @@ def _html(result: "EvaluationResult", plots: list[tuple[str, str, str]], out_dir
 <p class="meta">χ²/ndf: green &lt; 1.5, yellow &lt; 5, red ≥ 5. Separation power ½Σ(p−q)²/(p+q): 0 identical, 1 disjoint.</p>
 {_feature_table(m)}
 <h2>χ²/ndf per incident energy</h2>{_per_energy_table(m)}
+{granular_html(m)}
 {''.join(figs)}
 </body></html>
 """
@@ -292,6 +295,9 @@ def write_report(result: "EvaluationResult", out_dir: str | Path, *, plots: bool
         from caloforge.evaluate.plots import plot_all
 
         rows = plot_all(result, out_dir, progress=progress)
+        from caloforge.evaluate.granular_observables import plot_granular
+
+        rows += plot_granular(result.metrics, out_dir, result.labels)
     path = out_dir / "report.html"
     with atomic_path(path) as tmp:
         tmp.write_text(_html(result, rows, out_dir), encoding="utf-8")

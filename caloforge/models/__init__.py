@@ -7,6 +7,8 @@ interface every family implements is :class:`~caloforge.models.base.ShowerModel`
 ``model.name``     family
 =================  ==========================================================
 caloshowergan      CaloShowerGAN, a conditional WGAN-GP MLP (CaloChallenge 2022)
+gan3d              3DGAN, 3D-convolutional GAN with auxiliary regression (ACAT 2019)
+bibae              BIB-AE with post-processor and latent KDE (McKeown et al. 2023)
 energy_split       any family, one sub-model per incident-energy range
 =================  ==========================================================
 
@@ -32,6 +34,7 @@ from caloforge.models.base import (
 from caloforge.models import caloshowergan, energy_split  # noqa: F401,E402  (registers the shipped families)
 from caloforge.models.caloshowergan import CaloShowerGAN, CaloShowerGANConfig, count_parameters  # noqa: E402
 from caloforge.models.energy_split import EnergySplit, EnergySplitConfig  # noqa: E402
+from caloforge.models import bibae, gan3d  # noqa: F401,E402  (3D-convolutional families on Cartesian grids)
 
 __all__ = ["Batch", "BatchSource", "ModelConfig", "ShowerModel", "build", "families", "fit", "get_family",
            "register", "CaloShowerGAN", "CaloShowerGANConfig", "count_parameters", "EnergySplit",
