@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,6 +39,19 @@ TINY: dict[str, list[dict]] = {
                     {"generator_hidden": [6], "generator_activation": "relu"}]},
     ],
 }
+
+# the Si-W families need a Cartesian grid: the small 6 × 8 × 8 one of tests/test_granular_models.py
+TOY_SIW = str(Path(__file__).resolve().parent / "data" / "toy-siw.yaml")
+TINY["gan3d"] = [{"geometry": TOY_SIW, "particle": "electron",
+                  "conditions": {"incident_energy": "log", "incident_theta": "cos"}, "latent_dim": 8,
+                  "seed_channels": 2, "upsample": [2, 4, 4], "generator_channels": [3], "generator_kernel": [3, 3, 3],
+                  "discriminator_channels": [3, 3], "discriminator_kernel": [3, 3, 3], "generator_steps": 1}]
+TINY["bibae"] = [{"geometry": TOY_SIW, "particle": "electron",
+                  "conditions": {"incident_energy": "log", "incident_theta": "cos"}, "latent_dim": 3, "random_dim": 2,
+                  "encoder_channels": [2], "decoder_channels": [2], "decoder_upsample": 2, "decoder_seed_channels": 2,
+                  "hidden": 16, "critic_channels": [2], "critic_hidden": 8, "postprocessor_channels": 4,
+                  "stages": [3, 3], "critic_steps": 1, "hit_mmd_kernel": 8, "hit_mmd_stride": 8,
+                  "hit_mmd_cutoff": 32, "kde_max_showers": 40}]
 
 CASES = [(name, i) for name in families() for i in range(max(1, len(TINY.get(name, []))))]
 

@@ -62,7 +62,7 @@ def to_image(flat: Tensor, shape: tuple[int, int, int]) -> Tensor:
 
 def to_flat(image: Tensor) -> Tensor:
     """(N, 1, Z, Y, X) or (N, Z, Y, X) → (N, V)."""
-    return image.reshape(len(image), -1)
+    return image.flatten(1)  # not reshape(len(image), -1): a traced graph must keep the batch dynamic
 
 
 @dataclass(frozen=True)
