@@ -54,7 +54,7 @@ __all__ = [
     "atomic_path",
 ]
 
-CONDITION_NAMES = ("incident_theta", "incident_phi", "impact_x", "impact_y")
+CONDITION_NAMES = ("incident_theta", "incident_phi", "impact_x", "impact_y", "impact_eta")
 CALOGAN_LAYERS = ("layer_0", "layer_1", "layer_2")
 DEFAULT_CHUNK_BYTES = 64 * 2**20  # per streamed chunk of showers
 
