@@ -649,6 +649,11 @@ def compare(
                 train = scan_sample(training, geo, max_showers=max_showers, chunk_size=chunk_size, advance=adv)
             metrics["memorisation"] = _memorisation(train, ref, gen, seed)
             timings["memorisation"] = time.perf_counter() - t0
+        # the CaloGAN / ATLAS GAN papers' own observables for their geometries (None otherwise)
+        from caloforge.evaluate.paper_observables import paper_observables
+
+        metrics["paper"] = paper_observables(reference, generated, geo, training=training, max_showers=max_showers,
+                                             seed=seed)
         metrics["notes"] = notes
         metrics["timings_s"] = timings
 

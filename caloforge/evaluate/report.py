@@ -260,11 +260,18 @@ def write_report(result: "EvaluationResult", out_dir: str | Path, *, plots: bool
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(result, out_dir / "metrics.json")
     rows: list[tuple[str, str, str]] = []
+    from caloforge.evaluate.paper_observables import paper_html, write_paper_plots
+
+    paper, paper_rows = result.metrics.get("paper"), []
     if plots:
         from caloforge.evaluate.plots import plot_all
 
         rows = plot_all(result, out_dir, progress=progress)
+        if paper:
+            paper_rows = write_paper_plots(paper, result.metrics["geometry"], out_dir,
+                                           tuple(result.metrics.get("labels", ("reference", "generated"))))
     path = out_dir / "report.html"
     with atomic_path(path) as tmp:
-        tmp.write_text(_html(result, rows), encoding="utf-8")
+        tmp.write_text(_html(result, rows).replace("</body>", paper_html(paper, paper_rows) + "\n</body>"),
+                       encoding="utf-8")
     return path
