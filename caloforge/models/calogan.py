@@ -155,8 +155,13 @@ class LocallyConnected2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels, *self.out_size)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        cols = F.unfold(x, self.kernel, stride=self.stride)  # (N, C·kh·kw, positions)
-        out = torch.einsum("ncl,lco->nol", cols, self.weight).reshape(len(x), -1, *self.out_size)
+        (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out_size
+        # patches by kh·kw strided slices (F.unfold's CPU backward is far slower for these small grids),
+        # laid out (positions, N, C·kh·kw) in F.unfold's (c, i, j) order for one batched matmul
+        patches = torch.stack([x[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+                               for i in range(kh) for j in range(kw)], dim=2)  # (N, C, kh·kw, oh, ow)
+        cols = patches.flatten(1, 2).flatten(2).permute(2, 0, 1)  # (L, N, C·kh·kw)
+        out = torch.bmm(cols, self.weight).permute(1, 2, 0).reshape(len(x), -1, oh, ow)
         return out if self.bias is None else out + self.bias
 
 
