@@ -307,3 +307,21 @@ def test_calogan_sets_in_both_layouts(tmp_path):
     assert a.showers.shape == b.showers.shape == (20, 504)
     assert np.allclose(a.incident_energy, b.incident_energy) and np.allclose(a.showers, b.showers)
     assert 1e3 <= a.incident_energy.min() and a.incident_energy.max() <= 1e5
+
+
+def test_cli_simulate_paper_writes_eta_and_the_calogan_layout(tmp_path):
+    from typer.testing import CliRunner
+
+    from caloforge.cli import app
+    from caloforge.io import detect_format
+
+    r = CliRunner().invoke(app, ["simulate-paper", "atlas-gan-25gev", "-o", str(tmp_path / "a.h5"), "--scale",
+                                 "0.002", "-j", "1"])
+    assert r.exit_code == 0, r.output
+    data = read_showers(tmp_path / "a.h5")
+    assert set(np.unique(data.incident_energy)) == {25_000.0} and "impact_eta" in data.conditions
+    r = CliRunner().invoke(app, ["simulate-paper", "calogan", "-p", "pi+", "--layout", "calogan", "-o",
+                                 str(tmp_path / "p.hdf5"), "--scale", "0.0001", "-j", "1"])
+    assert r.exit_code == 0 and detect_format(tmp_path / "p.hdf5") == "calogan"
+    bad = CliRunner().invoke(app, ["simulate-paper", "atlas-gan", "--layout", "calogan", "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "calogan data set only" in bad.output
