@@ -20,6 +20,7 @@ Full-budget versions (GPU, paper configs): ``--config calogan-positrons`` /
 Run:  nice -n 10 .venv/bin/python benchmarks/bench_paper_gans.py calogan --minutes 3 --scale 0.03
       nice -n 10 .venv/bin/python benchmarks/bench_paper_gans.py atlas --minutes 3 --scale 0.1 --seeds 0 1 2
       nice -n 10 .venv/bin/python benchmarks/bench_paper_gans.py speed --config calogan-cpu
+      .venv/bin/python benchmarks/bench_paper_gans.py tables     # markdown of the JSON results
 """
 
 from __future__ import annotations
@@ -182,9 +183,49 @@ def bench_speed(args) -> dict:
     return out
 
 
+def _f(v, d: int = 3) -> str:
+    return "–" if v is None else f"{v:.{d}g}"
+
+
+def tables(args) -> dict:
+    """Markdown tables of the JSON results in ``--output`` (for docs/benchmarks.md)."""
+    out = Path(args.output)
+    cal = json.loads((out / "calogan-calogan-cpu.json").read_text()) if (out / "calogan-calogan-cpu.json").exists() else {}
+    at = json.loads((out / "atlas-atlas-gan-cpu.json").read_text()) if (out / "atlas-atlas-gan-cpu.json").exists() else {}
+    head = "| model | E_tot χ²/ndf | AUC low | AUC high | FPD ×10³ | KPD ×10³ |"
+    rows = [head, "|---|---|---|---|---|---|"]
+    for k, r in list(cal.items()) + list(at.items()):
+        if isinstance(r, dict) and "etot_chi2_ndf" in r:
+            rows.append(f"| {k} | {_f(r['etot_chi2_ndf'])} | {_f(r['auc_low'])} | {_f(r['auc_high'])} | "
+                        f"{_f(r['fpd_x1e3'])} | {_f(r['kpd_x1e3'])} |")
+    print("\n".join(rows))
+    keys = ["etot_gev", "frac_layer_0", "frac_layer_1", "frac_layer_2", "shower_depth", "shower_depth_width",
+            "lateral_width_layer_0", "lateral_width_layer_1", "lateral_width_layer_2", "sparsity_layer_0",
+            "sparsity_layer_1", "sparsity_layer_2", "nn_median_ratio"]
+    print("\n| CaloGAN observable χ²/ndf | " + " | ".join(k for k in cal if "paper_chi2_ndf" in cal[k]) + " |")
+    print("|---|" + "---|" * sum("paper_chi2_ndf" in v for v in cal.values()))
+    for key in keys:
+        print(f"| {key} | " + " | ".join(_f(v["paper_chi2_ndf"].get(key)) for v in cal.values()
+                                      if "paper_chi2_ndf" in v) + " |")
+    if "classifier_proxy" in cal:
+        print("\nclassifier proxy:", {k: (round(v, 3) if isinstance(v, float) else v)
+                                      for k, v in cal["classifier_proxy"].items()})
+    for k, r in at.items():
+        if isinstance(r, dict) and "paper_chi2_ndf" in r:
+            print(f"\n{k}: | E | E_tot χ²/ndf | σ/μ ref | σ/μ gen | Eratio | f3 | weta1 |")
+            for e, p in r["paper_chi2_ndf"].items():
+                print(f"| {e} | {_f(p['etot_gev'])} | {_f(p['res_ref'])} | {_f(p['res_gen'])} | {_f(p['Eratio'])} | "
+                      f"{_f(p['f3'])} | {_f(p['weta1'])} |")
+            print("interpolation:", {e: {q: _f(v) for q, v in d.items()} for e, d in r["interpolation"].items()})
+    for k in ("atlas_gan/seed_stats", "atlas_gan/interpolation_stats"):
+        if k in at:
+            print(f"\n{k}: {json.dumps(at[k])}")
+    return {}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["calogan", "atlas", "speed"])
+    ap.add_argument("what", choices=["calogan", "atlas", "speed", "tables"])
     ap.add_argument("--config", default=None)
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--scale", type=float, default=0.03)
@@ -196,6 +237,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--output", default="runs/paper-gans")
     args = ap.parse_args()
+    if args.what == "tables":
+        tables(args)
+        return
     if args.config is None:
         args.config = {"calogan": "calogan-cpu", "atlas": "atlas-gan-cpu", "speed": "calogan-cpu"}[args.what]
     res = {"calogan": bench_calogan, "atlas": bench_atlas, "speed": bench_speed}[args.what](args)
