@@ -53,11 +53,14 @@ def baseline_config(geometry: str, energy_range: list[float], conditions: dict, 
     return cfg
 
 
+DEVICE = "cpu"
+
+
 def _run_config(name_or_dict, out: Path, data: ShowerData, minutes: float, seed: int) -> Path:
     cfg = load_config(name_or_dict).to_dict()
     cfg["training"].update(max_iterations=10**9, tensorboard=False, checkpoint_every=200)
     t = time.perf_counter()
-    res = train(cfg, data, out, max_time=minutes * 60, progress=False, seed=seed, threads=1)
+    res = train(cfg, data, out, max_time=minutes * 60, progress=False, seed=seed, threads=1, device=DEVICE)
     print(f"  trained {out.name}: {res.iterations} iterations in {time.perf_counter() - t:.0f} s, "
           f"best χ² {res.best_score:.3g} at {res.best_iteration}", flush=True)
     return res.best_checkpoint
@@ -65,7 +68,8 @@ def _run_config(name_or_dict, out: Path, data: ShowerData, minutes: float, seed:
 
 def _scores(model_path: Path, ref: ShowerData, geometry: str, classifier: bool = True,
             training: ShowerData | None = None) -> dict:
-    gen = generate(load_model(model_path), ref.incident_energy, conditions=ref.conditions or None, seed=1)
+    gen = generate(load_model(model_path, device=DEVICE), ref.incident_energy, conditions=ref.conditions or None,
+                   seed=1)
     res = compare(ref, gen, geometry, classifier=classifier, fpd_kpd=True, per_energy=False, training=training,
                   classifier_settings={"epochs": 30})
     m = res.metrics
@@ -236,7 +240,10 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 10, 100, 1000, 10000, 100000])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--output", default="runs/paper-gans")
+    ap.add_argument("--device", default="cpu", help="training / generation device (cuda for the full budget)")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
     if args.what == "tables":
         tables(args)
         return

@@ -285,7 +285,7 @@ def test_atlas_gan_presets_and_eta():
     assert sorted(set(np.round(parts[0].energies / 1e3))) == [1, 2, 4, 8, 16, 32, 65, 131, 262]
     assert sum(p.n for p in PRESETS["atlas-gan"].parts("photon")) == 88_200
     assert set(PRESETS["atlas-gan-25gev"].parts("photon", 0.001)[0].energies) == {25_000.0}
-    data = simulate_atlas_gan("atlas-gan-25gev", seed=1, scale=0.003)
+    data = simulate_atlas_gan("atlas-gan-25gev", seed=1, scale=0.003, workers=1)
     eta = data.conditions["impact_eta"]
     assert eta.min() >= 0.2 and eta.max() <= 0.25 and eta.std() > 0.01
     assert (data.showers >= 0).all()
@@ -301,12 +301,16 @@ def test_calogan_sets_in_both_layouts(tmp_path):
     from caloforge.io import detect_format
     from caloforge.simulate.paper_data import write_calogan_sets
 
-    paths = write_calogan_sets(tmp_path, "e+", seed=0, scale=0.0002)
+    paths = write_calogan_sets(tmp_path, "e+", seed=0, scale=0.0002, workers=1)
     assert detect_format(paths["calogan"]) == "calogan"
     a, b = read_showers(paths["calogan"]), read_showers(paths["calochallenge"])
     assert a.showers.shape == b.showers.shape == (20, 504)
     assert np.allclose(a.incident_energy, b.incident_energy) and np.allclose(a.showers, b.showers)
     assert 1e3 <= a.incident_energy.min() and a.incident_energy.max() <= 1e5
+    for layout, path in paths.items():  # both layouts train
+        res = train(_cfg("calogan", TINY_CALOGAN, max_iterations=2, checkpoint_every=2, log_every=1,
+                         batch_size=8), path, tmp_path / f"run-{layout}", progress=False, threads=1)
+        assert res.stopped == "completed" and res.last_checkpoint is not None
 
 
 def test_cli_simulate_paper_writes_eta_and_the_calogan_layout(tmp_path):
