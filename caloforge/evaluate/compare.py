@@ -652,8 +652,8 @@ def compare(
         # the CaloGAN / ATLAS GAN papers' own observables for their geometries (None otherwise)
         from caloforge.evaluate.paper_observables import paper_observables
 
-        metrics["paper"] = paper_observables(reference, generated, geo, training=training, max_showers=max_showers,
-                                             seed=seed)
+        metrics["paper"] = paper_observables(reference, generated, geo, training=training,
+                                             max_showers=max_showers or 50_000, seed=seed)
         metrics["notes"] = notes
         metrics["timings_s"] = timings
 

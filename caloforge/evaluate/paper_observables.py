@@ -53,7 +53,7 @@ _HIST_KEYS = ("separation_power", "chi2_ndf", "mean_reference", "mean_generated"
 
 
 def _load(source: ShowerData | str | Path, max_showers: int | None) -> ShowerData:
-    data = source if isinstance(source, ShowerData) else read_showers(source)
+    data = source if isinstance(source, ShowerData) else read_showers(source, stop=max_showers)
     if max_showers is not None and len(data) > max_showers:
         data = ShowerData(data.incident_energy[:max_showers], data.showers[:max_showers],
                           {k: v[:max_showers] for k, v in data.conditions.items()})
