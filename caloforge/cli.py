@@ -210,6 +210,41 @@ def simulate_cmd(
     console.print(f"wrote {count} showers to {output}")
 
 
+# --- simulate-paper (issue 12: the CaloGAN and ATLAS GAN data sets) ------------------
+@app.command("simulate-paper")
+@user_errors
+def simulate_paper_cmd(
+    dataset: str = typer.Argument(..., help="calogan | atlas-gan | atlas-gan-25gev"),
+    output: Path = typer.Option(..., "--output", "-o", help="Output shower file (.h5 / .hdf5)."),
+    particle: str = typer.Option("photon", "--particle", "-p", help="calogan: e+ | gamma | pi+ (atlas: photon)."),
+    layout: str = typer.Option("calochallenge", "--layout", help="calochallenge, or calogan (energy, layer_0..2; "
+                               "calogan only)."),
+    scale: float = typer.Option(1.0, "--scale", help="Multiply the preset's counts."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed → identical file)."),
+    workers: int = typer.Option(0, "--workers", "-j", help="Worker processes (0 = all cores)."),
+) -> None:
+    """Simulate the CaloGAN (e+, γ, π+ at 1–100 GeV) or ATLAS GAN (photons with impact η) data set."""
+    from caloforge.errors import ConfigError
+    from caloforge.io import write_calogan, write_showers
+    from caloforge.simulate.paper_data import simulate_atlas_gan, simulate_calogan
+
+    if layout not in ("calochallenge", "calogan"):
+        raise ConfigError(f"--layout must be calochallenge or calogan, not {layout!r}")
+    if dataset == "calogan":
+        data = simulate_calogan(particle, seed=seed, scale=scale, workers=workers or None)
+    elif dataset in ("atlas-gan", "atlas-gan-25gev"):
+        if layout == "calogan":
+            raise ConfigError("--layout calogan is for the calogan data set only")
+        data = simulate_atlas_gan(dataset, seed=seed, scale=scale, workers=workers or None)
+    else:
+        raise ConfigError(f"unknown paper data set {dataset!r}: use calogan, atlas-gan or atlas-gan-25gev")
+    if layout == "calogan":
+        write_calogan(output, data.incident_energy, data.showers)
+    else:
+        write_showers(output, data.incident_energy, data.showers, data.conditions or None)
+    console.print(f"wrote {len(data)} showers to {output}")
+
+
 # --- evaluate (caloforge.evaluate) -------------------------------------------------
 @app.command("evaluate")
 @user_errors

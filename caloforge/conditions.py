@@ -6,9 +6,9 @@ A model's config names its conditions and their encodings::
 
 ``incident_energy`` is always present; the others are the condition datasets of a
 shower file (``incident_theta``, ``incident_phi`` in rad, ``impact_x``, ``impact_y``
-in mm).  The energy condition may be the incident energy or the kinetic energy
-E − m of the particle (``energy_condition: kinetic`` with ``particle: pion``), as
-the CaloShowerGAN pion model uses: at 256 MeV a pion's kinetic energy is 116 MeV.
+in mm, ``impact_eta`` the impact pseudorapidity of the ATLAS GAN).  The energy
+condition may be the incident energy or the kinetic energy E − m of the particle
+(``energy_condition: kinetic`` with ``particle: pion``), as the CaloShowerGAN pion model uses: at 256 MeV a pion's kinetic energy is 116 MeV.
 
 Encodings (ranges fitted on the training data and stored in the checkpoint):
 
@@ -45,10 +45,10 @@ from caloforge.errors import ConfigError, DataError
 __all__ = ["CONDITION_NAMES", "ENCODINGS", "DEFAULT_ENCODING", "PARTICLE_MASS_MEV", "ConditionSpec",
            "ConditionEncoder", "check_conditions_config"]
 
-CONDITION_NAMES = ("incident_energy", "incident_theta", "incident_phi", "impact_x", "impact_y")
+CONDITION_NAMES = ("incident_energy", "incident_theta", "incident_phi", "impact_x", "impact_y", "impact_eta")
 ENCODINGS = {"log": 1, "linear": 1, "cos": 1, "sincos": 2, "standard": 1}
 DEFAULT_ENCODING = {"incident_energy": "log", "incident_theta": "cos", "incident_phi": "sincos",
-                    "impact_x": "linear", "impact_y": "linear"}
+                    "impact_x": "linear", "impact_y": "linear", "impact_eta": "linear"}
 # PDG masses in MeV, for the kinetic-energy condition
 PARTICLE_MASS_MEV = {"photon": 0.0, "gamma": 0.0, "electron": 0.51099895, "positron": 0.51099895,
                      "pion": 139.57039, "proton": 938.27209, "neutron": 939.56542, "kaon": 493.677}

@@ -60,7 +60,7 @@ __all__ = [
     "check_output_dir",
 ]
 
-CONDITION_NAMES = ("incident_theta", "incident_phi", "impact_x", "impact_y")
+CONDITION_NAMES = ("incident_theta", "incident_phi", "impact_x", "impact_y", "impact_eta")
 CALOGAN_LAYERS = ("layer_0", "layer_1", "layer_2")
 DEFAULT_CHUNK_BYTES = 64 * 2**20  # per streamed chunk of showers
 

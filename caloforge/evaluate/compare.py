@@ -733,6 +733,12 @@ def compare(
                 metrics["granular"] = granular.compare_sources(reference, generated, geo, max_showers=max_showers,
                                                                chunk_size=chunk_size)
             timings["granular"] = time.perf_counter() - t0
+
+        # the CaloGAN / ATLAS GAN papers' own observables for their geometries (None otherwise)
+        from caloforge.evaluate.paper_observables import paper_observables
+
+        metrics["paper"] = paper_observables(reference, generated, geo, training=training,
+                                             max_showers=max_showers or 50_000, seed=seed)
         metrics["notes"] = notes
         metrics["timings_s"] = timings
 

@@ -291,6 +291,9 @@ def write_report(result: "EvaluationResult", out_dir: str | Path, *, plots: bool
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(result, out_dir / "metrics.json")
     rows: list[tuple[str, str, str]] = []
+    from caloforge.evaluate.paper_observables import paper_html, write_paper_plots
+
+    paper, paper_rows = result.metrics.get("paper"), []
     if plots:
         from caloforge.evaluate.plots import plot_all
 
@@ -298,7 +301,11 @@ def write_report(result: "EvaluationResult", out_dir: str | Path, *, plots: bool
         from caloforge.evaluate.granular_observables import plot_granular
 
         rows += plot_granular(result.metrics, out_dir, result.labels)
+        if paper:
+            paper_rows = write_paper_plots(paper, result.metrics["geometry"], out_dir,
+                                           tuple(result.metrics.get("labels", ("reference", "generated"))))
     path = out_dir / "report.html"
     with atomic_path(path) as tmp:
-        tmp.write_text(_html(result, rows, out_dir), encoding="utf-8")
+        page = _html(result, rows, out_dir).replace("</body>", paper_html(paper, paper_rows, out_dir) + "\n</body>")
+        tmp.write_text(page, encoding="utf-8")
     return path

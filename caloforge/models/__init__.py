@@ -9,6 +9,8 @@ interface every family implements is :class:`~caloforge.models.base.ShowerModel`
 caloshowergan      CaloShowerGAN, a conditional WGAN-GP MLP (CaloChallenge 2022)
 gan3d              3DGAN, 3D-convolutional GAN with auxiliary regression (ACAT 2019)
 bibae              BIB-AE with post-processor and latent KDE (McKeown et al. 2023)
+calogan            CaloGAN, per-layer locally connected GAN with attention (PRL 2018)
+atlas_gan          ATLAS two-critic WGAN-GP, energy + impact-η conditioned (2019)
 energy_split       any family, one sub-model per incident-energy range
 =================  ==========================================================
 
@@ -31,7 +33,7 @@ from caloforge.models.base import (
     get_family,
     register,
 )
-from caloforge.models import caloshowergan, energy_split  # noqa: F401,E402  (registers the shipped families)
+from caloforge.models import atlas_gan, calogan, caloshowergan, energy_split  # noqa: F401,E402  (registers the shipped families)
 from caloforge.models.caloshowergan import CaloShowerGAN, CaloShowerGANConfig, count_parameters  # noqa: E402
 from caloforge.models.energy_split import EnergySplit, EnergySplitConfig  # noqa: E402
 from caloforge.models import bibae, gan3d  # noqa: F401,E402  (3D-convolutional families on Cartesian grids)

@@ -452,7 +452,8 @@ def _progress(enabled: bool, description: str, total: int) -> Iterator[Callable[
 
 def _condition_names(parts: Sequence[Part]) -> tuple[str, ...]:
     """Conditions to keep: all four when any part sets a direction or impact, else none."""
-    return CONDITION_NAMES if any(p.has_conditions for p in parts) else ()
+    simulated = CONDITION_NAMES[:4]  # incident_theta, incident_phi, impact_x, impact_y (not impact_eta)
+    return simulated if any(p.has_conditions for p in parts) else ()
 
 
 def simulate_plan(geometry: Geometry | str, parts: Sequence[Part], seed: int = 0, workers: int | None = 1,

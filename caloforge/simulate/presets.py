@@ -194,6 +194,21 @@ def _ild_angled_test(particle: str, scale: float) -> list[Part]:
     return parts
 
 
+
+# --- issue 12: the ATLAS GAN photon set-up (Ghosh & Rousseau 2019) ------------------------------------
+# Impact η uniform in 0.20–0.25, drawn as the impact x (the η direction of ``atlas-4layer``, 1500 mm per
+# unit η at the middle layer); :mod:`caloforge.simulate.paper_data` stores it as the ``impact_eta`` condition.
+ATLAS_GAN_ENERGIES_GEV = (1, 2, 4, 8, 16, 32, 65, 131, 262)
+ATLAS_GAN_ETA_RANGE = (0.20, 0.25)
+ATLAS_GAN_MM_PER_ETA = 1500.0
+_ATLAS_GAN_X = tuple((eta - sum(ATLAS_GAN_ETA_RANGE) / 2) * ATLAS_GAN_MM_PER_ETA for eta in ATLAS_GAN_ETA_RANGE)
+
+
+def _atlas_gan(part: str, energies_gev, count: int, scale: float) -> list[Part]:
+    e = np.concatenate([np.full(_n(count, scale), v * GeV) for v in energies_gev])
+    return [Part(part, e, len(e), impact=(_ATLAS_GAN_X, 0.0))]
+
+
 PRESETS.update({
     p.name: p
     for p in [
@@ -214,5 +229,11 @@ PRESETS.update({
                "BIB-AE test points: photons at 20, 50, 80 GeV × θ 40°, 60°, 80°, 2k each (18k)",
                _ild_angled_test, energy_scale="visible",
                convention="visible energy in the silicon (as the ild preset)"),
+        Preset("atlas-gan", "atlas-4layer", ("photon",),
+               "ATLAS GAN photons at 1, 2, 4, 8, 16, 32, 65, 131, 262 GeV, impact η 0.20–0.25, 9.8k each (88k)",
+               lambda part, s: _atlas_gan(part, ATLAS_GAN_ENERGIES_GEV, 9_800, s)),
+        Preset("atlas-gan-25gev", "atlas-4layer", ("photon",),
+               "ATLAS GAN photons at 25 GeV (never trained on: interpolation test), impact η 0.20–0.25, 10k",
+               lambda part, s: _atlas_gan(part, (25,), 10_000, s)),
     ]
 })
