@@ -53,6 +53,11 @@ TINY["bibae"] = [{"geometry": TOY_SIW, "particle": "electron",
                   "stages": [3, 3], "critic_steps": 1, "hit_mmd_kernel": 8, "hit_mmd_stride": 8,
                   "hit_mmd_cutoff": 32, "kde_max_showers": 40}]
 
+TINY["calogan"] = [{"geometry": "calogan", "latent_dim": 8, "generator_channels": [2, 3, 2],
+                    "discriminator_channels": [4, 3, 2, 2], "minibatch_kernels": 3, "minibatch_kernel_dim": 3}]
+TINY["atlas_gan"] = [{"geometry": "atlas-4layer", "latent_dim": 8, "generator_hidden": [32, 32], "critic_hidden": [32],
+                      "sum_critic_hidden": [16], "voxel_scale": 10.0}]
+
 CASES = [(name, i) for name in families() for i in range(max(1, len(TINY.get(name, []))))]
 
 
@@ -72,7 +77,8 @@ def tiny_model(name: str, index: int = 0):
     energy[:2] = torch.tensor([256.0, 4194304.0], dtype=torch.float64)
     conditions = {"incident_theta": torch.as_tensor(rng.uniform(0.8, 2.3, n)),
                   "incident_phi": torch.as_tensor(rng.uniform(-math.pi, math.pi, n)),
-                  "impact_x": torch.as_tensor(rng.normal(0, 10, n)), "impact_y": torch.as_tensor(rng.normal(0, 10, n))}
+                  "impact_x": torch.as_tensor(rng.normal(0, 10, n)), "impact_y": torch.as_tensor(rng.normal(0, 10, n)),
+                  "impact_eta": torch.as_tensor(rng.uniform(0.20, 0.25, n))}
     showers = torch.as_tensor(rng.random((n, n_vox)), dtype=torch.float32) * energy[:, None].float() / n_vox
     torch.manual_seed(index)
     model = fit(cfg, showers, energy, conditions)

@@ -161,7 +161,7 @@ class LocallyConnected2d(nn.Module):
         patches = torch.stack([x[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
                                for i in range(kh) for j in range(kw)], dim=2)  # (N, C, kh·kw, oh, ow)
         cols = patches.flatten(1, 2).flatten(2).permute(2, 0, 1)  # (L, N, C·kh·kw)
-        out = torch.bmm(cols, self.weight).permute(1, 2, 0).reshape(len(x), -1, oh, ow)
+        out = torch.bmm(cols, self.weight).permute(1, 2, 0).reshape(-1, self.weight.shape[-1], oh, ow)
         return out if self.bias is None else out + self.bias
 
 
@@ -181,7 +181,7 @@ class MinibatchDiscrimination(nn.Module):
         nn.init.zeros_(self.project.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        m = self.project(x).reshape(len(x), self.kernels, self.kernel_dim)
+        m = self.project(x).reshape(-1, self.kernels, self.kernel_dim)
         l1 = (m.unsqueeze(0) - m.unsqueeze(1)).abs().sum(-1)  # (N, N, B)
         return torch.tanh(torch.exp(-l1).sum(1))
 
@@ -219,7 +219,7 @@ class LayerGenerator(nn.Module):
         self.slope = cfg.leaky_slope
 
     def forward(self, h: Tensor) -> Tensor:
-        x = self.dense(h).reshape(len(h), *self.grid)
+        x = self.dense(h).reshape(-1, *self.grid)
         x = self.norm(F.leaky_relu(self.conv(F.pad(x, (0, 1, 0, 1))), self.slope))  # Keras 'same' for 2×2
         x = F.leaky_relu(self.local1(x), self.slope)
         return self.local2(x)
@@ -356,7 +356,7 @@ class CaloGAN(ShowerModel):
         """Flat showers in MeV → per-layer (N, 1, r, c) images in GeV."""
         x = showers_mev.to(torch.float32).to(self.device) / GEV
         parts = torch.split(x, self.sizes, dim=1)
-        return [p.reshape(len(x), 1, r, c) for p, (r, c) in zip(parts, self.shapes)]
+        return [p.reshape(-1, 1, r, c) for p, (r, c) in zip(parts, self.shapes)]
 
     def decode(self, noise, incident_energy, conditions):
         imgs = self.images(noise, incident_energy)
