@@ -361,6 +361,9 @@ def generate_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     threads: int = typer.Option(0, "--threads", help="Torch threads (0 = the CPUs this process may use)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    sampling: Optional[list[str]] = typer.Option(None, "--sampling", help="Generation option KEY=VALUE of the "
+                                                 "model family, repeatable (e.g. steps=16, solver=rk4 for "
+                                                 "flow_matching)."),
 ) -> None:
     """Generate showers from a trained model into a CaloChallenge-format file."""
     import warnings
@@ -377,6 +380,9 @@ def generate_cmd(
         raise ConfigError("--energies needs --n N (showers per energy, N > 0)")
     if like is not None and (n is not None or theta or phi):
         raise ConfigError("--like takes energies and conditions from the reference file: drop --n/--theta/--phi")
+    from caloforge.generate import parse_sampling
+
+    options = parse_sampling(sampling or [])
     set_threads(threads or None)
     gen = load_model(model, device=device)
     if like is not None:
@@ -402,7 +408,7 @@ def generate_cmd(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         generate_to_file(gen, output, incident, conditions=conditions, batch_size=batch_size, seed=seed,
-                         progress=True)  # gen is already on --device
+                         progress=True, sampling=options)  # gen is already on --device
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}")
     console.print(f"wrote {len(incident)} showers ({gen.n_voxels} voxels, {gen.geometry}) from {gen.path}")

@@ -31,7 +31,7 @@ from caloforge.errors import ConfigError, DataError
 from caloforge.io import ShowerData, ShowerWriter, iter_showers
 
 __all__ = ["ShowerGenerator", "OutOfRangeWarning", "load_model", "generate", "generate_to_file", "parse_energies",
-           "reference_energies"]
+           "reference_energies", "parse_sampling"]
 
 
 class OutOfRangeWarning(UserWarning):
@@ -82,7 +82,8 @@ def load_model(path: str | Path, device: str = "cpu") -> ShowerGenerator:
                            float(e_max), int(meta.get("iteration", 0)), meta.get("score"), dict(meta["model"]))
 
 
-def _prepare(model, incident_energy, conditions, batch_size: int, device: str | None):
+def _prepare(model, incident_energy, conditions, batch_size: int, device: str | None,
+             sampling: Mapping[str, object] | None = None):
     """(generator on its device, energies, conditions), all checked before an output file is opened."""
     from caloforge.runtime import resolve_device
 
@@ -94,6 +95,8 @@ def _prepare(model, incident_energy, conditions, batch_size: int, device: str | 
             gen.model.to(resolve_device(device))
     else:
         gen = load_model(model, device=device or "cpu")
+    if sampling:  # family generation options (ODE steps, …): unknown ones are a ConfigError
+        gen.model.set_sampling(**dict(sampling))
     energy = np.asarray(incident_energy, dtype=np.float64).reshape(-1)
     conditions = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in (conditions or {}).items()}
     for k, v in conditions.items():
@@ -132,7 +135,8 @@ def _batches(gen: ShowerGenerator, energy: np.ndarray, conditions: Mapping[str, 
 
 
 def generate(model, incident_energy, *, conditions: Mapping[str, np.ndarray] | None = None,
-             batch_size: int = 10_000, device: str | None = None, seed: int = 0) -> ShowerData:
+             batch_size: int = 10_000, device: str | None = None, seed: int = 0,
+             sampling: Mapping[str, object] | None = None) -> ShowerData:
     """Showers (MeV, float32, finite, ≥ 0) for incident energies (N,) in MeV.
 
     ``model`` is a :class:`ShowerGenerator` or a path for :func:`load_model`.
@@ -140,8 +144,10 @@ def generate(model, incident_energy, *, conditions: Mapping[str, np.ndarray] | N
     conditioned on them and are written to the output row for row.  Energies outside
     the trained range raise an :class:`OutOfRangeWarning`.  ``device`` moves the
     model there; None keeps it where it is (a path is loaded on the CPU).
+    ``sampling`` sets the family's generation options (``{"steps": 16}`` for an ODE
+    model; :meth:`~caloforge.models.base.ShowerModel.set_sampling`), kept on the model.
     """
-    gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device)
+    gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device, sampling)
     out = np.empty((len(energy), gen.n_voxels), dtype=np.float32)
     for lo, e, showers in _batches(gen, energy, conditions, batch_size, seed):
         out[lo:lo + len(e)] = showers
@@ -150,11 +156,13 @@ def generate(model, incident_energy, *, conditions: Mapping[str, np.ndarray] | N
 
 def generate_to_file(model, path: str | Path, incident_energy, *, conditions: Mapping[str, np.ndarray] | None = None,
                      batch_size: int = 10_000, device: str | None = None, seed: int = 0,
-                     progress: bool = False) -> Path:
+                     progress: bool = False, sampling: Mapping[str, object] | None = None) -> Path:
     """Stream generated showers into a CaloChallenge HDF5 file (atomic: temp + rename); see :func:`generate`."""
-    gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device)
+    gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device, sampling)
     attrs = {"generator": "caloforge", "model": str(gen.path), "model_iteration": gen.iteration,
              "geometry": gen.geometry, "seed": int(seed)}
+    for key, value in gen.model.sampling_options.items():
+        attrs[f"sampling_{key}"] = value
     from caloforge.runtime import Progress
 
     with Progress("generate", len(energy), enabled=progress, unit="showers", interval=10.0) as bar:
@@ -193,3 +201,21 @@ def parse_energies(text: str) -> np.ndarray:
         return parse_energy_list(text)
     except ConfigError as exc:
         raise ConfigError(f"--energies: {exc} (e.g. 1GeV,65GeV or 256MeV)") from None
+
+
+def parse_sampling(items) -> dict[str, str]:
+    """['steps=16', 'solver=rk4'] → {'steps': '16', 'solver': 'rk4'} (the ``--sampling`` option).
+
+    The model converts the values to its options' types (:meth:`ShowerModel.set_sampling`).
+
+    >>> parse_sampling(["steps=16", "solver = rk4"])
+    {'steps': '16', 'solver': 'rk4'}
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ConfigError(f"--sampling: expected KEY=VALUE (e.g. steps=16), got {item!r}")
+        out[key] = value
+    return out

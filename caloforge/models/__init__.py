@@ -8,6 +8,9 @@ interface every family implements is :class:`~caloforge.models.base.ShowerModel`
 =================  ==========================================================
 caloshowergan      CaloShowerGAN, a conditional WGAN-GP MLP (CaloChallenge 2022)
 energy_split       any family, one sub-model per incident-energy range
+caloflow           CaloFlow-style conditional coupling normalising flows (zuko)
+flow_matching      conditional flow matching, ODE sampling (torchdiffeq)
+student            one-step MLP distilled from a flow_matching / caloflow teacher
 =================  ==========================================================
 
 Adding a family is one new file here (a config dataclass + a ``ShowerModel``
@@ -30,6 +33,7 @@ from caloforge.models.base import (
     register,
 )
 from caloforge.models import caloshowergan, energy_split  # noqa: F401,E402  (registers the shipped families)
+from caloforge.models import caloflow, flow_matching, student  # noqa: F401,E402
 from caloforge.models.caloshowergan import CaloShowerGAN, CaloShowerGANConfig, count_parameters  # noqa: E402
 from caloforge.models.energy_split import EnergySplit, EnergySplitConfig  # noqa: E402
 
