@@ -114,7 +114,8 @@ class TwoStageFamily(ShowerModel):
         y1, y2 = self.transport(noise, incident_energy, conditions)
         return self.representation.decode(y1, y2, incident_energy.to(torch.float64))
 
-    def transport(self, noise: Tensor, incident_energy: Tensor, conditions: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def transport(self, noise: Tensor, incident_energy: Tensor,
+                  conditions: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Noise (N, L + V) → (y₁, y₂), the representation before the inverse preprocessing."""
         raise NotImplementedError
 

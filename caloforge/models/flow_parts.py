@@ -92,7 +92,7 @@ class ShowerRepresentation:
 
     def encode(self, showers: Tensor, incident_energy: Tensor,
                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """(y₁ float32, y₂ float32, log|∂(y₁, y₂)/∂(layer energies, fractions)| float64) of dequantised showers."""
+        """(y₁, y₂ float32; log|∂(y₁, y₂)/∂(layer energies, fractions)| float64) of dequantised showers."""
         e = incident_energy.to(torch.float64)
         layer_energy, fractions = split_layers(_dequantise(showers.to(torch.float64), self.noise_mev, generator),
                                                self.layer_sizes)

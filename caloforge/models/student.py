@@ -107,8 +107,8 @@ class Student(ShowerModel):
         n_out = self.representation.n_layers + self.representation.n_voxels
         self.generator_net = MLP(int(state["noise_dim"]) + self.condition_encoder.dim, config.hidden, n_out,
                                  config.activation)
-        # a per-dimension gain from the noise to the output, 1 at the start: the ODE moves each coordinate from its
-        # noise value, so the MLP (narrower than the noise) only learns the correction
+        # a per-coordinate gain from the noise to the output, 1 at the start: the ODE moves each
+        # coordinate from its noise value, so the MLP (narrower than the noise) learns the correction
         self.noise_gain = nn.Parameter(torch.ones(n_out)) if int(state["noise_dim"]) == n_out else None
 
     @classmethod
