@@ -299,7 +299,8 @@ def test_student_of_a_caloflow_teacher(tmp_path, data):
 # ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("geometry", ["ds1-pions", "ds2", "calogan"])
 def test_flow_families_work_for_any_geometry(geometry):
-    """One training step and sampling on DS1 pions (7 layers), DS2 (45 × 144 voxels), CaloGAN (3 layers)."""
+    """One training step and sampling on DS1 pions (7 layers), DS2 (45 × 144 voxels), CaloGAN (3 layers);
+    flow matching also with one velocity field for layers and voxels together (``layer_model: joint``)."""
     from caloforge.geometry import load_geometry
     from caloforge.models.base import BatchSource, fit
 
@@ -308,9 +309,12 @@ def test_flow_families_work_for_any_geometry(geometry):
     e = torch.tensor([1000.0, 50000.0] * 4, dtype=torch.float64)
     showers = torch.rand(8, geo.n_voxels, generator=g) * (e[:, None] / geo.n_voxels).float()
     showers[showers < 0.3 * showers.mean()] = 0.0
-    for name in ("caloflow-tiny", "flow-matching-tiny"):
+    for name, extra in (("caloflow-tiny", {}), ("flow-matching-tiny", {}),
+                        ("flow-matching-tiny", {"layer_model": "joint"})):
         cfg = load_config(name).model
         cfg.geometry = geometry
+        for key, value in extra.items():
+            setattr(cfg, key, value)
         model = fit(cfg, showers, e, {})
         batches = BatchSource(showers, e, {}, 8, torch.Generator().manual_seed(1))
         losses = model.training_step(batches, model.configure_optimizers(), torch.Generator().manual_seed(2))
