@@ -87,9 +87,11 @@ def _evaluate(holdout: Path, generated: Path, out: Path) -> dict:
     from caloforge.evaluate import compare
     from caloforge.evaluate.compare import json_safe
 
-    res = compare(holdout, generated, "ds1-photons", classifier=True, seed=0)
-    m = json_safe(res.metrics)
-    (out / "metrics.json").write_text(json.dumps(m))
+    if (out / "metrics.json").exists():  # a rerun reuses finished evaluations
+        m = json.loads((out / "metrics.json").read_text())
+    else:
+        m = json_safe(compare(holdout, generated, "ds1-photons", classifier=True, seed=0).metrics)
+        (out / "metrics.json").write_text(json.dumps(m))
     clf = m.get("classifier") or {}
     layers = [v["inclusive"]["chi2_ndf"] for k, v in m["features"].items()
               if k.startswith("E_layer_") and v.get("inclusive") and v["inclusive"]["chi2_ndf"] is not None]
