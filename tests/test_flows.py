@@ -321,3 +321,27 @@ def test_flow_families_work_for_any_geometry(geometry):
         assert all(math.isfinite(v) for v in losses.values())
         out = model.sample(e[:2], torch.Generator().manual_seed(3))
         assert out.shape == (2, geo.n_voxels) and torch.isfinite(out).all() and (out >= 0).all()
+
+
+@pytest.mark.parametrize("name", ["caloflow-photons", "flow-matching-photons", "student-photons",
+                                  "caloflow-tiny", "flow-matching-tiny", "student-tiny"])
+def test_shipped_flow_configs_load(name):
+    cfg = load_config(name)
+    assert cfg.model.name in ("caloflow", "flow_matching", "student") and cfg.model.geometry == "ds1-photons"
+    if name == "caloflow-photons":
+        assert cfg.training.select_by == "val_nll"
+    if name == "student-photons":  # no bigger than the CaloShowerGAN photon generator (259,768)
+        from caloforge.conditions import ConditionEncoder
+        from caloforge.geometry import load_geometry
+        from caloforge.models.base import layer_sizes
+        from caloforge.models.flow_parts import ShowerRepresentation
+        from caloforge.models.student import Student
+
+        geo = load_geometry("ds1-photons")
+        e = torch.tensor([256.0, 4194304.0], dtype=torch.float64)
+        showers = torch.rand(2, 368, dtype=torch.float64)
+        state = {"conditions": ConditionEncoder.fit({"incident_energy": "log"}, e, {}).state(),
+                 "representation": ShowerRepresentation.fit(showers, e, layer_sizes(geo)).state(),
+                 "noise_dim": 373}
+        student = Student(cfg.model, geo, state)
+        assert sum(p.numel() for p in student.parameters()) == 258_026 <= 259_768
