@@ -435,6 +435,9 @@ def generate_cmd(
     shard: Optional[str] = typer.Option(None, "--shard", help="Write only shard K/N (K = 1 … N) of the request, "
                                         "for N batch jobs; join them with caloforge merge. Every shard must use "
                                         "the same --seed and --batch-size."),
+    sampling: Optional[list[str]] = typer.Option(None, "--sampling", help="Generation option KEY=VALUE of the "
+                                                 "model family, repeatable (e.g. steps=16, solver=rk4 for "
+                                                 "flow_matching)."),
 ) -> None:
     """Generate showers from a trained model into a CaloChallenge-format file (or one shard of it)."""
     import warnings
@@ -455,6 +458,9 @@ def generate_cmd(
     if like is not None and (n is not None or theta or phi):
         raise ConfigError("--like takes energies and conditions from the reference file: drop --n/--theta/--phi")
     check_output_file(output)  # before loading the model, not after generating
+    from caloforge.generate import parse_sampling
+
+    options = parse_sampling(sampling or [])
     set_threads(threads or None)
     gen = load_model(model, device=device)
     if like is not None:
@@ -480,7 +486,8 @@ def generate_cmd(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _, written = generate_production(gen, output, incident, conditions=conditions, batch_size=batch_size,
-                                         seed=seed, shard=part, progress=True, engine=engine)  # gen is on --device
+                                         seed=seed, shard=part, progress=True, engine=engine,
+                                         sampling=options)  # gen is already on --device
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}")
     of = f" (shard {part} of {len(incident)})" if part is not None else ""

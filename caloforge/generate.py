@@ -31,7 +31,7 @@ from caloforge.errors import ConfigError, DataError
 from caloforge.io import ShowerData, ShowerWriter, iter_showers
 
 __all__ = ["ENGINES", "ShowerGenerator", "OutOfRangeWarning", "load_model", "generate", "generate_to_file",
-           "parse_energies", "reference_energies", "batch_seed"]
+           "parse_energies", "reference_energies", "batch_seed", "parse_sampling"]
 
 
 class OutOfRangeWarning(UserWarning):
@@ -82,7 +82,8 @@ def load_model(path: str | Path, device: str = "cpu") -> ShowerGenerator:
                            float(e_max), int(meta.get("iteration", 0)), meta.get("score"), dict(meta["model"]))
 
 
-def _prepare(model, incident_energy, conditions, batch_size: int, device: str | None):
+def _prepare(model, incident_energy, conditions, batch_size: int, device: str | None,
+             sampling: Mapping[str, object] | None = None):
     """(generator on its device, energies, conditions), all checked before an output file is opened."""
     from caloforge.runtime import resolve_device
 
@@ -94,6 +95,8 @@ def _prepare(model, incident_energy, conditions, batch_size: int, device: str | 
             gen.model.to(resolve_device(device))
     else:
         gen = load_model(model, device=device or "cpu")
+    if sampling:  # family generation options (ODE steps, …): unknown ones are a ConfigError
+        gen.model.set_sampling(**dict(sampling))
     energy = np.asarray(incident_energy, dtype=np.float64).reshape(-1)
     conditions = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in (conditions or {}).items()}
     for k, v in conditions.items():
@@ -125,6 +128,11 @@ def _sampler(gen: ShowerGenerator, n: int, engine: str):
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
     if engine == "pytorch" or (engine == "auto" and n < FAST_MIN_SHOWERS):
+        return None
+    if gen.model.sampling_options:  # the exported graph fixes the options (ODE steps…): stay in PyTorch
+        if engine == "onnxruntime":
+            raise ConfigError(f"{gen.path}: --engine onnxruntime does not take generation options "
+                              f"({', '.join(gen.model.sampling_options)}); use auto or pytorch")
         return None
     from caloforge.engine import fast_sampler
 
@@ -177,7 +185,8 @@ def _batches(gen: ShowerGenerator, energy: np.ndarray, conditions: Mapping[str, 
 
 
 def generate(model, incident_energy, *, conditions: Mapping[str, np.ndarray] | None = None,
-             batch_size: int = 10_000, device: str | None = None, seed: int = 0, engine: str = "auto") -> ShowerData:
+             batch_size: int = 10_000, device: str | None = None, seed: int = 0, engine: str = "auto",
+             sampling: Mapping[str, object] | None = None) -> ShowerData:
     """Showers (MeV, float32, finite, ≥ 0) for incident energies (N,) in MeV.
 
     ``model`` is a :class:`ShowerGenerator` or a path for :func:`load_model`.
@@ -189,10 +198,12 @@ def generate(model, incident_energy, *, conditions: Mapping[str, np.ndarray] | N
     (:mod:`caloforge.engine`), ``pytorch`` never does, ``onnxruntime`` insists.  Each batch
     of ``batch_size`` rows is seeded by :func:`batch_seed`: the output depends on
     ``seed`` and ``batch_size``, and rows split on batch boundaries reproduce it.
+    ``sampling`` sets the family's generation options (``{"steps": 16}`` for an ODE
+    model; :meth:`~caloforge.models.base.ShowerModel.set_sampling`), kept on the model.
     """
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
-    gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device)
+    gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device, sampling)
     out = np.empty((len(energy), gen.n_voxels), dtype=np.float32)
     for lo, e, showers in _batches(gen, energy, conditions, batch_size, seed, engine):
         out[lo:lo + len(e)] = showers
@@ -201,13 +212,16 @@ def generate(model, incident_energy, *, conditions: Mapping[str, np.ndarray] | N
 
 def generate_to_file(model, path: str | Path, incident_energy, *, conditions: Mapping[str, np.ndarray] | None = None,
                      batch_size: int = 10_000, device: str | None = None, seed: int = 0,
-                     progress: bool = False, engine: str = "auto") -> Path:
+                     progress: bool = False, engine: str = "auto",
+                     sampling: Mapping[str, object] | None = None) -> Path:
     """Stream generated showers into a CaloChallenge HDF5 file (atomic: temp + rename); see :func:`generate`."""
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
-    gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device)
+    gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device, sampling)
     attrs = {"generator": "caloforge", "model": str(gen.path), "model_iteration": gen.iteration,
              "geometry": gen.geometry, "seed": int(seed)}
+    for key, value in gen.model.sampling_options.items():
+        attrs[f"sampling_{key}"] = value
     from caloforge.runtime import Progress
 
     with Progress("generate", len(energy), enabled=progress, unit="showers", interval=10.0) as bar:
@@ -246,3 +260,21 @@ def parse_energies(text: str) -> np.ndarray:
         return parse_energy_list(text)
     except ConfigError as exc:
         raise ConfigError(f"--energies: {exc} (e.g. 1GeV,65GeV or 256MeV)") from None
+
+
+def parse_sampling(items) -> dict[str, str]:
+    """['steps=16', 'solver=rk4'] → {'steps': '16', 'solver': 'rk4'} (the ``--sampling`` option).
+
+    The model converts the values to its options' types (:meth:`ShowerModel.set_sampling`).
+
+    >>> parse_sampling(["steps=16", "solver = rk4"])
+    {'steps': '16', 'solver': 'rk4'}
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ConfigError(f"--sampling: expected KEY=VALUE (e.g. steps=16), got {item!r}")
+        out[key] = value
+    return out

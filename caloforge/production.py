@@ -125,7 +125,8 @@ def model_digest(path: str | Path) -> str:
 def generate_production(model, path: str | Path, incident_energy, *,
                         conditions: Mapping[str, np.ndarray] | None = None, batch_size: int = 10_000,
                         seed: int = 0, shard: Shard | None = None, device: str | None = None,
-                        progress: bool = False, engine: str = "auto") -> tuple[Path, int]:
+                        progress: bool = False, engine: str = "auto",
+                        sampling: Mapping[str, object] | None = None) -> tuple[Path, int]:
     """Generate the whole request, or only ``shard`` of it, into ``path``; (path, showers written).
 
     ``incident_energy``/``conditions`` are always the *whole* request (every shard
@@ -135,7 +136,7 @@ def generate_production(model, path: str | Path, incident_energy, *,
     from caloforge.io import ShowerWriter
     from caloforge.runtime import Progress
 
-    gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device)
+    gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device, sampling)
     lo, hi, first_batch = (0, len(energy), 0) if shard is None else shard_rows(len(energy), batch_size, shard)
     if shard is not None and hi == lo:
         warnings.warn(f"shard {shard} holds no showers: {len(energy)} showers make only "
@@ -145,6 +146,8 @@ def generate_production(model, path: str | Path, incident_energy, *,
              "model_sha256": model_digest(gen.path), "geometry": gen.geometry, "seed": int(seed),
              "batch_size": int(batch_size), "n_total": int(len(energy)),
              "request_sha256": request_digest(energy, conditions)}
+    # the generation options (ODE steps…) change the showers: merge checks them like the seed
+    attrs.update({f"sampling_{k}": v for k, v in gen.model.sampling_options.items()})
     if shard is not None:
         attrs.update(shard_index=shard.index, shard_count=shard.count, first_row=int(lo))
     part_e = energy[lo:hi]

@@ -12,6 +12,9 @@ bibae              BIB-AE with post-processor and latent KDE (McKeown et al. 202
 calogan            CaloGAN, per-layer locally connected GAN with attention (PRL 2018)
 atlas_gan          ATLAS two-critic WGAN-GP, energy + impact-η conditioned (2019)
 energy_split       any family, one sub-model per incident-energy range
+caloflow           CaloFlow-style conditional coupling normalising flows (zuko)
+flow_matching      conditional flow matching, ODE sampling (torchdiffeq)
+student            one-step MLP distilled from a flow_matching / caloflow teacher
 =================  ==========================================================
 
 Adding a family is one new file here (a config dataclass + a ``ShowerModel``
@@ -34,6 +37,7 @@ from caloforge.models.base import (
     register,
 )
 from caloforge.models import atlas_gan, calogan, caloshowergan, energy_split  # noqa: F401,E402  (registers the shipped families)
+from caloforge.models import caloflow, flow_matching, student  # noqa: F401,E402
 from caloforge.models.caloshowergan import CaloShowerGAN, CaloShowerGANConfig, count_parameters  # noqa: E402
 from caloforge.models.energy_split import EnergySplit, EnergySplitConfig  # noqa: E402
 from caloforge.models import bibae, gan3d  # noqa: F401,E402  (3D-convolutional families on Cartesian grids)

@@ -212,6 +212,43 @@ class ShowerModel(nn.Module):
         return {}
 
     # --- sampling -----------------------------------------------------------------------
+    def default_sampling(self) -> dict[str, Any]:
+        """Generation options this family understands and their defaults (none by default).
+
+        An ODE-based family returns e.g. ``{"steps": 16, "solver": "euler"}``; the values'
+        types are the options' types.
+        """
+        return {}
+
+    @property
+    def sampling_options(self) -> dict[str, Any]:
+        """The generation options in force: the defaults updated by :meth:`set_sampling`."""
+        return {**self.default_sampling(), **self.__dict__.get("_sampling", {})}
+
+    def set_sampling(self, **options: Any) -> None:
+        """Set generation options (``steps=16``); strings are converted to the option's type.
+
+        Unknown options and values of the wrong type raise :class:`ConfigError`; families
+        validate values in :meth:`check_sampling`.
+        """
+        defaults = self.default_sampling()
+        merged = dict(self.__dict__.get("_sampling", {}))
+        for key, value in options.items():
+            if key not in defaults:
+                known = ", ".join(defaults) or "none"
+                raise ConfigError(f"sampling option {key!r} is not known to {self.family or 'this model'} "
+                                  f"(known: {known})")
+            kind = type(defaults[key])
+            try:
+                merged[key] = value if type(value) is kind else _coerce(value, kind)
+            except (TypeError, ValueError):
+                raise ConfigError(f"sampling option {key}: expected {kind.__name__}, got {value!r}") from None
+        self.check_sampling({**defaults, **merged})
+        self.__dict__["_sampling"] = merged
+
+    def check_sampling(self, options: Mapping[str, Any]) -> None:
+        """Validate a full set of generation options (ConfigError); nothing to check by default."""
+
     @property
     def noise_dim(self) -> int:
         raise NotImplementedError
@@ -266,6 +303,19 @@ class _Exported(nn.Module):
         extra = {name: conditions[:, i] for i, name in enumerate(self.names) if i > 0}
         out = self.model.decode(noise, conditions[:, 0], extra)
         return out.to(torch.float32).clamp_min(0.0)
+
+
+def _coerce(value: Any, kind: type) -> Any:
+    if kind is bool:
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(value)
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return kind(value)
 
 
 def register(name: str) -> Callable[[type[ShowerModel]], type[ShowerModel]]:

@@ -161,6 +161,18 @@ class EnergySplit(ShowerModel):
                 totals[key] = totals.get(key, 0.0) + v * len(idx) / len(batch)
         return totals
 
+    def default_sampling(self) -> dict[str, Any]:
+        return self.parts[0].default_sampling() if len(self.parts) else {}
+
+    def set_sampling(self, **options: Any) -> None:
+        """Generation options go to every range's model (all are the same family)."""
+        for part in self.parts:
+            part.set_sampling(**options)
+
+    @property
+    def sampling_options(self) -> dict[str, Any]:
+        return self.parts[0].sampling_options if len(self.parts) else {}
+
     @property
     def _block(self) -> int:
         """Noise columns per range: the widest sub-model's (narrower ones are zero-padded)."""

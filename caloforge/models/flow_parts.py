@@ -1,0 +1,222 @@
+"""Shared parts of the likelihood / flow-matching families: the two-stage shower
+representation and the conditional normalising flows built with zuko.
+
+The representation follows CaloFlow / CaloINN / CaloDREAM: a shower (N, V) in MeV is
+
+1. *dequantised*: uniform noise in [0, δ) MeV is added to every voxel (``noise_mev``).
+   The reference readout zero-suppresses below 1 keV, so with δ = 1 keV every
+   dequantised empty voxel lies below δ and every real hit at or above it: the
+   threshold δ applied after sampling restores the empty voxels exactly where the
+   model put their density;
+2. split into layer energies (N, L) and voxel fractions within each layer (N, V)
+   (:func:`~caloforge.preprocessing.split_layers`);
+3. layer energies → CaloFlow's u-variables
+   (:class:`~caloforge.preprocessing.LayerEnergyRatios`) → logit → standardised:
+   the *layer vector* y₁ (N, L), modelled given the incident energy;
+4. voxel fractions → logit → standardised: the *voxel vector* y₂ (N, V), modelled
+   given the incident energy and y₁.
+
+Every step is a :mod:`caloforge.preprocessing` transform with its log-Jacobian, so
+a flow's exact log-likelihood of y₁, y₂ becomes the log-density of (layer energies in
+MeV, dequantised voxel fractions): ``log p = log p(y) + log|∂y/∂x|``.
+
+>>> import torch
+>>> g = torch.Generator().manual_seed(0)
+>>> showers = torch.rand(8, 6, generator=g, dtype=torch.float64) * 10
+>>> e = torch.full((8,), 100.0, dtype=torch.float64)
+>>> rep = ShowerRepresentation.fit(showers, e, [2, 4], noise_mev=1e-3, generator=g)
+>>> y1, y2, logdet = rep.encode(showers, e, g)
+>>> tuple(y1.shape), tuple(y2.shape), bool(torch.isfinite(logdet).all())
+((8, 2), (8, 6), True)
+>>> torch.allclose(rep.decode(y1, y2, e), showers, atol=2e-3)
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from caloforge.preprocessing import (Chain, LayerEnergyRatios, Logit, Standardize, merge_layers, split_layers,
+                                     transform_from_state, transform_state)
+
+__all__ = ["ShowerRepresentation", "FlowConfig", "conditional_flow", "flow_log_prob", "flow_inverse",
+           "flow_forward", "MLP", "ACTIVATIONS", "scheduled_step"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU,
+                                           "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
+
+
+def _dequantise(showers: Tensor, noise_mev: float, generator: torch.Generator | None) -> Tensor:
+    if noise_mev <= 0:
+        return showers
+    u = torch.rand(showers.shape, generator=generator, dtype=showers.dtype, device=showers.device)
+    return showers.clamp_min(0.0) + noise_mev * u
+
+
+class ShowerRepresentation:
+    """Showers in MeV ↔ (layer vector y₁, voxel vector y₂); see the module docstring."""
+
+    def __init__(self, layer_sizes: Sequence[int], layer_chain: Chain, voxel_chain: Chain,
+                 noise_mev: float, threshold_mev: float) -> None:
+        self.layer_sizes = [int(n) for n in layer_sizes]
+        self.layer_chain, self.voxel_chain = layer_chain, voxel_chain
+        self.noise_mev, self.threshold_mev = float(noise_mev), float(threshold_mev)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_sizes)
+
+    @property
+    def n_voxels(self) -> int:
+        return sum(self.layer_sizes)
+
+    @classmethod
+    def fit(cls, showers: Tensor, incident_energy: Tensor, layer_sizes: Sequence[int], *, noise_mev: float = 1e-3,
+            threshold_mev: float | None = None, alpha: float = 1e-6, generator: torch.Generator | None = None,
+            max_showers: int = 200_000) -> "ShowerRepresentation":
+        """Fit the standardisations (and the response bound of u₀) on training showers."""
+        x = showers[:max_showers].to(torch.float64)
+        e = incident_energy[:max_showers].to(torch.float64)
+        layer_energy, fractions = split_layers(_dequantise(x, noise_mev, generator), layer_sizes)
+        # u₀ = E_tot / (s · E_inc) must stay below 1: s a little above the largest response seen
+        response = (layer_energy.sum(1) / e).max().item() if len(e) else 1.0
+        s = max(1.2 * response, 1e-12)
+        layer_chain = Chain([LayerEnergyRatios(s), Logit(alpha), Standardize()]).fit(layer_energy, e)
+        voxel_chain = Chain([Logit(alpha), Standardize()]).fit(fractions, e)
+        return cls(layer_sizes, layer_chain, voxel_chain, noise_mev,
+                   noise_mev if threshold_mev is None else threshold_mev)
+
+    def encode(self, showers: Tensor, incident_energy: Tensor,
+               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(y₁, y₂ float32; log|∂(y₁, y₂)/∂(layer energies, fractions)| float64) of dequantised showers."""
+        e = incident_energy.to(torch.float64)
+        layer_energy, fractions = split_layers(_dequantise(showers.to(torch.float64), self.noise_mev, generator),
+                                               self.layer_sizes)
+        y1 = self.layer_chain.forward(layer_energy, e)
+        y2 = self.voxel_chain.forward(fractions, e)
+        logdet = self.layer_chain.log_abs_det_jacobian(layer_energy, e) + \
+            self.voxel_chain.log_abs_det_jacobian(fractions, e)
+        return y1.to(torch.float32), y2.to(torch.float32), logdet
+
+    def decode(self, y1: Tensor, y2: Tensor, incident_energy: Tensor) -> Tensor:
+        """Showers in MeV (float64): inverse transforms, merge, zero below the threshold."""
+        e = incident_energy.to(torch.float64)
+        layer_energy = self.layer_chain.inverse(y1.to(torch.float64), e)
+        fractions = self.voxel_chain.inverse(y2.to(torch.float64), e)
+        showers = merge_layers(layer_energy, fractions, self.layer_sizes)
+        return torch.where(showers < self.threshold_mev, torch.zeros_like(showers), showers)
+
+    def state(self) -> dict[str, Any]:
+        return {"layer_sizes": self.layer_sizes, "layer_chain": transform_state(self.layer_chain),
+                "voxel_chain": transform_state(self.voxel_chain), "noise_mev": self.noise_mev,
+                "threshold_mev": self.threshold_mev}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "ShowerRepresentation":
+        return cls(state["layer_sizes"], transform_from_state(state["layer_chain"]),
+                   transform_from_state(state["voxel_chain"]), state["noise_mev"], state["threshold_mev"])
+
+
+# ----------------------------------------------------------------------------------
+# Conditional normalising flows (zuko)
+# ----------------------------------------------------------------------------------
+@dataclass
+class FlowConfig:
+    """One conditional coupling flow: ``transform`` affine (RealNVP-like) or spline (neural spline)."""
+
+    transform: str = "affine"
+    transforms: int = 6
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    bins: int = 8
+    randperm: bool = True
+
+    def check(self, require, key: str) -> None:
+        require(self.transform in ("affine", "spline"), f"{key}.transform", "affine or spline", self.transform)
+        require(self.transforms > 0, f"{key}.transforms", "a positive integer", self.transforms)
+        require(len(self.hidden) > 0 and all(h > 0 for h in self.hidden), f"{key}.hidden",
+                "a non-empty list of positive integers", self.hidden)
+        require(self.bins > 1, f"{key}.bins", "an integer > 1", self.bins)
+
+
+def conditional_flow(features: int, context: int, cfg: FlowConfig, seed: int = 0) -> nn.Module:
+    """A zuko coupling flow over ``features`` given ``context`` (two-pass masked transforms = coupling).
+
+    Random feature permutations between the coupling layers come from ``seed``, so a flow
+    is rebuilt identically when a checkpoint is loaded.
+
+    >>> f = conditional_flow(3, 2, FlowConfig(transforms=2, hidden=[8]))
+    >>> y, c = torch.randn(5, 3), torch.randn(5, 2)
+    >>> torch.allclose(flow_inverse(f, flow_forward(f, y, c), c), y, atol=1e-5)
+    True
+    """
+    import zuko
+
+    passes = 2 if features > 1 else None
+    kwargs = dict(features=features, context=context, transforms=cfg.transforms, passes=passes,
+                  hidden_features=list(cfg.hidden), randperm=cfg.randperm and features > 2)
+    ambient = torch.empty(0).device  # e.g. "meta" while a checkpoint's shapes are checked
+    # zuko builds its masks with torch.unique, which the meta device lacks: build on the CPU, then move
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.manual_seed(seed)  # zuko draws its permutations from the global RNG
+        flow = zuko.flows.NSF(bins=cfg.bins, **kwargs) if cfg.transform == "spline" else zuko.flows.MAF(**kwargs)
+    return flow.to(ambient)
+
+
+def flow_forward(flow: nn.Module, y: Tensor, context: Tensor) -> Tensor:
+    """Data → latent."""
+    return flow(context).transform(y)
+
+
+def flow_inverse(flow: nn.Module, z: Tensor, context: Tensor) -> Tensor:
+    """Latent → data: one pass through the coupling layers."""
+    return flow(context).transform.inv(z)
+
+
+def flow_log_prob(flow: nn.Module, y: Tensor, context: Tensor) -> Tensor:
+    """Exact log-density of ``y`` given ``context`` (N,)."""
+    return flow(context).log_prob(y)
+
+
+class MLP(nn.Sequential):
+    """Dense layers with an activation between them (none after the last)."""
+
+    def __init__(self, n_in: int, hidden: Sequence[int], n_out: int, activation: str = "silu") -> None:
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [nn.Linear(n_in, width), ACTIVATIONS[activation]()]
+            n_in = width
+        layers.append(nn.Linear(n_in, n_out))
+        super().__init__(*layers)
+
+
+def scheduled_step(model, optimizer: torch.optim.Optimizer, loss: Tensor, cfg: Any) -> None:
+    """One optimiser step of ``model`` (:meth:`ShowerModel.optimize`) with the family's cosine
+    learning-rate decay (``cfg.lr`` → ``cfg.lr_min`` over ``cfg.lr_decay_iterations`` of the
+    optimiser's own steps, so it resumes exactly) and gradient-norm clipping (``cfg.grad_clip``)."""
+    import math
+
+    if cfg.lr_decay_iterations > 0:
+        step = next((int(st["step"]) for st in optimizer.state.values() if "step" in st), 0)
+        done = min(step / cfg.lr_decay_iterations, 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * done))
+    model.optimize(_ClipThenStep(optimizer, cfg.grad_clip) if cfg.grad_clip > 0 else optimizer, loss)
+
+
+class _ClipThenStep:
+    """An optimiser view whose ``step`` clips the gradient norm first (after the rank averaging)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+        self.optimizer, self.max_norm = optimizer, max_norm
+        self.param_groups = optimizer.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        torch.nn.utils.clip_grad_norm_([p for g in self.param_groups for p in g["params"]], self.max_norm)
+        self.optimizer.step()

@@ -1,0 +1,213 @@
+"""A one-step student distilled from a flow teacher (``model.name: student``).
+
+The teacher (a trained ``flow_matching`` or ``caloflow`` checkpoint, named by
+``model.teacher``) defines a deterministic map from Gaussian noise to showers: the
+ODE integrated with ``teacher_steps`` steps, or the flow's one-pass inverse.  The
+student is a plain MLP, noise + condition vector → the teacher's representation
+(layer vector y₁ and voxel vector y₂), trained to reproduce that map by regression
+on fresh (noise, teacher output) pairs every iteration — knowledge distillation of the
+probability-flow ODE (Luhman & Luhman 2021; with a rectified-flow teacher, whose paths
+are nearly straight, the map is smooth and a small MLP can follow it).  A
+per-coordinate gain carries each noise coordinate to the output (the ODE moves every
+coordinate away from its noise value), so the MLP, narrower than the noise, learns the
+correction.  :meth:`Student.decode` is that one MLP forward pass plus the teacher's
+inverse preprocessing, i.e. the cost of a GAN generator.
+
+The student copies the teacher's fitted state (condition encoding, preprocessing) into
+its own checkpoint: generation needs only the student's directory.  The teacher is
+loaded (safetensors + JSON, :func:`caloforge.checkpoint.load_model`) when training
+starts or resumes.  ``val_distill`` is the regression loss on held-out conditions at
+fixed noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from caloforge.conditions import ConditionEncoder
+from caloforge.errors import ConfigError, DataError
+from caloforge.models.base import Batch, BatchSource, ModelConfig, ShowerModel, register
+from caloforge.models.flow_parts import ACTIVATIONS, MLP, ShowerRepresentation, scheduled_step
+
+__all__ = ["StudentConfig", "Student", "load_teacher"]
+
+
+@dataclass
+class StudentConfig(ModelConfig):
+    """The ``model:`` section of a student config; the default MLP is ≈ 0.25 M parameters on DS1 photons."""
+
+    name: str = "student"
+    teacher: str = ""  # a checkpoint or run directory of a flow_matching / caloflow model
+    teacher_steps: int = 16  # ODE steps of the teacher's targets
+    teacher_solver: str = "midpoint"
+    pool_size: int = 16384  # teacher pairs computed at once and reused (0: fresh pairs every iteration)
+    pool_refresh: int = 100  # iterations between pool refreshes
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "silu"
+    lr: float = 1e-3
+    lr_min: float = 1e-5
+    lr_decay_iterations: int = 0
+    grad_clip: float = 10.0
+
+    def check(self, require, source: str) -> None:
+        super().check(require, source)
+        require(bool(self.teacher), "model.teacher", "the teacher's checkpoint directory (e.g. runs/fm/best)",
+                self.teacher)
+        require(self.teacher_steps > 0, "model.teacher_steps", "a positive integer", self.teacher_steps)
+        require(self.teacher_solver in ("euler", "midpoint", "rk4"), "model.teacher_solver",
+                "euler, midpoint or rk4", self.teacher_solver)
+        require(self.pool_size >= 0, "model.pool_size", "≥ 0", self.pool_size)
+        require(self.pool_refresh > 0, "model.pool_refresh", "a positive integer", self.pool_refresh)
+        require(len(self.hidden) > 0 and all(h > 0 for h in self.hidden), "model.hidden",
+                "a non-empty list of positive integers", self.hidden)
+        require(self.activation in ACTIVATIONS, "model.activation", f"one of {', '.join(ACTIVATIONS)}",
+                self.activation)
+        require(self.lr > 0, "model.lr", "positive", self.lr)
+        require(0 <= self.lr_min <= self.lr, "model.lr_min", "in [0, lr]", self.lr_min)
+        require(self.lr_decay_iterations >= 0, "model.lr_decay_iterations", "≥ 0", self.lr_decay_iterations)
+        require(self.grad_clip >= 0, "model.grad_clip", "≥ 0 (0: no clipping)", self.grad_clip)
+
+
+def load_teacher(cfg: StudentConfig, geometry_name: str, source: str = "config"):
+    """The teacher model (eval mode, CPU) named by ``model.teacher``; one-line errors."""
+    from caloforge import checkpoint
+
+    path = Path(cfg.teacher)
+    try:
+        teacher, _ = checkpoint.load_model(path)
+    except DataError as exc:
+        raise ConfigError(f"{source}: model.teacher: {exc}") from None
+    if not hasattr(teacher, "transport"):
+        raise ConfigError(f"{source}: model.teacher {path} is a {teacher.family} model; the student distils "
+                          "flow_matching or caloflow models")
+    if teacher.geometry.name != geometry_name:
+        raise ConfigError(f"{source}: model.teacher {path} was trained on {teacher.geometry.name}, "
+                          f"the student is configured for {geometry_name}")
+    if "steps" in teacher.default_sampling():
+        teacher.set_sampling(steps=cfg.teacher_steps, solver=cfg.teacher_solver)
+    teacher.requires_grad_(False)
+    return teacher
+
+
+@register("student")
+class Student(ShowerModel):
+    """One MLP: noise + conditions → the teacher's representation; see the module docstring."""
+
+    Config = StudentConfig
+    loss_names = ("distill",)
+
+    def __init__(self, config: StudentConfig, geometry, state: Mapping[str, Any]) -> None:
+        super().__init__(config, geometry, state)
+        self.representation = ShowerRepresentation.from_state(state["representation"])
+        n_out = self.representation.n_layers + self.representation.n_voxels
+        self.generator_net = MLP(int(state["noise_dim"]) + self.condition_encoder.dim, config.hidden, n_out,
+                                 config.activation)
+        # a per-coordinate gain from the noise to the output, 1 at the start: the ODE moves each
+        # coordinate from its noise value, so the MLP (narrower than the noise) learns the correction
+        self.noise_gain = nn.Parameter(torch.ones(n_out)) if int(state["noise_dim"]) == n_out else None
+
+    @classmethod
+    def fit_state(cls, config, showers, incident_energy, conditions, geometry, source):
+        teacher = load_teacher(config, geometry.name, source)
+        want = ConditionEncoder.fit(config.conditions, incident_energy, conditions,
+                                    energy_condition=config.energy_condition, particle=config.particle,
+                                    energy_range=config.energy_range, source=source)
+        if want.names != teacher.condition_encoder.names:
+            raise ConfigError(f"{source}: model.conditions {', '.join(want.names)} differ from the teacher's "
+                              f"{', '.join(teacher.condition_encoder.names)}")
+        return {"conditions": teacher.fitted["conditions"], "representation": teacher.fitted["representation"],
+                "noise_dim": teacher.noise_dim,
+                "teacher": {"path": str(config.teacher), "family": teacher.family}}
+
+    # the teacher is not a submodule: its weights stay out of the student's checkpoint
+    @property
+    def teacher(self):
+        t = self.__dict__.get("_teacher")
+        if t is None:
+            t = load_teacher(self.config, self.geometry.name)
+            self.__dict__["_teacher"] = t.to(self.device)
+        return t
+
+    @property
+    def noise_dim(self) -> int:
+        return int(self.fitted["noise_dim"])
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        self.teacher  # noqa: B018  (load it now: a missing teacher fails before the first step)
+        return {"model": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+
+    def _context(self, incident_energy: Tensor, conditions: Mapping[str, Tensor]) -> Tensor:
+        return self.condition_encoder.encode(incident_energy, conditions).to(self.device)
+
+    def forward_representation(self, noise: Tensor, incident_energy: Tensor,
+                               conditions: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """One MLP pass: (y₁, y₂)."""
+        noise = noise.to(torch.float32)
+        y = self.generator_net(torch.cat([noise, self._context(incident_energy, conditions)], 1))
+        if self.noise_gain is not None:
+            y = y + self.noise_gain * noise
+        L = self.representation.n_layers
+        return y[:, :L], y[:, L:]
+
+    def decode(self, noise, incident_energy, conditions):
+        y1, y2 = self.forward_representation(noise, incident_energy, conditions)
+        return self.representation.decode(y1, y2, incident_energy.to(torch.float64))
+
+    def _distill_loss(self, batch: Batch, generator: torch.Generator | None) -> Tensor:
+        noise = self.sample_noise(len(batch), generator)
+        with torch.no_grad():
+            t1, t2 = self.teacher.transport(noise, batch.incident_energy, batch.conditions)
+        s1, s2 = self.forward_representation(noise, batch.incident_energy, batch.conditions)
+        return (torch.cat([s1, s2], 1) - torch.cat([t1, t2], 1)).square().mean()
+
+    def _pool(self, data: BatchSource, cycle: int) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]:
+        """(noise, energies, conditions, teacher representation) of refresh cycle ``cycle``.
+
+        Each cycle's pool comes from its own seeded generator, so a resumed run rebuilds the
+        very pool it was using.
+        """
+        cached = self.__dict__.get("_pool_cache")
+        if cached is not None and cached[0] == cycle:
+            return cached[1]
+        dev = self.device
+        g = torch.Generator(device=dev).manual_seed(1_000_003 * (cycle + 1))
+        rows = torch.randint(len(data), (self.config.pool_size,), generator=g, device=dev)
+        if data.index is not None:
+            rows = data.index.to(dev)[rows]
+        rows = rows.to(data.incident_energy.device)
+        energy = data.incident_energy[rows]
+        cond = {k: v[rows] for k, v in data.conditions.items()}
+        noise = self.sample_noise(len(rows), g, dev)
+        targets = []
+        with torch.no_grad():
+            for lo in range(0, len(rows), 4096):
+                sl = slice(lo, lo + 4096)
+                t1, t2 = self.teacher.transport(noise[sl], energy[sl], {k: v[sl] for k, v in cond.items()})
+                targets.append(torch.cat([t1, t2], 1))
+        pool = (noise, energy, cond, torch.cat(targets))
+        self.__dict__["_pool_cache"] = (cycle, pool)
+        return pool
+
+    def training_step(self, data: BatchSource, optimizers, generator) -> dict[str, float]:
+        cfg = self.config
+        if cfg.pool_size == 0:
+            loss = self._distill_loss(data.next(), generator)
+        else:
+            opt = optimizers["model"]
+            step = next((int(st["step"]) for st in opt.state.values() if "step" in st), 0)
+            noise, energy, cond, target = self._pool(data, step // cfg.pool_refresh)
+            pick = torch.randint(len(energy), (data.batch_size,), generator=generator, device=self.device)
+            s1, s2 = self.forward_representation(noise[pick], energy[pick], {k: v[pick] for k, v in cond.items()})
+            loss = (torch.cat([s1, s2], 1) - target[pick]).square().mean()
+        scheduled_step(self, optimizers["model"], loss, cfg)
+        return {"distill": loss.item()}
+
+    def validation_metrics(self, batch: Batch) -> dict[str, float]:
+        g = torch.Generator(device=self.device).manual_seed(0)
+        with torch.no_grad():
+            return {"val_distill": self._distill_loss(batch, g).item()}

@@ -1,0 +1,347 @@
+"""The flow families: caloflow, flow_matching, student (likelihood, ODE convergence, distillation,
+train → resume → generate → evaluate like the GAN)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from caloforge.cli import app
+from caloforge.config import load_config
+from caloforge.errors import ConfigError
+from caloforge.generate import generate, load_model
+from caloforge.io import ShowerData, read_showers, write_showers
+from caloforge.models.flow_matching import integrate
+from caloforge.models.flow_parts import FlowConfig, conditional_flow, flow_inverse, flow_log_prob
+from caloforge.train import train
+
+
+
+def toy_photons(n_per_energy: int = 60, seed: int = 0, energies=(256.0, 4096.0, 65536.0)) -> ShowerData:
+    """DS1-photon-like toy showers: a fixed voxel profile × E_inc × response, with empty voxels."""
+    rng = np.random.default_rng(seed)
+    profile = rng.dirichlet(np.full(368, 0.3))
+    e = np.repeat(np.asarray(energies, dtype=np.float64), n_per_energy)
+    response = 0.17 * (1 + 0.02 * rng.standard_normal(len(e)))
+    showers = profile * rng.gamma(20.0, 1 / 20.0, (len(e), 368))
+    showers *= (response * e / showers.sum(1))[:, None]
+    showers[showers < 1e-3] = 0.0  # the readout threshold of the reference data
+    return ShowerData(e, showers.astype(np.float32))
+
+
+def _tiny(name: str, **training) -> dict:
+    cfg = load_config(name).to_dict()
+    cfg["training"].update(training)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def data() -> ShowerData:
+    return toy_photons(40)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory, data) -> Path:
+    """A tiny flow-matching teacher trained for the student tests (and checked itself)."""
+    run = tmp_path_factory.mktemp("fm") / "run"
+    res = train(_tiny("flow-matching-tiny"), data, run, progress=False)
+    assert res.stopped == "completed" and res.best_checkpoint is not None
+    return run
+
+
+# ----------------------------------------------------------------------------------
+# Likelihood and ODE on toy problems
+# ----------------------------------------------------------------------------------
+def test_flow_log_likelihood_of_a_known_conditional_gaussian():
+    """A coupling flow trained on x | c ~ N(A c, Σ) reaches the true entropy, and its density is normalised."""
+    torch.manual_seed(0)
+    chol = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.5, 0.0], [-0.3, 0.2, 0.4]])
+    shift = torch.tensor([[1.0, -1.0, 0.5]])
+
+    def draw(n, g):
+        c = torch.rand(n, 1, generator=g) * 2 - 1
+        return c * shift + torch.randn(n, 3, generator=g) @ chol.T, c
+
+    flow = conditional_flow(3, 1, FlowConfig("affine", 3, [32]), seed=0)
+    opt = torch.optim.Adam(flow.parameters(), lr=5e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(300):
+        x, c = draw(256, g)
+        loss = -flow_log_prob(flow, x, c).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x, c = draw(4000, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        nll = -flow_log_prob(flow, x, c).mean().item()
+        truth = torch.distributions.MultivariateNormal(c * shift, scale_tril=chol)
+        true_nll = -truth.log_prob(x).mean().item()
+        # the conditional mean is learnt, and sampling is the exact inverse of the density's map
+        z = torch.randn(4000, 3, generator=torch.Generator().manual_seed(3))
+        cc = torch.full((4000, 1), 0.5)
+        sample = flow_inverse(flow, z, cc)
+    assert abs(nll - true_nll) < 0.05, (nll, true_nll)
+    assert torch.allclose(sample.mean(0), 0.5 * shift[0], atol=0.08)
+    assert torch.allclose(torch.cov(sample.T), chol @ chol.T, atol=0.15)
+
+
+def test_ode_solvers_converge_with_the_number_of_steps():
+    """dx/dt = A x from t=0 to 1 (exact: expm(A) x₀): error falls as 1/n (Euler), 1/n² (midpoint), 1/n⁴ (RK4)."""
+    a = torch.tensor([[0.0, 1.0], [-2.0, -0.3]], dtype=torch.float64)
+    x0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    exact = x0 @ torch.linalg.matrix_exp(a).T
+    for solver, order in (("euler", 1), ("midpoint", 2), ("rk4", 4)):
+        errors = [(integrate(lambda t, x: x @ a.T, x0, n, solver) - exact).norm().item() for n in (4, 8, 16, 32)]
+        assert all(e2 < e1 for e1, e2 in zip(errors, errors[1:])), (solver, errors)
+        rate = math.log2(errors[-2] / errors[-1])
+        assert abs(rate - order) < 0.4, (solver, rate)
+
+
+def test_flow_matching_samples_converge_with_steps(teacher_run):
+    """The learnt ODE: Euler samples approach the 256-step RK4 solution as the steps grow."""
+    model = load_model(teacher_run / "best").model
+    e = torch.full((200,), 4096.0, dtype=torch.float64)
+    noise = model.sample_noise(200, torch.Generator().manual_seed(3))
+
+    def voxels(steps, solver):
+        model.set_sampling(steps=steps, solver=solver)
+        with torch.no_grad():
+            return model.transport(noise, e, {})[1]
+
+    ref = voxels(256, "rk4")
+    errors = [(voxels(n, "euler") - ref).abs().mean().item() for n in (1, 4, 16, 64)]
+    assert all(e2 < e1 for e1, e2 in zip(errors, errors[1:])), errors
+    assert errors[-1] < 0.05 * errors[0], errors
+    # and the showers follow: with 64 steps they match the converged ones closely
+    model.set_sampling(steps=64, solver="euler")
+    coarse = model.decode(noise, e, {})
+    model.set_sampling(steps=256, solver="rk4")
+    fine = model.decode(noise, e, {})
+    assert torch.allclose(coarse.sum(1), fine.sum(1), rtol=0.02)
+
+
+# ----------------------------------------------------------------------------------
+# Train → checkpoint → resume → generate, like the GAN
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["caloflow-tiny", "flow-matching-tiny"])
+def test_train_resume_generate_round_trip(tmp_path, data, name):
+    full = train(_tiny(name), data, tmp_path / "full", progress=False)
+    assert full.stopped == "completed" and full.iterations == 20
+    half = train(_tiny(name), data, tmp_path / "half", progress=False, max_iterations=10)
+    assert half.iterations == 10
+    resumed = train(_tiny(name), data, tmp_path / "half", progress=False, resume=True)
+    assert resumed.iterations == 20
+    a = load_file(tmp_path / "full" / "checkpoints" / "iter-0000020" / "model.safetensors")
+    b = load_file(tmp_path / "half" / "checkpoints" / "iter-0000020" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # resume is bit-identical
+    rows = [r.split(",") for r in (tmp_path / "full" / "scores.csv").read_text().splitlines()]
+    want = "val_nll" if name.startswith("caloflow") else "val_cfm"
+    col = rows[0].index(want)
+    assert all(math.isfinite(float(v)) for r in rows[1:] for v in r[1:-1])
+    assert float(rows[2][col]) < float(rows[1][col])  # the held-out loss falls as it trains
+    meta = json.loads((tmp_path / "full" / "best" / "config.json").read_text())
+    assert meta["family"] == load_config(name).model.name and meta["noise_dim"] == 5 + 368
+    gen = load_model(tmp_path / "full" / "best")
+    out = generate(gen, np.array([256.0, 4096.0, 65536.0] * 5), seed=7)
+    again = generate(gen, np.array([256.0, 4096.0, 65536.0] * 5), seed=7)
+    assert out.showers.shape == (15, 368) and np.isfinite(out.showers).all() and (out.showers >= 0).all()
+    assert np.array_equal(out.showers, again.showers)  # reproducible from the seed
+    # empty voxels are exact zeros (threshold at the dequantisation noise), hits at or above 1 keV
+    hits = out.showers[out.showers > 0]
+    assert (out.showers == 0).any() and hits.min() >= 1e-3
+
+
+def test_caloflow_validation_nll_is_the_exact_likelihood(tmp_path, data):
+    """val_nll = −log p_flow(y) − log|∂y/∂x|: recomputed by hand from the saved model."""
+    from caloforge.models.base import Batch
+    from caloforge.train import split_validation
+
+    run = tmp_path / "run"
+    train(_tiny("caloflow-tiny", max_iterations=10, checkpoint_every=10), data, run, progress=False)
+    model = load_model(run / "best").model
+    _, val = split_validation(data, 0.2, 0)
+    s = torch.as_tensor(val.showers)
+    e = torch.as_tensor(val.incident_energy)
+    got = model.validation_metrics(Batch(s, e, {}))["val_nll"]
+    g = torch.Generator().manual_seed(0)
+    y1, y2, logdet = model.representation.encode(s, e, g)
+    c = model.condition_encoder.encode(e, {})
+    with torch.no_grad():
+        lp = flow_log_prob(model.layer_flow, y1, c) + flow_log_prob(model.voxel_flow, y2, torch.cat([c, y1], 1))
+    assert got == pytest.approx(-(lp.double() + logdet).mean().item(), rel=1e-6)
+    assert float((run / "scores.csv").read_text().splitlines()[1].split(",")[2]) == pytest.approx(got, rel=1e-4)
+
+
+# ----------------------------------------------------------------------------------
+# Sampling options
+# ----------------------------------------------------------------------------------
+def test_sampling_options_are_checked(teacher_run):
+    gen = load_model(teacher_run / "best")
+    assert gen.model.sampling_options == {"steps": 4, "solver": "euler"}
+    gen.model.set_sampling(steps="8")
+    assert gen.model.sampling_options["steps"] == 8
+    with pytest.raises(ConfigError, match="not known"):
+        gen.model.set_sampling(temperature=1.0)
+    with pytest.raises(ConfigError, match="steps"):
+        gen.model.set_sampling(steps="many")
+    with pytest.raises(ConfigError, match="solver"):
+        gen.model.set_sampling(solver="dopri9")
+    assert gen.model.sampling_options["steps"] == 8  # a refused change leaves the options as they were
+
+
+def test_cli_generate_sampling_option_and_evaluate(tmp_path, teacher_run, data):
+    runner = CliRunner()
+    out = tmp_path / "gen.h5"
+    r = runner.invoke(app, ["generate", "-m", str(teacher_run), "-o", str(out), "-e", "4GeV", "-n", "30",
+                            "--sampling", "steps=2", "--sampling", "solver=midpoint"])
+    assert r.exit_code == 0, r.output
+    assert read_showers(out).showers.shape == (30, 368)
+    import h5py
+
+    with h5py.File(out) as f:
+        assert int(f.attrs["sampling_steps"]) == 2 and f.attrs["sampling_solver"] == "midpoint"
+    bad = runner.invoke(app, ["generate", "-m", str(teacher_run), "-o", str(tmp_path / "x.h5"), "-e", "4GeV",
+                              "-n", "3", "--sampling", "temperature=2"])
+    assert bad.exit_code == 2 and "not known" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "x.h5").exists()
+    gan = runner.invoke(app, ["generate", "-m", str(teacher_run), "-o", str(tmp_path / "y.h5"), "-e", "4GeV",
+                              "-n", "3", "--sampling", "steps"])
+    assert gan.exit_code == 2 and "KEY=VALUE" in gan.output
+    # evaluated exactly like the GAN: same command, same report
+    ref = tmp_path / "ref.h5"
+    part = data.select(slice(0, 60))
+    write_showers(ref, part.incident_energy, part.showers)
+    gen2 = tmp_path / "gen2.h5"
+    assert runner.invoke(app, ["generate", "-m", str(teacher_run), "-o", str(gen2), "--like", str(ref)]).exit_code == 0
+    ev = runner.invoke(app, ["evaluate", "--reference", str(ref), "--generated", str(gen2), "--geometry",
+                             "ds1-photons", "-o", str(tmp_path / "ev"), "--no-plots", "--no-per-energy"])
+    assert ev.exit_code == 0, ev.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["n_generated"] == 60 and (tmp_path / "ev" / "report.html").exists()
+
+
+# ----------------------------------------------------------------------------------
+# The student
+# ----------------------------------------------------------------------------------
+def _student_cfg(teacher: Path, **training) -> dict:
+    cfg = _tiny("student-tiny", **training)
+    cfg["model"]["teacher"] = str(teacher / "best")
+    return cfg
+
+
+def test_student_reproduces_its_teacher(tmp_path, teacher_run, data):
+    cfg = _student_cfg(teacher_run, max_iterations=100, checkpoint_every=50, batch_size=128)
+    cfg["model"].update(hidden=[128, 128], pool_size=2048, pool_refresh=50, lr=3e-3)
+    res = train(cfg, data, tmp_path / "st", progress=False)
+    assert res.stopped == "completed"
+    student = load_model(tmp_path / "st" / "best").model
+    teacher = load_model(teacher_run / "best").model
+    teacher.set_sampling(steps=4)  # the student's teacher_steps
+    assert sum(p.numel() for p in student.parameters()) < 0.26e6
+    # decode is one MLP pass: same noise → the teacher's showers
+    e = torch.as_tensor(np.repeat([256.0, 4096.0, 65536.0], 100))
+    noise = teacher.sample_noise(len(e), torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        t1, t2 = teacher.transport(noise, e, {})
+        s1, s2 = student.forward_representation(noise, e, {})
+        target = torch.cat([t1, t2], 1)
+        err = (torch.cat([s1, s2], 1) - target).square().mean() / target.var(0).mean()
+        ts, ss = teacher.decode(noise, e, {}), student.decode(noise, e, {})
+    assert err < 0.1, err.item()  # 90 % of the teacher's variance explained by one pass
+    # physics: the student's total energy per incident energy follows the teacher's
+    for energy in (256.0, 4096.0, 65536.0):
+        rows = e == energy
+        ratio = ss[rows].sum(1).mean() / ts[rows].sum(1).mean()
+        assert abs(ratio.item() - 1) < 0.1, (energy, ratio.item())
+    # its checkpoint stands alone: the teacher's weights are not in it
+    keys = load_file(tmp_path / "st" / "best" / "model.safetensors").keys()
+    assert all(k.startswith("generator_net.") or k == "noise_gain" for k in keys)
+
+
+def test_student_resume_is_bit_identical_and_needs_a_teacher(tmp_path, teacher_run, data):
+    cfg = _student_cfg(teacher_run)
+    train(cfg, data, tmp_path / "full", progress=False)
+    train(cfg, data, tmp_path / "half", progress=False, max_iterations=10)
+    train(cfg, data, tmp_path / "half", progress=False, resume=True)
+    a = load_file(tmp_path / "full" / "checkpoints" / "iter-0000020" / "model.safetensors")
+    b = load_file(tmp_path / "half" / "checkpoints" / "iter-0000020" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    missing = _student_cfg(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="model.teacher"):
+        train(missing, data, tmp_path / "bad", progress=False)
+    # a GAN is no teacher
+    gan_run = tmp_path / "gan"
+    train({"model": {"latent_dim": 4, "generator_hidden": [8], "critic_hidden": [8], "critic_steps": 1},
+           "training": {"batch_size": 16, "max_iterations": 2, "checkpoint_every": 2, "tensorboard": False}},
+          data, gan_run, progress=False)
+    with pytest.raises(ConfigError, match="distils flow_matching or caloflow"):
+        train(_student_cfg(gan_run), data, tmp_path / "bad2", progress=False)
+
+
+def test_student_of_a_caloflow_teacher(tmp_path, data):
+    """A caloflow teacher works too: its one-pass inverse is the map to distil."""
+    train(_tiny("caloflow-tiny", max_iterations=10, checkpoint_every=10), data, tmp_path / "cf", progress=False)
+    res = train(_student_cfg(tmp_path / "cf", max_iterations=10, checkpoint_every=10), data, tmp_path / "st",
+                progress=False)
+    out = generate(load_model(res.best_checkpoint), np.full(5, 1000.0), seed=0)
+    assert np.isfinite(out.showers).all() and (out.showers >= 0).all()
+
+
+# ----------------------------------------------------------------------------------
+# Any geometry
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("geometry", ["ds1-pions", "ds2", "calogan"])
+def test_flow_families_work_for_any_geometry(geometry):
+    """One training step and sampling on DS1 pions (7 layers), DS2 (45 × 144 voxels), CaloGAN (3 layers);
+    flow matching also with one velocity field for layers and voxels together (``layer_model: joint``)."""
+    from caloforge.geometry import load_geometry
+    from caloforge.models.base import BatchSource, fit
+
+    geo = load_geometry(geometry)
+    g = torch.Generator().manual_seed(0)
+    e = torch.tensor([1000.0, 50000.0] * 4, dtype=torch.float64)
+    showers = torch.rand(8, geo.n_voxels, generator=g) * (e[:, None] / geo.n_voxels).float()
+    showers[showers < 0.3 * showers.mean()] = 0.0
+    for name, extra in (("caloflow-tiny", {}), ("flow-matching-tiny", {}),
+                        ("flow-matching-tiny", {"layer_model": "joint"})):
+        cfg = load_config(name).model
+        cfg.geometry = geometry
+        for key, value in extra.items():
+            setattr(cfg, key, value)
+        model = fit(cfg, showers, e, {})
+        batches = BatchSource(showers, e, {}, 8, torch.Generator().manual_seed(1))
+        losses = model.training_step(batches, model.configure_optimizers(), torch.Generator().manual_seed(2))
+        assert all(math.isfinite(v) for v in losses.values())
+        out = model.sample(e[:2], torch.Generator().manual_seed(3))
+        assert out.shape == (2, geo.n_voxels) and torch.isfinite(out).all() and (out >= 0).all()
+
+
+@pytest.mark.parametrize("name", ["caloflow-photons", "flow-matching-photons", "student-photons",
+                                  "caloflow-tiny", "flow-matching-tiny", "student-tiny"])
+def test_shipped_flow_configs_load(name):
+    cfg = load_config(name)
+    assert cfg.model.name in ("caloflow", "flow_matching", "student") and cfg.model.geometry == "ds1-photons"
+    if name == "caloflow-photons":
+        assert cfg.training.select_by == "val_nll"
+    if name == "student-photons":  # no bigger than the CaloShowerGAN photon generator (259,768)
+        from caloforge.conditions import ConditionEncoder
+        from caloforge.geometry import load_geometry
+        from caloforge.models.base import layer_sizes
+        from caloforge.models.flow_parts import ShowerRepresentation
+        from caloforge.models.student import Student
+
+        geo = load_geometry("ds1-photons")
+        e = torch.tensor([256.0, 4194304.0], dtype=torch.float64)
+        showers = torch.rand(2, 368, dtype=torch.float64)
+        state = {"conditions": ConditionEncoder.fit({"incident_energy": "log"}, e, {}).state(),
+                 "representation": ShowerRepresentation.fit(showers, e, layer_sizes(geo)).state(),
+                 "noise_dim": 373}
+        student = Student(cfg.model, geo, state)
+        assert sum(p.numel() for p in student.parameters()) == 258_026 <= 259_768
