@@ -58,9 +58,31 @@ TINY["calogan"] = [{"geometry": "calogan", "latent_dim": 8, "generator_channels"
 TINY["atlas_gan"] = [{"geometry": "atlas-4layer", "latent_dim": 8, "generator_hidden": [32, 32], "critic_hidden": [32],
                       "sum_critic_hidden": [16], "voxel_scale": 10.0}]
 
+TINY["caloflow"] = [{"layer_flow": {"transform": "spline", "transforms": 2, "hidden": [16], "bins": 4},
+                     "voxel_flow": {"transform": "affine", "transforms": 2, "hidden": [32]}}]
+TINY["flow_matching"] = [{"layer_flow": {"transform": "spline", "transforms": 2, "hidden": [16], "bins": 4},
+                          "hidden": [64, 64], "steps": 4}]
+TINY["student"] = [{"teacher": "<tiny flow_matching teacher>", "teacher_steps": 4, "pool_size": 64, "hidden": [32]}]
+
 # the families caloforge ships (tests may register toy families of their own in the same process)
 SHIPPED = [name for name in families() if get_family(name).__module__.startswith("caloforge.")]
 CASES = [(name, i) for name in SHIPPED for i in range(max(1, len(TINY.get(name, []))))]
+
+
+_TEACHER: dict[str, Path] = {}
+
+
+def _teacher() -> Path:
+    """A checkpoint of the tiny flow-matching model (written once per process)."""
+    if "path" not in _TEACHER:
+        import tempfile
+
+        from caloforge.checkpoint import write_checkpoint
+
+        path = Path(tempfile.mkdtemp(prefix="caloforge-teacher-")) / "teacher"
+        write_checkpoint(path, tiny_model("flow_matching"))
+        _TEACHER["path"] = path
+    return _TEACHER["path"]
 
 
 def tiny_model(name: str, index: int = 0):
@@ -69,6 +91,8 @@ def tiny_model(name: str, index: int = 0):
         pytest.fail(f"model family {name!r} is registered but has no tiny config in tests/test_export.py::TINY; "
                     "add one so that its ONNX/TorchScript export is checked")
     section = {"name": name, **TINY[name][index]}
+    if name == "student":  # a student needs a teacher checkpoint: a tiny flow-matching model
+        section["teacher"] = str(_teacher())
     cfg = load_config({"model": section}).model
     from caloforge.geometry import load_geometry
 

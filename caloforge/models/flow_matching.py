@@ -96,7 +96,7 @@ class VelocityField(nn.Module):
         self.net = MLP(dim + context + 1 + 2 * time_frequencies, hidden, dim, activation)
 
     def forward(self, x: Tensor, t: Tensor, context: Tensor) -> Tensor:
-        t = t.reshape(-1, 1).expand(len(x), 1).to(x.dtype)
+        t = t.reshape(-1, 1).to(x.dtype) * torch.ones_like(x[:, :1])  # (N, 1); no len(x): export keeps N dynamic
         angles = t * self.frequencies
         return self.net(torch.cat([x, context, t, torch.sin(angles), torch.cos(angles)], dim=1))
 
