@@ -83,6 +83,8 @@ def data_parallel(config: str, iterations: int) -> list[dict]:
             with open(out / "log.csv") as f:
                 log = list(csv.DictReader(f))
             # the loop's own clock: from the first to the last logged iteration (start-up excluded)
+            if len(log) < 2:
+                raise SystemExit(f"{config}: log_every is too coarse for {iterations} iterations; use more iterations")
             first, last = log[0], log[-1]
             its = int(last["iteration"]) - int(first["iteration"])
             secs = float(last["elapsed_s"]) - float(first["elapsed_s"])
