@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -50,7 +51,17 @@ def user_errors(fn: Callable) -> Callable:
         except CaloforgeError as exc:
             fail(str(exc).replace("\n", " "))
         except KeyboardInterrupt:
-            fail("interrupted", code=130)
+            import signal
+
+            # the interrupt is being acted on: a second Ctrl-C (or one still queued) must not
+            # turn this clean exit 130 into a death by SIGINT half-way through
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            err_console.print("[bold red]error:[/] interrupted", soft_wrap=True, markup=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # every with-block of the command has unwound (files renamed or removed); threads still
+            # computing (a feature pass, FPD) are abandoned rather than joined: exit 130 now
+            os._exit(130)
 
     return wrapper
 
