@@ -185,11 +185,8 @@ class AtlasGAN(ShowerModel):
     def noise_dim(self) -> int:
         return self.config.latent_dim
 
-    def _encode(self, energy: Tensor, conditions: Mapping[str, Tensor]) -> Tensor:
-        return self.condition_encoder.encode(energy, conditions).to(self.device)
-
     def decode(self, noise, incident_energy, conditions):
-        x = self.generator(noise, self._encode(incident_energy, conditions))
+        x = self.generator(noise, self.encode_conditions(incident_energy, conditions))
         return self.preprocessing.inverse(x.to(torch.float64), incident_energy.to(torch.float64))
 
     def _real(self, b) -> Tensor:
@@ -202,7 +199,7 @@ class AtlasGAN(ShowerModel):
         gp2, w2, d2_loss = torch.zeros(()), torch.zeros(()), torch.zeros(())
         for _ in range(cfg.critic_steps):
             b = data.next()
-            real, c = self._real(b), self._encode(b.incident_energy, b.conditions)
+            real, c = self._real(b), self.encode_conditions(b.incident_energy, b.conditions)
             with torch.no_grad():
                 fake = self.generator(self.sample_noise(len(b), generator), c)
             d_real, d_fake, gp = gradient_penalty(self.critic, real, fake, c, generator)
@@ -215,7 +212,7 @@ class AtlasGAN(ShowerModel):
                 self.optimize(optimizers["sum_critic"], d2_loss)
                 w2 = s_real - s_fake
         b = data.next()
-        c = self._encode(b.incident_energy, b.conditions)
+        c = self.encode_conditions(b.incident_energy, b.conditions)
         critics = [self.critic] + ([self.sum_critic] if self.sum_critic is not None else [])
         for m in critics:
             m.requires_grad_(False)

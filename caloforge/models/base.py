@@ -188,6 +188,10 @@ class ShowerModel(nn.Module):
             return p.device
         return torch.device("cpu")
 
+    def encode_conditions(self, incident_energy: Tensor, conditions: Mapping[str, Tensor]) -> Tensor:
+        """The network's condition vector (N, ``condition_encoder.dim``), on the model's device."""
+        return self.condition_encoder.encode(incident_energy, conditions).to(self.device)
+
     # --- training ---------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Named optimisers; their states are checkpointed under these names."""

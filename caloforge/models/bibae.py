@@ -308,9 +308,6 @@ class BibAE(ShowerModel):
         """Cells in MIP units (N, 1, Z, Y, X) → MeV (N, V), float64."""
         return to_flat(cells).to(torch.float64) * self.mip
 
-    def _encode_conditions(self, energy: Tensor, conditions: Mapping[str, Tensor]) -> Tensor:
-        return self.condition_encoder.encode(energy, conditions).to(self.device)
-
     # --- the autoencoder ---------------------------------------------------------------------
     def encode(self, cells: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         return self.encoder(torch.log1p(cells), cond)
@@ -351,7 +348,7 @@ class BibAE(ShowerModel):
 
     def decode(self, noise, incident_energy, conditions):
         """MeV (N, V) float32, decoded in chunks (:func:`~caloforge.models.grid3d.generation_chunk`)."""
-        cond = self._encode_conditions(incident_energy, conditions)
+        cond = self.encode_conditions(incident_energy, conditions)
         cfg = self.config
         step = generation_chunk(self.n_voxels, max(cfg.decoder_channels + [cfg.decoder_seed_channels,
                                                                             cfg.postprocessor_channels]))
@@ -376,7 +373,7 @@ class BibAE(ShowerModel):
         points = []
         for lo in range(0, n, chunk):
             sel = idx[lo:lo + chunk].to(showers.device)
-            cond = self._encode_conditions(incident_energy[sel], {k: v[sel] for k, v in conditions.items()})
+            cond = self.encode_conditions(incident_energy[sel], {k: v[sel] for k, v in conditions.items()})
             mu, _ = self.encode(self.to_mip(showers[sel]).to(self.device), cond)
             points.append(mu)
         pts = torch.cat(points).to(torch.float64)
@@ -418,7 +415,7 @@ class BibAE(ShowerModel):
         cfg = self.config
         b = data.next()
         x = self.to_mip(b.showers).to(self.device)
-        cond = self._encode_conditions(b.incident_energy, b.conditions)
+        cond = self.encode_conditions(b.incident_energy, b.conditions)
         for _ in range(cfg.critic_steps):
             with torch.no_grad():
                 recon, _, _, z = self.reconstruct(x, cond, generator)
@@ -454,7 +451,7 @@ class BibAE(ShowerModel):
         cfg = self.config
         b = data.next()
         x = self.to_mip(b.showers).to(self.device)
-        cond = self._encode_conditions(b.incident_energy, b.conditions)
+        cond = self.encode_conditions(b.incident_energy, b.conditions)
         with torch.no_grad():
             recon, mu, logvar, z = self.reconstruct(x, cond, generator)
         out = self.postprocessor(recon, cond)

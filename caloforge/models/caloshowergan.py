@@ -233,11 +233,8 @@ class CaloShowerGAN(ShowerModel):
         d = self.config.latent_dim
         return {"distribution": "normal", "mean": [self.config.noise_mean] * d, "std": [self.config.noise_std] * d}
 
-    def _encode(self, energy: Tensor, conditions: Mapping[str, Tensor]) -> Tensor:
-        return self.condition_encoder.encode(energy, conditions).to(self.device)
-
     def decode(self, noise, incident_energy, conditions):
-        x = self.generator(noise, self._encode(incident_energy, conditions))
+        x = self.generator(noise, self.encode_conditions(incident_energy, conditions))
         return self.preprocessing.inverse(x.to(torch.float64), incident_energy.to(torch.float64))
 
     def training_step(self, data: BatchSource, optimizers, generator) -> dict[str, float]:
@@ -246,14 +243,14 @@ class CaloShowerGAN(ShowerModel):
         for _ in range(cfg.critic_steps):
             b = data.next()
             real = self.preprocessing.forward(b.showers.to(torch.float64), b.incident_energy).to(torch.float32)
-            c = self._encode(b.incident_energy, b.conditions)
+            c = self.encode_conditions(b.incident_energy, b.conditions)
             with torch.no_grad():
                 fake = self.generator(self.sample_noise(len(b), generator), c)
             d_real, d_fake, gp = gradient_penalty(self.critic, real, fake, c, generator)
             d_loss = d_fake - d_real + cfg.gp_lambda * gp
             self.optimize(optimizers["critic"], d_loss)
         b = data.next()
-        c = self._encode(b.incident_energy, b.conditions)
+        c = self.encode_conditions(b.incident_energy, b.conditions)
         self.critic.requires_grad_(False)  # only the generator's weights need gradients here
         g_loss = -self.critic(self.generator(self.sample_noise(len(b), generator), c), c).mean()
         self.optimize(optimizers["generator"], g_loss)

@@ -242,13 +242,10 @@ class Gan3D(ShowerModel):
     def noise_dim(self) -> int:
         return self.config.latent_dim
 
-    def _encode(self, energy: Tensor, conditions: Mapping[str, Tensor]) -> Tensor:
-        return self.condition_encoder.encode(energy, conditions).to(self.device)
-
     def decode(self, noise, incident_energy, conditions):
         """MeV (N, V) float32, decoded in chunks of :func:`~caloforge.models.grid3d.generation_chunk`
         showers so that memory stays bounded whatever N."""
-        cond = self._encode(incident_energy, conditions)
+        cond = self.encode_conditions(incident_energy, conditions)
         step = generation_chunk(self.n_voxels, max(self.config.generator_channels + [self.config.seed_channels]))
         out = [to_flat(self.to_physical(self.generator(noise[lo:lo + step], cond[lo:lo + step]))).to(torch.float32)
                for lo in range(0, len(noise), step)]
@@ -276,7 +273,7 @@ class Gan3D(ShowerModel):
         b = data.next()
         n = len(b)
         real = self.to_network(b.showers.to(self.device, torch.float32))
-        c = self._encode(b.incident_energy, b.conditions)
+        c = self.encode_conditions(b.incident_energy, b.conditions)
         e_true = (b.incident_energy / cfg.energy_unit_mev).to(self.device, torch.float32)
         theta = self._theta(b.conditions, n)
         with torch.no_grad():
