@@ -264,8 +264,7 @@ def train(
     checkpoint with ``stopped == "stopped"`` (all ranks stop on the same iteration).
     """
     from caloforge.geometry import load_geometry
-    from caloforge.models.base import BatchSource, fit
-    from caloforge.runtime import Progress, resolve_device, threads as use_threads
+    from caloforge.runtime import resolve_device, threads as use_threads
 
     cfg = load_config(config)
     if seed is not None:
@@ -288,14 +287,17 @@ def train(
     with use_threads(threads) as n_threads:
         try:
             return _train(cfg, tc, data, validation, Path(run_dir), resume, dev, geo, budget_s, total, progress,
-                          n_threads, fit, BatchSource, Progress, on_checkpoint)
+                          n_threads, on_checkpoint)
         finally:
             if launched:
                 dist.shutdown()
 
 
 def _train(cfg, tc, data, validation, run_dir, resume, dev, geo, budget_s, total, progress, n_threads,
-           fit, BatchSource, Progress, on_checkpoint=None) -> TrainResult:
+           on_checkpoint=None) -> TrainResult:
+    from caloforge.models.base import BatchSource, fit  # imports every family: only when training
+    from caloforge.runtime import Progress
+
     main = dist.is_main()
     source = str(data) if not isinstance(data, ShowerData) else "training data"
     if resume and not (run_dir / "run.json").exists():  # before minutes of reading data
