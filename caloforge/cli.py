@@ -362,6 +362,8 @@ def train_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     max_time: Optional[str] = typer.Option(None, "--max-time", help="Time budget for this call, e.g. 90s, 10m, 2h."),
     max_iterations: Optional[int] = typer.Option(None, "--max-iterations", help="Stop after N iterations in total."),
+    budget_clock: Optional[str] = typer.Option(None, "--budget-clock", help="What --max-time counts: wall (default) "
+                                               "or cpu (CPU seconds of the process: fair on a shared machine)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override training.seed of the config."),
     threads: int = typer.Option(0, "--threads", help="Torch threads per process (0 = the CPUs this process may "
                                 "use, divided among --nproc processes)."),
@@ -392,7 +394,7 @@ def train_cmd(
         threads = max(1, usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     # train() checks the config, --seed, --max-time and --max-iterations before it reads the data
     result = train(config, data, output, resume=resume, device=device, max_time=max_time,
-                   max_iterations=max_iterations, progress=progress, seed=seed, threads=threads or None)
+                   max_iterations=max_iterations, budget_clock=budget_clock, progress=progress, seed=seed, threads=threads or None)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if result.best_iteration is not None:

@@ -53,11 +53,15 @@ class TrainingConfig:
     ``select_by`` names the checkpoint score that picks ``best``: ``chi2_etot`` (the
     E_tot χ² over incident energies, lower is better) or a validation metric the
     model reports (e.g. ``val_nll`` for likelihood models).
+    ``budget_clock: cpu`` makes ``max_time`` count the CPU seconds of the training
+    process (all its threads) instead of wall seconds: the fair budget for runs
+    compared side by side on a shared machine.
     """
 
     batch_size: int = 1024
     max_iterations: int = 100_000
     max_time: str | None = None
+    budget_clock: str = "wall"  # what max_time counts: "wall" seconds, or "cpu" seconds of this process
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     validation_fraction: float = 0.2
@@ -82,6 +86,9 @@ class RunConfig:
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(d|h|min|m|sec|s)?", re.IGNORECASE)
 _UNIT_S = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+BUDGET_CLOCKS = ("wall", "cpu")
 
 
 def parse_duration(value: str | float | int, key: str = "max-time") -> float:
@@ -205,6 +212,9 @@ def _check_training(t: TrainingConfig, source: str) -> None:
             "a score name such as chi2_etot or val_nll", t.select_by)
     if t.max_time is not None:
         parse_duration(t.max_time, key=f"{source}: training.max_time")
+    if t.budget_clock not in BUDGET_CLOCKS:
+        raise ConfigError(f"{source}: training.budget_clock must be one of {', '.join(BUDGET_CLOCKS)}, "
+                          f"got {t.budget_clock!r}")
 
 
 def shipped_config_names() -> list[str]:

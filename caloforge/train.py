@@ -46,7 +46,7 @@ import torch
 
 from caloforge import checkpoint as ckpt
 from caloforge import distributed as dist
-from caloforge.config import RunConfig, TrainingConfig, flatten, load_config, parse_duration
+from caloforge.config import BUDGET_CLOCKS, RunConfig, TrainingConfig, flatten, load_config, parse_duration
 from caloforge.errors import ConfigError, DataError
 from caloforge.io import ShowerData, atomic_path, check_showers, read_showers
 
@@ -55,7 +55,7 @@ __all__ = ["TrainResult", "StopTraining", "train", "split_validation", "load_con
 
 latest_checkpoint = ckpt.latest_checkpoint
 # keys that may change between a run and its --resume (budgets and logging only)
-RESUMABLE_CHANGES = {"training.max_iterations", "training.max_time", "training.log_every", "training.tensorboard",
+RESUMABLE_CHANGES = {"training.max_iterations", "training.max_time", "training.budget_clock", "training.log_every", "training.tensorboard",
                      "training.keep_checkpoints", "description"}
 
 
@@ -243,6 +243,7 @@ def train(
     device: str = "cpu",
     max_time: str | float | None = None,
     max_iterations: int | None = None,
+    budget_clock: str | None = None,
     progress: bool = True,
     validation: ShowerData | str | Path | None = None,
     seed: int | None = None,
@@ -254,7 +255,8 @@ def train(
     ``data`` is a shower file or :class:`ShowerData`; without ``validation`` a fraction
     ``training.validation_fraction`` is held out (split by ``training.seed``) to score
     checkpoints.  ``max_time`` ('10m', seconds) and ``max_iterations`` override the
-    config's budgets; the time budget counts this call only.  Stops early, cleanly,
+    config's budgets; the time budget counts this call only, in wall seconds or, with
+    ``budget_clock="cpu"`` (or ``training.budget_clock``), in CPU seconds of this process.  Stops early, cleanly,
     when a loss becomes NaN/inf (``stopped == "diverged"``), keeping the last good
     checkpoint.  ``seed`` overrides ``training.seed``; ``threads`` sets torch's
     intra-op threads (None: the CPUs this process may use).
@@ -271,6 +273,10 @@ def train(
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, seed=seed))
+    if budget_clock is not None:
+        if budget_clock not in BUDGET_CLOCKS:
+            raise ConfigError(f"--budget-clock must be one of {', '.join(BUDGET_CLOCKS)}, got {budget_clock!r}")
+        cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, budget_clock=budget_clock))
     tc = cfg.training
     dev = resolve_device(device)
     budget_s = parse_duration(max_time) if max_time is not None else (
@@ -398,6 +404,8 @@ def _train(cfg, tc, data, validation, run_dir, resume, dev, geo, budget_s, total
             log_file.flush()
 
     t0 = time.monotonic()
+    budget_clock = time.process_time if tc.budget_clock == "cpu" else time.monotonic
+    b0 = budget_clock()
     stopped, message = "completed", ""
     bar = Progress("train", total, start=iteration, enabled=progress and main, budget_s=budget_s)
     try:
@@ -421,7 +429,7 @@ def _train(cfg, tc, data, validation, run_dir, resume, dev, geo, budget_s, total
                     if writer is not None:
                         for k in loss_names:
                             writer.add_scalar(f"loss/{k}", losses[k], iteration)
-                time_up = dist.broadcast_flag(budget_s is not None and elapsed >= budget_s, dev)
+                time_up = dist.broadcast_flag(budget_s is not None and budget_clock() - b0 >= budget_s, dev)
                 best_text = f"  best {tc.select_by} {best_score:.4g}" if best_iteration is not None else ""
                 bar.update(iteration, "  ".join(f"{k} {losses[k]:+.3g}" for k in loss_names[:2]) + best_text)
                 if iteration % tc.checkpoint_every == 0 or iteration == total or time_up:

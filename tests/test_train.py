@@ -94,6 +94,7 @@ def test_shipped_configs_carry_the_published_hyperparameters():
         ("model: {critic_optimizer: {beta1: 1.5}}", "model.critic_optimizer.beta1"),
         ("training: {validation_fraction: 1.0}", "training.validation_fraction"),
         ("training: {max_time: soon}", "training.max_time"),
+        ("training: {budget_clock: cpu-ish}", "training.budget_clock"),
         ("training: {tensorboard: maybe}", "training.tensorboard"),
         ("model: {generator_activation: gelu2}", "model.generator_activation"),
         ("model: {critic_init: zeros}", "model.critic_init"),
@@ -261,6 +262,19 @@ def test_time_budget_stops_and_checkpoints(tmp_path):
                 max_time="1s", progress=False)
     assert res.stopped == "max_time" and 0 < res.iterations < 10**6
     assert res.last_checkpoint.name == f"iter-{res.iterations:07d}"
+
+
+def test_cpu_budget_counts_process_time_not_wall_time(tmp_path, monkeypatch):
+    """With budget_clock=cpu, time spent asleep (another job holding the core) is not charged."""
+    import time as _time
+
+    cpu = iter(range(0, 10**6))  # a CPU clock that advances 1 s per reading
+    monkeypatch.setattr(_time, "process_time", lambda: float(next(cpu)))
+    res = train(_tiny(max_iterations=10**6, checkpoint_every=10**5), toy_photons(), tmp_path / "run",
+                max_time="5s", budget_clock="cpu", progress=False)
+    assert res.stopped == "max_time" and res.iterations == 5
+    with pytest.raises(ConfigError, match="--budget-clock"):
+        train(_tiny(), toy_photons(), tmp_path / "r2", budget_clock="gpu", progress=False)
 
 
 # ----------------------------------------------------------------------------------
