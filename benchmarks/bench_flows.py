@@ -1,20 +1,26 @@
 """Flow-based models against the CaloShowerGAN demo config, side by side, at the same CPU budget.
 
 Protocol (issue 11): simulate one ``ds1-photons`` training set and an independent held-out
-set (another seed); train every model on the same file for the same wall-clock budget on
-the same number of threads; generate one shower per held-out shower (``--like``); evaluate
+set (another seed); train every model on the same file for the same budget on the same
+number of threads; generate one shower per held-out shower (``--like``); evaluate
 each with the full evaluator and the CaloChallenge classifier (``caloforge evaluate
 --classifier``); time generation per shower at batch 1, 100 and 10 000 on one thread,
-and the flow-matching teacher at 1, 4, 16 and 64 ODE steps.  The student is distilled
-from the flow-matching run after it, with the same budget again (its total cost is the
-teacher's plus its own).
+and the flow-matching model at 1, 4, 16 and 64 ODE steps.  The student is distilled
+from a trained teacher run (``--teacher``) after it: its total cost is the teacher's plus
+its own.
 
-The full-size figure of the issue (60 minutes per model on 2 cores)::
+The budget counts CPU seconds of the training process by default (``--budget-clock
+cpu``), so models trained at the same time on a shared machine get the same amount of
+computation; each invocation writes ``<output>/<config>/results.json`` and the table
+collects every run in ``--output``, so models can be trained in parallel processes::
 
-    .venv/bin/python benchmarks/bench_flows.py --minutes 60 --threads 2 --scale 0.5 --holdout-scale 0.1 \\
-        --curve-steps 1,4,16,64 --output runs/bench-flows-60
+    .venv/bin/python benchmarks/bench_flows.py --minutes 60 --models demo --output runs/flows60 &
+    .venv/bin/python benchmarks/bench_flows.py --minutes 60 --models caloflow-photons --output runs/flows60
+    .venv/bin/python benchmarks/bench_flows.py --minutes 15 --models student-photons --teacher caloflow-photons \\
+        --output runs/flows60
+    .venv/bin/python benchmarks/bench_flows.py --table --output runs/flows60
 
-Prints one markdown table (and writes ``results.json`` / ``table.md`` in ``--output``).
+Prints one markdown table (and writes ``table.md`` in ``--output``).
 """
 
 from __future__ import annotations
@@ -54,18 +60,23 @@ def _simulate(out: Path, scale: float, holdout_scale: float, seed: int) -> tuple
     return train_file, holdout_file
 
 
-def _train(config: str, train_file: Path, run: Path, minutes: float, threads: int, teacher: Path | None) -> dict:
+def _train(config: str, train_file: Path, run: Path, minutes: float, threads: int, teacher: Path | None,
+           clock: str = "cpu", overrides: dict | None = None) -> dict:
     from caloforge.config import load_config
     from caloforge.train import train
 
     cfg = load_config(config).to_dict()
     if teacher is not None:
         cfg["model"]["teacher"] = str(teacher)
+    for key, value in (overrides or {}).items():  # "model.lr_decay_iterations" → value
+        section, name = key.split(".", 1)
+        cfg[section][name] = value
     if run.exists() and (run / "best").exists():
         _log(f"{run.name}: already trained, reusing")
     else:
-        _log(f"training {config} for {minutes:g} min on {threads} thread(s)")
-        res = train(cfg, train_file, run, max_time=f"{minutes * 60:.0f}s", progress=False, threads=threads)
+        _log(f"training {config} for {minutes:g} {clock} min on {threads} thread(s)")
+        res = train(cfg, train_file, run, max_time=f"{minutes * 60:.0f}s", budget_clock=clock, progress=False,
+                    threads=threads)
         _log(f"  {res.message}; best iteration {res.best_iteration}")
     from caloforge.checkpoint import latest_checkpoint
 
@@ -157,62 +168,91 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _collect(out: Path) -> list[dict]:
+    """Every model's rows, in the order of MODELS (each run writes its own results.json)."""
+    order = list(MODELS.values())
+    found = sorted(out.glob("*/results.json"),
+                   key=lambda p: (order.index(p.parent.name) if p.parent.name in order else len(order), p.parent.name))
+    return [row for path in found for row in json.loads(path.read_text())]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=60.0, help="training budget per model")
+    ap.add_argument("--budget-clock", default="cpu", choices=("cpu", "wall"),
+                    help="cpu: the budget counts the training process's CPU seconds (fair on a shared machine)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--scale", type=float, default=0.5, help="training set: fraction of the ds1-photons preset")
-    ap.add_argument("--holdout-scale", type=float, default=0.1, help="held-out set: fraction of the preset")
+    ap.add_argument("--scale", type=float, default=1.0, help="training set: fraction of the ds1-photons preset")
+    ap.add_argument("--holdout-scale", type=float, default=0.2, help="held-out set: fraction of the preset")
     ap.add_argument("--models", default=",".join(MODELS.values()), help="comma-separated shipped configs")
+    ap.add_argument("--teacher", default="flow-matching-photons",
+                    help="the run (a config name in --output) the student distils")
+    ap.add_argument("--set", action="append", default=[], metavar="CONFIG:SECTION.KEY=JSON",
+                    help="override a config value, e.g. caloflow-photons:model.lr_decay_iterations=20000")
     ap.add_argument("--curve-steps", default="1,4,16,64", help="ODE steps evaluated for the flow-matching model")
     ap.add_argument("--timing-steps", default="1,4,16,64", help="ODE steps timed for the flow-matching model")
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--table", action="store_true", help="only print the table of the runs already in --output")
     ap.add_argument("--output", default="runs/bench-flows")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    if args.table:
+        text = table(_collect(out))
+        (out / "table.md").write_text(text + "\n")
+        print(text)
+        return
     train_file, holdout = _simulate(out, args.scale, args.holdout_scale, args.seed)
-    wanted = args.models.split(",")
+    overrides: dict[str, dict] = {}
+    for item in args.set:
+        config, _, assignment = item.partition(":")
+        key, _, value = assignment.partition("=")
+        overrides.setdefault(config, {})[key] = json.loads(value)
     labels = {v: k for k, v in MODELS.items()}
-    results, fm_run = [], None
     curve = [int(s) for s in args.curve_steps.split(",") if s]
     timing_steps = [int(s) for s in args.timing_steps.split(",") if s]
-    for config in wanted:
+    for config in args.models.split(","):
         run = out / config
         teacher = None
         if config.startswith("student"):
-            if fm_run is None:
-                raise SystemExit("the student needs the flow-matching run: list flow-matching-photons before it")
-            teacher = fm_run / "best"
-        info = _train(config, train_file, run, args.minutes, args.threads, teacher)
-        variants = [(None, labels.get(config, config))]
+            teacher = out / args.teacher / "best"
+            if not teacher.exists():
+                raise SystemExit(f"the student needs the teacher run {teacher}: train {args.teacher} first")
+        info = _train(config, train_file, run, args.minutes, args.threads, teacher, args.budget_clock,
+                      overrides.get(config))
+        label = labels.get(config, config)
+        if config.startswith("student"):
+            label = f"student (of {args.teacher})"
+        variants = [(None, label)]
         if config.startswith("flow-matching"):
-            fm_run = run
-            variants = [({"steps": s}, f"{labels.get(config, config)}, {s} Euler steps") for s in curve]
-        for sampling, label in variants:
+            variants = [({"steps": s}, f"{label}, {s} Euler steps") for s in curve]
+        results = []
+        for sampling, name in variants:
             tag = "default" if sampling is None else f"steps{sampling['steps']}"
             ev_dir = run / f"eval-{tag}"
             ev_dir.mkdir(exist_ok=True)
-            _log(f"generating + evaluating {label}")
+            _log(f"generating + evaluating {name}")
             t0 = time.perf_counter()
             gen_path = _generate(run / "best", holdout, ev_dir, sampling)
             fid = _evaluate(holdout, gen_path, ev_dir)
             _log(f"  {json.dumps(fid)} ({time.perf_counter() - t0:.0f} s)")
-            results.append({"label": label, "config": config, **info, "sampling": sampling, "fidelity": fid})
+            results.append({"label": name, "config": config, **info, "budget": f"{args.minutes:g} "
+                            f"{args.budget_clock}-min, {args.threads} thread(s)", "sampling": sampling,
+                            "fidelity": fid})
         if not args.no_timing:
             for sampling in ([{"steps": s} for s in timing_steps] if config.startswith("flow-matching") else [None]):
                 _log(f"timing {config} {sampling or ''}")
                 t = _timing(run / "best", sampling)
-                match = [r for r in results if r["config"] == config and r["sampling"] == sampling]
+                match = [r for r in results if r["sampling"] == sampling]
                 if match:
                     match[0]["timing"] = t
                 else:
-                    results.append({"label": f"{labels.get(config, config)}, {sampling['steps']} Euler steps "
-                                    "(timing only)", "config": config, **info, "sampling": sampling, "timing": t})
-        (out / "results.json").write_text(json.dumps(results, indent=1))
-    text = table(results)
+                    results.append({"label": f"{label}, {sampling['steps']} Euler steps (timing only)",
+                                    "config": config, **info, "sampling": sampling, "timing": t})
+        (run / "results.json").write_text(json.dumps(results, indent=1))
+    text = table(_collect(out))
     (out / "table.md").write_text(text + "\n")
     print(text)
 

@@ -59,7 +59,7 @@ class CaloFlowConfig(ModelConfig):
     layer_flow: FlowConfig = field(default_factory=lambda: FlowConfig("spline", 6, [64, 64], 8))
     voxel_flow: FlowConfig = field(default_factory=lambda: FlowConfig("affine", 8, [256, 256], 8))
     noise_mev: float = 1e-3  # uniform dequantisation noise [MeV]; the readout threshold of the reference data
-    threshold_mev: float | None = None  # generated voxels below it read 0 (empty: noise_mev)
+    threshold_mev: float | None = None  # generated voxels below it read 0 (empty: fitted, the data's readout threshold)
     alpha: float = 1e-6  # logit regulariser
     lr: float = 1e-3
     lr_min: float = 1e-5  # cosine decay from lr to lr_min over lr_decay_iterations (0: constant lr)

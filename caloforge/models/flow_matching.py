@@ -61,7 +61,7 @@ class FlowMatchingConfig(ModelConfig):
     steps: int = 16  # default number of ODE steps at generation
     solver: str = "euler"  # default solver: euler, midpoint or rk4
     noise_mev: float = 1e-3
-    threshold_mev: float | None = None
+    threshold_mev: float | None = None  # generated voxels below it read 0 (empty: fitted, the data's readout threshold)
     alpha: float = 1e-6
     lr: float = 1e-3
     lr_min: float = 1e-5

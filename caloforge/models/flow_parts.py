@@ -6,8 +6,11 @@ The representation follows CaloFlow / CaloINN / CaloDREAM: a shower (N, V) in Me
 1. *dequantised*: uniform noise in [0, δ) MeV is added to every voxel (``noise_mev``).
    The reference readout zero-suppresses below 1 keV, so with δ = 1 keV every
    dequantised empty voxel lies below δ and every real hit at or above it: the
-   threshold δ applied after sampling restores the empty voxels exactly where the
-   model put their density;
+   threshold applied after sampling restores the empty voxels exactly where the
+   model put their density.  The threshold is fitted: the smallest energy of the
+   training showers (their readout's zero suppression, e.g. 1 keV visible = ~4 keV in
+   the calibrated DS1 files), never below δ.  Generated voxels below it are a model's
+   leakage out of the empty-voxel peak: a real readout cannot produce them;
 2. split into layer energies (N, L) and voxel fractions within each layer (N, V)
    (:func:`~caloforge.preprocessing.split_layers`);
 3. layer energies → CaloFlow's u-variables
@@ -78,17 +81,20 @@ class ShowerRepresentation:
     def fit(cls, showers: Tensor, incident_energy: Tensor, layer_sizes: Sequence[int], *, noise_mev: float = 1e-3,
             threshold_mev: float | None = None, alpha: float = 1e-6, generator: torch.Generator | None = None,
             max_showers: int = 200_000) -> "ShowerRepresentation":
-        """Fit the standardisations (and the response bound of u₀) on training showers."""
+        """Fit the standardisations, the response bound of u₀ and (``threshold_mev=None``)
+        the readout threshold on training showers."""
         x = showers[:max_showers].to(torch.float64)
         e = incident_energy[:max_showers].to(torch.float64)
         layer_energy, fractions = split_layers(_dequantise(x, noise_mev, generator), layer_sizes)
         # u₀ = E_tot / (s · E_inc) must stay below 1: s a little above the largest response seen
+        if threshold_mev is None:  # the training file's zero suppression (its smallest recorded energy)
+            hits = x[x > 0]
+            threshold_mev = max(noise_mev, hits.min().item() if hits.numel() else 0.0)
         response = (layer_energy.sum(1) / e).max().item() if len(e) else 1.0
         s = max(1.2 * response, 1e-12)
         layer_chain = Chain([LayerEnergyRatios(s), Logit(alpha), Standardize()]).fit(layer_energy, e)
         voxel_chain = Chain([Logit(alpha), Standardize()]).fit(fractions, e)
-        return cls(layer_sizes, layer_chain, voxel_chain, noise_mev,
-                   noise_mev if threshold_mev is None else threshold_mev)
+        return cls(layer_sizes, layer_chain, voxel_chain, noise_mev, threshold_mev)
 
     def encode(self, showers: Tensor, incident_energy: Tensor,
                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
