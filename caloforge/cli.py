@@ -322,6 +322,18 @@ def evaluate_cmd(
 
 
 # --- train / generate (caloforge.train, caloforge.generate) -----------------------
+PEER_LOST = 3  # exit code of a training process that stopped because another one vanished
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    """Whether a collective failed because a peer process went away (gloo / NCCL / c10d store)."""
+    import torch.distributed as torch_dist
+
+    text = str(exc).lower()
+    return isinstance(exc, torch_dist.DistError) or any(
+        word in text for word in ("gloo", "connection closed", "connection reset", "broken pipe", "nccl"))
+
+
 def _launch_data_parallel(nproc: int) -> None:
     """Re-run this ``caloforge train`` command as ``nproc`` processes under torch's elastic launcher."""
     import os
@@ -343,7 +355,10 @@ def _launch_data_parallel(nproc: int) -> None:
         elastic_launch(config, entrypoint=sys.executable)("-m", "caloforge", *argv)
     except ChildFailedError as exc:
         # the root cause: a process that failed by itself, not one the agent stopped afterwards (SIGTERM)
-        own = {r: f for r, f in exc.failures.items() if f.exitcode != -15} or exc.failures
+        # nor one that stopped because it lost its peers (PEER_LOST): those all fail within the same
+        # monitoring interval, so their timestamps cannot tell cause from consequence
+        own = ({r: f for r, f in exc.failures.items() if f.exitcode not in (-15, PEER_LOST)}
+               or {r: f for r, f in exc.failures.items() if f.exitcode != -15} or exc.failures)
         rank, failure = min(own.items(), key=lambda item: (item[1].timestamp, item[0]))
         code = failure.exitcode
         why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
@@ -393,8 +408,16 @@ def train_cmd(
     if not threads and world > 1:
         threads = max(1, usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     # train() checks the config, --seed, --max-time and --max-iterations before it reads the data
-    result = train(config, data, output, resume=resume, device=device, max_time=max_time,
-                   max_iterations=max_iterations, budget_clock=budget_clock, progress=progress, seed=seed, threads=threads or None)
+    try:
+        result = train(config, data, output, resume=resume, device=device, max_time=max_time,
+                       max_iterations=max_iterations, budget_clock=budget_clock, progress=progress, seed=seed,
+                       threads=threads or None)
+    except RuntimeError as exc:
+        if world > 1 and _peer_lost(exc):  # a consequence of another rank's failure, not a cause
+            print(f"training process {os.environ.get('RANK', '?')} lost contact with the others: {exc}".splitlines()[0],
+                  file=sys.stderr)
+            raise SystemExit(PEER_LOST) from None
+        raise
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if result.best_iteration is not None:
