@@ -444,8 +444,8 @@ def generate_cmd(
     threads: int = typer.Option(0, "--threads", help="Torch threads (0 = the CPUs this process may use)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     engine: str = typer.Option("auto", "--engine", help="auto (ONNX Runtime for large CPU requests when it "
-                               "reproduces the model; from 50 000 showers bf16 dense layers when they pass the "
-                               "physics check and are faster; else PyTorch), pytorch, onnxruntime (fp32) or "
+                               "reproduces the model; from 50 000 showers bf16 dense layers where they apply and "
+                               "pass the physics check; else PyTorch), pytorch, onnxruntime (fp32) or "
                                "bf16."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Write only shard K/N (K = 1 … N) of the request, "
                                         "for N batch jobs; join them with caloforge merge. Every shard must use "

@@ -30,9 +30,11 @@ Two precisions, each with its own acceptance check, run when the sampler is buil
 Both apply when the model is on the CPU and the family samples by ``decode(sample_noise(n))``
 -- the base :meth:`ShowerModel.sample` -- so that the exported graph on the same noise *is*
 the model's sampler (``energy_split`` draws noise per energy range and keeps PyTorch); fp32
-needs ``onnxruntime``, bf16 a CPU with bf16 support in oneDNN and at least one dense
-``nn.Sequential`` in the exported module.  :func:`fast_sampler` builds the requested
-precision, or for ``"auto"`` the fastest one that passes its check (timed on one block).
+needs ``onnxruntime``, bf16 a CPU with native bf16 (AVX-512 BF16 or AMX) and a network of
+dense layers only (every weight layer inside an ``nn.Sequential`` of Linear + activations).
+:func:`fast_sampler` builds the requested precision, or for ``"auto"`` bf16 where it applies
+and passes its check, else fp32 (never chosen by timing, so that every shard of a request
+runs the same path).
 The noise is drawn by the model from the caller's generator either way, so a seed gives the
 same showers on every path (to float32 rounding for fp32, within the check for bf16).
 
@@ -52,8 +54,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
-import tempfile
 import time
 from typing import Any, Mapping
 
@@ -114,11 +114,18 @@ _FUSED_ACTIVATIONS = {torch.nn.SiLU: "swish", torch.nn.ReLU: "relu", torch.nn.Si
 
 
 def bf16_supported() -> bool:
-    """oneDNN can run bf16 matrix products natively on this CPU (AVX-512 BF16 / AMX)."""
+    """oneDNN can run bf16 matrix products natively on this CPU (AVX-512 BF16 or AMX; oneDNN would emulate bf16
+    on plain AVX-512, slower than fp32)."""
     try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            return False
     except (AttributeError, RuntimeError):
         return False
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:  # not Linux: trust oneDNN
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class _PackedBF16MLP(torch.nn.Module):
@@ -155,9 +162,13 @@ class _PackedBF16MLP(torch.nn.Module):
         return y.to(torch.float32)
 
 
-def bf16_module(module: torch.nn.Module, block: int = 2048) -> tuple[torch.nn.Module, int]:
+_WEIGHT_LAYERS = (torch.nn.Linear, torch.nn.modules.conv._ConvNd, torch.nn.RNNBase)
+
+
+def bf16_module(module: torch.nn.Module, block: int = 2048) -> tuple[torch.nn.Module, int, int]:
     """A copy of ``module`` with batch norm folded and every dense ``nn.Sequential`` (Linear + SiLU/ReLU/Sigmoid/
-    Tanh only) replaced by prepacked oneDNN bf16 products; returns (module, number of Sequentials replaced)."""
+    Tanh only) replaced by prepacked oneDNN bf16 products; returns (module, Sequentials replaced, weight layers
+    left in fp32)."""
     out = fold_batchnorm(module)
     replaced = 0
     for parent in list(out.modules()):
@@ -165,7 +176,7 @@ def bf16_module(module: torch.nn.Module, block: int = 2048) -> tuple[torch.nn.Mo
             if isinstance(child, torch.nn.Sequential) and _PackedBF16MLP.eligible(child):
                 setattr(parent, name, _PackedBF16MLP(child, block))
                 replaced += 1
-    return out, replaced
+    return out, replaced, sum(isinstance(m, _WEIGHT_LAYERS) for m in out.modules())
 
 
 def _observables(showers: np.ndarray, energy: np.ndarray, geometry) -> dict[str, np.ndarray]:
@@ -290,19 +301,6 @@ class OnnxSampler:
         np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return np.maximum(out, 0.0, out=out)
 
-    def seconds_per_shower(self, showers: int = 256, repeats: int = 3) -> float:
-        """Median thread-CPU seconds per shower on one block of ``showers`` (to choose between precisions)."""
-        from caloforge.export import example_inputs
-
-        noise, cond = (x.numpy() for x in example_inputs(self.model, showers, 2))
-        self.run(noise, cond)
-        times = []
-        for _ in range(repeats):
-            t0 = time.thread_time()
-            self.run(noise, cond)
-            times.append(time.thread_time() - t0)
-        return float(np.median(times)) / showers
-
 
 class BF16Sampler(OnnxSampler):
     """``model.sample`` with the dense layers in bf16 (:func:`bf16_module`), accepted by the physics check."""
@@ -319,9 +317,10 @@ class BF16Sampler(OnnxSampler):
         """Fold, pack, run the physics check; ValueError when bf16 is unsupported, inapplicable or fails it."""
         if not bf16_supported():
             raise ValueError("this CPU has no native bf16 matrix products in oneDNN")
-        module, replaced = bf16_module(model.export_module().eval(), BF16_BLOCK)
-        if not replaced:
-            raise ValueError(f"{model.family}: no dense nn.Sequential to run in bf16")
+        module, replaced, left = bf16_module(model.export_module().eval(), BF16_BLOCK)
+        if not replaced or left:  # a half-bf16 network in eager PyTorch is no faster than fp32 ONNX Runtime
+            raise ValueError(f"{model.family}: the bf16 path needs a network of dense layers only "
+                             f"({left} other weight layers)")
         sampler = cls(model, module.eval(), int(threads or torch.get_num_threads()))
         sampler.check = _physics_acceptance(model, sampler.run, "bf16", check_showers or CHECK_SHOWERS)
         return sampler
@@ -346,18 +345,17 @@ def _available(model) -> bool:
 def fast_sampler(model, threads: int | None = None, precision: str = "fp32") -> OnnxSampler | None:
     """A sampler of ``precision`` (fp32, bf16) for ``model`` when one applies and passes its check, else None.
 
-    ``precision="auto"``: the faster, on one block of showers, of those that pass (module docstring).
+    ``precision="auto"``: bf16 when it applies and passes its physics check, else fp32.  The
+    choice never depends on timings, so every shard of a request makes the same one; bf16
+    applies only to networks of dense layers on a CPU with native bf16, where it is the
+    faster (module docstring).
     """
     if not _available(model):
         return None
     builders = {"fp32": OnnxSampler.build, "bf16": BF16Sampler.build}
-    built = []
-    for p in (PRECISIONS if precision == "auto" else [precision]):
+    for p in (("bf16", "fp32") if precision == "auto" else (precision,)):
         try:
-            built.append(builders[p](model, threads))
+            return builders[p](model, threads)
         except Exception:  # onnxruntime missing, an operator the exporter lacks, no bf16, or a failed check
             continue
-    if len(built) > 1:
-        probe = min(512, max(8, int(2e8 // max(1, model.n_voxels * 1000))))  # a cheap block for large grids
-        return min(built, key=lambda s: s.seconds_per_shower(probe))
-    return built[0] if built else None
+    return None

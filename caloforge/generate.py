@@ -129,8 +129,9 @@ def _sampler(gen: ShowerGenerator, n: int, engine: str):
     """The ONNX Runtime sampler (:mod:`caloforge.engine`) when it applies, else None (PyTorch).
 
     ``auto``: PyTorch below :data:`FAST_MIN_SHOWERS` showers; fp32 ONNX Runtime from there;
-    from :data:`BF16_MIN_SHOWERS` the faster of fp32 ONNX Runtime and bf16 among those that
-    pass their checks (parity 1e-5 for fp32, the physics-level check for bf16).
+    from :data:`BF16_MIN_SHOWERS` bf16 where it applies and passes its physics-level check
+    (faster than fp32 ONNX Runtime there), else fp32 (parity 1e-5).  The choice depends on the
+    model, the CPU and the size of the whole request, never on timings.
     """
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
@@ -204,8 +205,8 @@ def generate(model, incident_energy, *, conditions: Mapping[str, np.ndarray] | N
     the trained range raise an :class:`OutOfRangeWarning`.  ``device`` moves the
     model there; None keeps it where it is (a path is loaded on the CPU).  ``engine``:
     ``auto`` runs large CPU requests through ONNX Runtime when it reproduces the model
-    (:mod:`caloforge.engine`; from 50 000 showers bf16 dense layers when they pass the
-    physics-level check and are faster), ``pytorch`` never does, ``onnxruntime`` (fp32)
+    (:mod:`caloforge.engine`; from 50 000 showers bf16 dense layers where they apply and
+    pass the physics-level check), ``pytorch`` never does, ``onnxruntime`` (fp32)
     and ``bf16`` insist.  Each batch
     of ``batch_size`` rows is seeded by :func:`batch_seed`: the output depends on
     ``seed`` and ``batch_size``, and rows split on batch boundaries reproduce it.

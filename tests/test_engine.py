@@ -37,6 +37,16 @@ def test_energy_split_keeps_pytorch():
     # it draws noise per energy range: the exported graph on sample_noise is not its sampler
     assert fast_sampler(tiny_model("energy_split")) is None
     assert fast_sampler(tiny_model("energy_split"), precision="auto") is None
+
+
+def test_bf16_refuses_networks_with_other_weight_layers():
+    import caloforge.engine as engine
+
+    model = tiny_model("calogan")  # convolutions besides dense layers: half-bf16 eager would not pay
+    _, _, left = engine.bf16_module(model.export_module().eval())
+    assert left > 0
+    with pytest.raises(ValueError, match="bf16|dense layers only"):
+        engine.BF16Sampler.build(model, check_showers=64)
     gen = _generator(tiny_model("energy_split"))
     with pytest.raises(ConfigError, match="--engine onnxruntime is not available"):
         generate(gen, np.full(10, 5000.0), engine="onnxruntime")
@@ -75,8 +85,8 @@ def test_bf16_module_packs_the_dense_sequentials():
             BF16Sampler.build(model)
         return
     module = model.export_module().eval()
-    packed, replaced = bf16_module(module)
-    assert replaced >= 1 and not any(isinstance(m, torch.nn.Linear) for m in packed.modules())
+    packed, replaced, left = bf16_module(module)
+    assert replaced >= 1 and left == 0 and not any(isinstance(m, torch.nn.Linear) for m in packed.modules())
     from caloforge.export import example_inputs
 
     noise, cond = example_inputs(model, 300, 1)
