@@ -14,8 +14,10 @@ by the thread CPU time (``time.thread_time``) as well as wall time: on a shared 
 wall time measures the other jobs, the CPU time the work (min and median over rounds).
 
 ``fidelity`` generates one shower per reference shower (its energy) from the same noise in
-fp32 and in bf16 (autocast on the exported graph) and compares each with the reference
-(E_tot χ²/ndf, classifier AUC) and the two with each other.
+fp32, in bf16 (the engine's :class:`~caloforge.engine.BF16Sampler`) and in int8 (ONNX Runtime's
+dynamic quantisation of the BN-folded graph),
+compares each with the reference (E_tot χ²/ndf, classifier AUC), and bf16/int8 with fp32
+(:func:`caloforge.engine.physics_check`, the acceptance check of a reduced-precision path).
 """
 
 from __future__ import annotations
@@ -67,58 +69,159 @@ def folded_mlp(seq: torch.nn.Sequential, dtype: torch.dtype) -> torch.nn.Sequent
     return torch.nn.Sequential(*layers).eval()
 
 
+def quantized_onnx(model) -> bytes:
+    """The exported graph, batch norm folded, with int8 dense layers (ONNX Runtime dynamic quantisation:
+    per-channel symmetric int8 weights, uint8 activations quantised per call, int32 accumulation)."""
+    import os
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from caloforge.engine import _onnx_bytes, fold_batchnorm
+    from caloforge.export import _quiet
+
+    graph = _onnx_bytes(fold_batchnorm(model.export_module().eval()), model)
+    with tempfile.TemporaryDirectory(prefix="caloforge-int8-") as tmp, _quiet():
+        src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+        with open(src, "wb") as f:
+            f.write(graph)
+        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                         weight_type=QuantType.QInt8)
+        with open(dst, "rb") as f:
+            return f.read()
+
+
+def _lean_module(m, net: torch.nn.Module) -> torch.nn.Module:
+    """The photon generator as ONE fp32 graph with batch norm folded and the preprocessing in fp32."""
+    import math
+
+    spec = m.condition_encoder.specs[0]
+    a = 1.0 / math.log(spec.hi / spec.lo)
+    scale = 1.0 / m.config.voxel_scale
+
+    class Lean(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, noise, cond):
+            e = cond[:, :1]
+            return self.net(torch.cat([noise, (torch.log(e) - math.log(spec.lo)) * a], 1)) * (e * scale)
+
+    return Lean().eval()
+
+
 def levers(batch: int, rounds: int) -> list[dict]:
-    from caloforge.engine import OnnxSampler
-    from caloforge.export import example_inputs, max_relative_deviation
+    import caloforge.engine as engine
+    from caloforge.engine import BF16Sampler, OnnxSampler, _onnx_bytes
+    from caloforge.export import example_inputs, max_relative_deviation, onnx_session
 
     torch.set_num_threads(1)
     m = photon_model()
     module = m.export_module().eval()
-    sess = OnnxSampler.build(m, threads=1)
+    fp32 = OnnxSampler.build(m, threads=1)
+    int8 = onnx_session(quantized_onnx(m), 1)
+    engine.MAX_SHIFT = float("inf")  # untrained weights: time the bf16 engine whatever its check says
+    bf16 = BF16Sampler.build(m, threads=1, check_showers=64) if engine.bf16_supported() else None
     z, c = example_inputs(m, batch, 0)
     zn, cn = z.numpy(), c.numpy()
     nets = {d: folded_mlp(m.generator.net, d) for d in (torch.float32, torch.bfloat16)}
+    lean = _lean_module(m, nets[torch.float32])
+    lean_sess = onnx_session(_onnx_bytes(lean, m), 1)
+    lins = [x for x in nets[torch.float32] if isinstance(x, torch.nn.Linear)]
+    acts = ["swish"] * (len(lins) - 1) + ["relu"]
     scale = 1.0 / m.config.voxel_scale
+    enc = m.condition_encoder
+    block = 2048 if batch > 2048 else batch
+    packed = [torch.ops.mkldnn._reorder_linear_weight(x.weight.detach().to(torch.bfloat16), block) for x in lins]
+    biases = [x.bias.detach().to(torch.bfloat16) for x in lins]
+    gen = torch.Generator().manual_seed(0)
 
     def eager(z, c):
-        with torch.no_grad():
-            return module(z, c)
-
-    def eager_inf(z, c):
         with torch.inference_mode():
             return module(z, c)
 
-    def bf16(z, c):
+    def bf16_autocast(z, c):
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            return module(z, c)
+            return module(z, c).float()
 
-    def folded(dtype):
-        def run(z, c):
+    def folded_bf16(z, c):
+        with torch.inference_mode():
+            x = nets[torch.bfloat16](torch.cat([z, enc.encode_matrix(c)], 1).to(torch.bfloat16)).float()
+            return x.mul_(c[:, :1] * scale)
+
+    def onednn_bf16(z, c):  # prepacked bf16 weights, dense + Swish/ReLU fused in one oneDNN primitive
+        with torch.inference_mode():
+            y = torch.cat([z, enc.encode_matrix(c)], 1).to(torch.bfloat16)
+            for w, b, act in zip(packed, biases, acts):
+                y = torch.ops.mkldnn._linear_pointwise(y, w, b, act, [None], "")
+            return y.float().mul_(c[:, :1] * scale)
+
+    def ort_lean(z, c):
+        return lean_sess.run(None, {"noise": z, "conditions": c})[0]
+
+    w_np = [x.weight.detach().numpy().T.copy() for x in lins]
+    b_np = [x.bias.detach().numpy().copy() for x in lins]
+
+    def numpy_fp32(z, c):  # folded fp32 MLP on numpy's BLAS: the least per-call overhead in Python
+        y = np.concatenate([z, (np.log(c[:, :1]) - np.log(enc.specs[0].lo)) / np.log(enc.specs[0].hi / enc.specs[0].lo)], 1)
+        for i, (w, b) in enumerate(zip(w_np, b_np)):
+            y = y @ w
+            y += b
+            if i < len(w_np) - 1:
+                y *= 1.0 / (1.0 + np.exp(-y))
+            else:
+                np.maximum(y, 0.0, out=y)
+        return y * (c[:, :1] * scale)
+
+    def blocked(fn, blk, zz, cc):
+        if len(zz) <= blk:
+            return lambda: fn(zz, cc)
+        return lambda: [fn(zz[i:i + blk], cc[i:i + blk]) for i in range(0, len(zz), blk)]
+
+    cands = {"eager PyTorch (inference_mode)": (eager, False, None),
+             "ONNX Runtime fp32, exported graph (engine fp32)": (lambda z, c: fp32.run(z, c), True, None),
+             "ONNX Runtime fp32, BN-folded fp32 graph": (ort_lean, True, 512),
+             "numpy fp32, BN-folded (BLAS)": (numpy_fp32, True, 512),
+             "bf16 autocast, exported graph": (bf16_autocast, False, 2048),
+             "bf16 BN-folded (torch.nn)": (folded_bf16, False, 2048),
+             "bf16 oneDNN fused + prepacked": (onednn_bf16, False, 2048)}
+    cands["ONNX Runtime int8 (dynamic quantisation), BN-folded"] = (
+        lambda z, c: int8.run(None, {"noise": z, "conditions": c})[0], True, 512)
+    if bf16 is not None:
+        cands["bf16 engine (caloforge.engine.BF16Sampler, blocks of 2048)"] = (lambda z, c: bf16.run(z, c), True, None)
+    calls = {name: blocked(fn, blk or batch, *((zn, cn) if np_in else (z, c))) for name, (fn, np_in, blk) in cands.items()}
+    # the floors: the four matrix products alone (prepacked oneDNN), and the noise draw
+    xs = {d: [torch.randn(min(batch, block), x.in_features).to(d) for x in lins] for d in (torch.float32, torch.bfloat16)}
+    pk = {d: [torch.ops.mkldnn._reorder_linear_weight(x.weight.detach().to(d), min(batch, block)) for x in lins]
+          for d in (torch.float32, torch.bfloat16)}
+    reps_inner = max(1, batch // block)
+
+    def matmuls(d):
+        def run():
             with torch.inference_mode():
-                x = nets[dtype](torch.cat([z, m.condition_encoder.encode_matrix(c)], 1).to(dtype)).float()
-                return x.mul_(c[:, :1] * scale).clamp_min_(0)
+                for _ in range(reps_inner):
+                    for x, w, lin in zip(xs[d], pk[d], lins):
+                        torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [None], "")
         return run
 
-    def ort(z, c):
-        return sess.session.run(None, {"noise": z, "conditions": c})[0]
-
-    def blocked(fn, block, z, c):
-        return lambda: [fn(z[i:i + block], c[i:i + block]) for i in range(0, len(z), block)]
-
-    cands = {"eager no_grad": (eager, False), "eager inference_mode": (eager_inf, False),
-             "onnxruntime": (ort, True), "bf16 autocast": (bf16, False),
-             "BN-folded fp32": (folded(torch.float32), False), "BN-folded bf16": (folded(torch.bfloat16), False)}
-    calls = {}
-    for name, (fn, numpy_in) in cands.items():
-        zz, cc = (zn, cn) if numpy_in else (z, c)
-        calls[name] = (lambda fn=fn, zz=zz, cc=cc: fn(zz, cc))
-        if batch > 1000:
-            for block in (512, 2048):
-                calls[f"{name}, blocks of {block}"] = blocked(fn, block, zz, cc)
+    floors = {"floor: 4 matrix products only, fp32 (oneDNN)": matmuls(torch.float32),
+              "floor: 4 matrix products only, bf16 (oneDNN)": matmuls(torch.bfloat16),
+              "floor: noise draw, torch.randn": lambda: torch.randn(batch, m.noise_dim, generator=gen)}
+    if batch == 1:
+        gemv_in = [np.ones((1, w.shape[0]), np.float32) for w in w_np]
+        gemv_out = [np.empty((1, w.shape[1]), np.float32) for w in w_np]
+        floors["floor: 4 fp32 matrix-vector products (numpy BLAS, weights from cache)"] = \
+            lambda: [np.matmul(x, w, out=o) for x, w, o in zip(gemv_in, w_np, gemv_out)]
     with torch.inference_mode():
         ref = module(z, c).numpy()
-    dev = {name: max_relative_deviation(ref, np.concatenate([np.asarray(x) for x in out]) if isinstance(
-        out := f(), list) else np.asarray(out)) for name, f in calls.items()}
+
+    def value(out):
+        out = [np.asarray(x) for x in out] if isinstance(out, list) else [np.asarray(out)]
+        return np.concatenate(out)
+
+    dev = {name: max_relative_deviation(ref, value(f())) for name, f in calls.items()}
+    calls.update(floors)
     reps = max(1, 2000 // batch)
     cpu = {k: [] for k in calls}
     wall = {k: [] for k in calls}
@@ -131,40 +234,80 @@ def levers(batch: int, rounds: int) -> list[dict]:
                 f()
             cpu[name].append((time.thread_time() - tc) / (reps * batch) * 1e6)
             wall[name].append((time.perf_counter() - t) / (reps * batch) * 1e6)
+    flops = 2 * sum(x.in_features * x.out_features for x in lins)
     rows = []
     for name in calls:
-        rows.append({"lever": name, "batch": batch, "cpu_us_min": min(cpu[name]),
-                     "cpu_us_median": statistics.median(cpu[name]), "wall_us_min": min(wall[name]),
-                     "wall_us_median": statistics.median(wall[name]), "max_rel_dev_vs_fp32": dev[name]})
-        print(json.dumps(rows[-1]), flush=True)
+        row = {"lever": name, "batch": batch, "cpu_us_min": min(cpu[name]),
+               "cpu_us_median": statistics.median(cpu[name]), "wall_us_min": min(wall[name]),
+               "wall_us_median": statistics.median(wall[name]), "max_rel_dev_vs_fp32": dev.get(name)}
+        if "matri" in name:
+            row["gflops_at_min"] = flops / (row["cpu_us_min"] * 1e-6) / 1e9
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"\n| lever | batch | CPU µs/shower, median (min) | max |Δ|/E_shower vs fp32 |\n|---|---|---|---|")
+    for r in rows:
+        d = "–" if r["max_rel_dev_vs_fp32"] is None else f"{r['max_rel_dev_vs_fp32']:.1e}"
+        g = f" ({r['gflops_at_min']:.0f} GFLOP/s)" if "gflops_at_min" in r else ""
+        print(f"| {r['lever']}{g} | {batch} | {r['cpu_us_median']:.2f} ({r['cpu_us_min']:.2f}) | {d} |")
     return rows
 
 
-def fidelity(model_path: str, reference: str, seed: int) -> dict:
+def fidelity(model_path: str, reference: str, seed: int, max_showers: int,
+             precisions: tuple[str, ...] = ("fp32", "bf16", "int8"), classifier: bool = True) -> dict:
+    """fp32, bf16 (autocast) and int8 (the engine's ONNX Runtime graph) on the same noise, each against the
+    reference (E_tot χ²/ndf, classifier AUC), and bf16/int8 against fp32 with the engine's physics check."""
+    import caloforge.engine as engine
+    from caloforge.engine import BF16Sampler, physics_check
     from caloforge.evaluate import compare
-    from caloforge.generate import load_model, reference_energies
+    from caloforge.export import onnx_session
+    from caloforge.generate import load_model
     from caloforge.io import ShowerData, read_showers
 
+    torch.set_num_threads(1)
     gen = load_model(model_path)
     m = gen.model
-    energy, _, _ = reference_energies(reference)
+    ref = read_showers(reference)
+    if len(ref.incident_energy) > max_showers:  # a random subset: the classifier's cost grows with the sample
+        keep = np.sort(np.random.default_rng(seed).choice(len(ref.incident_energy), max_showers, replace=False))
+        ref = ShowerData(ref.incident_energy[keep], ref.showers[keep])
+    energy = ref.incident_energy
     noise = m.sample_noise(len(energy), torch.Generator().manual_seed(seed))
     cond = torch.as_tensor(energy, dtype=torch.float32).reshape(-1, 1)
     module = m.export_module().eval()
+    other = m.sample_noise(len(energy), torch.Generator().manual_seed(seed + 1))
     with torch.inference_mode():
-        fp32 = module(noise, cond).numpy()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = module(noise, cond).float().numpy()
-    ref = read_showers(reference)
-    out = {"n": len(energy)}
-    rel = np.abs(bf16.sum(1) - fp32.sum(1)) / np.maximum(fp32.sum(1), 1e-30)
-    out["etot_rel_diff_median"], out["etot_rel_diff_max"] = float(np.median(rel)), float(rel.max())
-    for label, a, b in (("fp32 vs reference", ref, ShowerData(energy, fp32)),
-                        ("bf16 vs reference", ref, ShowerData(energy, bf16)),
-                        ("bf16 vs fp32", ShowerData(energy, fp32), ShowerData(energy, bf16))):
-        r = compare(a, b, gen.geometry, classifier=True, fpd_kpd=False, per_energy=True, seed=seed)
-        out[label] = {k: r.headline[k] for k in ("etot_chi2_ndf", "classifier_auc")}
-        print(label, json.dumps(out[label]), flush=True)
+        independent = module(other, cond).numpy()  # the physics check's stand-in reference
+        samples = {"fp32": module(noise, cond).numpy()}
+    out = {"n": len(energy), "model": model_path, "iteration": gen.iteration}
+    try:
+        bf16 = BF16Sampler.build(m, threads=1)
+        out["bf16_engine_check"] = {"passed": True, "max_shift": max(bf16.check.values())}
+    except ValueError as exc:  # compare it anyway, saying that the engine would refuse it
+        out["bf16_engine_check"] = {"passed": False, "reason": str(exc)}
+        engine.MAX_SHIFT, keep = float("inf"), engine.MAX_SHIFT
+        bf16 = BF16Sampler.build(m, threads=1)
+        engine.MAX_SHIFT = keep
+    samples["bf16"] = np.maximum(bf16.run(noise.numpy(), cond.numpy()), 0.0)
+    int8 = onnx_session(quantized_onnx(m), 1)
+    samples["int8"] = np.maximum(np.concatenate([int8.run(None, {"noise": noise[i:i + 512].numpy(),
+                                                                 "conditions": cond[i:i + 512].numpy()})[0]
+                                                 for i in range(0, len(energy), 512)]), 0.0)
+    for name in ("bf16", "int8"):
+        a, b = samples["fp32"].sum(1), samples[name].sum(1)
+        rel = np.abs(b - a) / np.maximum(a, 1e-30)
+        check = physics_check(independent, samples["fp32"], samples[name], energy, m.geometry)
+        out[f"{name} vs fp32 (same noise)"] = {"etot_rel_diff_median": float(np.median(rel)),
+                                               "etot_rel_diff_max": float(rel.max()),
+                                               "physics_check_max_shift": max(check.values()),
+                                               "physics_check_worst": max(check, key=check.get)}
+        print(name, json.dumps(out[f"{name} vs fp32 (same noise)"]), flush=True)
+    for name, showers in samples.items():
+        if name not in precisions:
+            continue
+        r = compare(ref, ShowerData(energy, showers), gen.geometry, classifier=classifier, fpd_kpd=False,
+                    per_energy=True, seed=seed)
+        out[f"{name} vs reference"] = {k: r.headline.get(k) for k in ("etot_chi2_ndf", "classifier_auc")}
+        print(name, "vs reference", json.dumps(out[f"{name} vs reference"]), flush=True)
     print(json.dumps(out))
     return out
 
@@ -201,13 +344,17 @@ def main() -> None:
     fd.add_argument("--model", required=True)
     fd.add_argument("--reference", required=True)
     fd.add_argument("--seed", type=int, default=0)
+    fd.add_argument("--max-showers", type=int, default=6000, help="reference showers used (random subset)")
+    fd.add_argument("--precisions", default="fp32,bf16,int8", help="samples compared with the reference")
+    fd.add_argument("--no-classifier", action="store_true", help="E_tot χ² only (the classifier AUC is the slow part)")
     args = ap.parse_args()
     if args.what == "checkpoint":
         untrained_checkpoint(args.config, args.output)
     elif args.what == "levers":
         levers(args.batch, args.rounds)
     else:
-        fidelity(args.model, args.reference, args.seed)
+        fidelity(args.model, args.reference, args.seed, args.max_showers, tuple(args.precisions.split(",")),
+                 not args.no_classifier)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ Here each timing
 
 Paths: ``pytorch`` (the exported graph, :meth:`ShowerModel.export_module`, eager under
 ``torch.inference_mode``), ``generate`` (what ``caloforge generate`` runs, conversion to
-numpy included), ``onnxruntime`` (the ONNX export, one CPU session), ``cpp`` (the
+numpy included), ``onnxruntime`` (the ONNX export, one CPU session, large calls in blocks of
+512 showers as :mod:`caloforge.engine` runs them), ``bf16`` (the engine's bf16 dense layers,
+timed only when they pass their physics-level check; opt-in), ``cpp`` (the
 LibTorch example of ``examples/cpp`` on the TorchScript export, timed inside the C++
 program with the same protocol) and ``cuda`` (the ``pytorch`` path on the GPU, when present).
 
@@ -46,6 +48,7 @@ __all__ = ["BATCHES", "PATHS", "WARMUP_CALLS", "median_ms", "calls_per_repeat", 
 
 BATCHES = (1, 100, 10_000)
 PATHS = ("pytorch", "generate", "onnxruntime", "cpp")
+OPTIONAL_PATHS = ("bf16", "cuda")  # timed only when asked for (--paths)
 WARMUP_CALLS = 2
 SHOWERS_PER_REPEAT = 1000
 ANCHORS = Path(__file__).resolve().parents[1].parent / "shared" / "anchors" / "calochallenge_2022_final_results.csv"
@@ -167,9 +170,9 @@ def bench(model, *, paths: Iterable[str] = PATHS, batches: Sequence[int] = BATCH
     from caloforge.generate import ShowerGenerator, generate, load_model
 
     paths = list(paths)
-    unknown = [p for p in paths if p not in PATHS + ("cuda",)]
+    unknown = [p for p in paths if p not in PATHS + OPTIONAL_PATHS]
     if unknown:
-        raise ConfigError(f"--paths: {unknown[0]!r} is not one of {', '.join(PATHS + ('cuda',))}")
+        raise ConfigError(f"--paths: {unknown[0]!r} is not one of {', '.join(PATHS + OPTIONAL_PATHS)}")
     if not batches or any(int(b) < 1 for b in batches):
         raise ConfigError("--batches must be positive batch sizes, e.g. 1,100,10000")
     if threads < 1 or repeats < 1:
@@ -196,17 +199,30 @@ def bench(model, *, paths: Iterable[str] = PATHS, batches: Sequence[int] = BATCH
                 for row in _cpp_timings(program, net, batches, threads, repeats, float(energy), conditions):
                     results.append({"path": "cpp", "device": "cpu", "threads": threads, **row})
                     log(f"cpp b{row['batch']}: {row['ms_per_shower']:.4g} ms/shower")
-        session, deployed = None, None
+        samplers: dict[str, Any] = {}
+        deployed, checks = None, {}
         if "onnxruntime" in paths:
+            from caloforge.engine import OnnxSampler
+
             tmp = tempfile.mkdtemp(prefix="caloforge-bench-")
             try:
                 onnx_path = export_model(net, "onnx", Path(tmp) / "model.onnx").path
-                session = onnx_session(onnx_path, threads)
                 import onnx
 
                 deployed = sum(int(np.prod(t.dims)) for t in onnx.load(str(onnx_path)).graph.initializer)
+                samplers["onnxruntime"] = OnnxSampler(net, onnx_session(onnx_path, threads), threads)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+        if "bf16" in paths:
+            from caloforge.engine import BF16Sampler
+
+            try:
+                samplers["bf16"] = BF16Sampler.build(net, threads)
+                checks["bf16"] = samplers["bf16"].check
+                log(f"bf16: physics check passed (largest shift {max(checks['bf16'].values()):.2g} statistical errors)")
+            except Exception as exc:  # no bf16 on this CPU, no dense layers, or a failed check
+                checks["bf16"] = {"failed": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+                log(f"bf16: not timed ({checks['bf16']['failed']})")
         for batch in map(int, batches):
             cond = torch.tensor([conditions], dtype=torch.float32).expand(batch, -1).contiguous()
             calls: dict[str, Callable[[], Any]] = {}
@@ -217,10 +233,9 @@ def bench(model, *, paths: Iterable[str] = PATHS, batches: Sequence[int] = BATCH
 
             if "pytorch" in paths:
                 calls["pytorch"] = pytorch
-            if "onnxruntime" in paths:
-                c_np = cond.numpy()
-                calls["onnxruntime"] = lambda c_np=c_np, batch=batch: session.run(
-                    None, {"noise": net.sample_noise(batch, rng).numpy(), "conditions": c_np})[0]
+            for name, sampler in samplers.items():
+                calls[name] = lambda c_np=cond.numpy(), batch=batch, sampler=sampler: sampler.run(
+                    net.sample_noise(batch, rng).numpy(), c_np)
             if "generate" in paths:
                 e = np.full(batch * calls_per_repeat(batch, showers_per_repeat), float(energy))
                 extra = {n: np.full(len(e), v) for n, v in zip(net.condition_names[1:], conditions[1:])}
@@ -266,7 +281,7 @@ def bench(model, *, paths: Iterable[str] = PATHS, batches: Sequence[int] = BATCH
             "protocol": {"batches": [int(b) for b in batches], "repeats": repeats, "warmup_calls": WARMUP_CALLS,
                          "showers_per_repeat": f"max(batch, {showers_per_repeat})", "statistic": "median",
                          "timed": "noise draw + sampling network (conditions given)"},
-            "results": results, "calochallenge": calochallenge_rows(gen.geometry)}
+            "results": results, "checks": checks, "calochallenge": calochallenge_rows(gen.geometry)}
 
 
 def format_table(report: dict[str, Any]) -> list[list[str]]:

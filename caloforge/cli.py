@@ -467,7 +467,9 @@ def generate_cmd(
     threads: int = typer.Option(0, "--threads", help="Torch threads (0 = the CPUs this process may use)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     engine: str = typer.Option("auto", "--engine", help="auto (ONNX Runtime for large CPU requests when it "
-                               "reproduces the model, else PyTorch), pytorch or onnxruntime."),
+                               "reproduces the model; from 50 000 showers bf16 dense layers where they apply and "
+                               "pass the physics check; else PyTorch), pytorch, onnxruntime (fp32) or "
+                               "bf16."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Write only shard K/N (K = 1 … N) of the request, "
                                         "for N batch jobs; join them with caloforge merge. Every shard must use "
                                         "the same --seed and --batch-size."),
@@ -730,7 +732,9 @@ def bench_cmd(
     repeats: int = typer.Option(5, "--repeats", help="Timed repeats per batch size; the median is reported."),
     paths: str = typer.Option(",".join(("pytorch", "generate", "onnxruntime", "cpp")), "--paths",
                               help="Paths to time: pytorch, generate, onnxruntime, cpp (examples/cpp, built in "
-                              "build/cpp), cuda (pytorch on the GPU; added automatically when one is present)."),
+                              "build/cpp), bf16 (the engine's bf16 path, timed only when it passes its physics "
+                              "check), cuda "
+                              "(pytorch on the GPU; added automatically when one is present)."),
     energy: Optional[str] = typer.Option(None, "--energy", help="Incident energy of the timed showers, e.g. 65GeV "
                                          "(default: the geometric mean of the trained range)."),
     cpp_program: Optional[Path] = typer.Option(None, "--cpp-program", help="The built C++ example (default: "

@@ -71,3 +71,20 @@ def test_cli_bench_prints_a_table_and_writes_json(run_dir, tmp_path):
     assert report["model"]["conditions"]["incident_energy"] == 10000.0
     bad = CliRunner().invoke(app, ["bench", "--model", str(run_dir), "--batches", "1,x"])
     assert bad.exit_code == 2 and "--batches" in bad.output
+
+
+def test_bench_times_bf16_only_when_it_passes_its_check(run_dir, monkeypatch):
+    import caloforge.engine as engine
+
+    monkeypatch.setattr(engine, "CHECK_SHOWERS", 256)
+    monkeypatch.setattr(engine, "MAX_SHIFT", -1.0)  # a check nothing passes: reported, not timed
+    report = bench(run_dir, paths=["bf16"], batches=[1, 3], repeats=1, showers_per_repeat=3)
+    assert report["results"] == [] and "failed" in report["checks"]["bf16"]
+    if not engine.bf16_supported():
+        assert "bf16" in report["checks"]["bf16"]["failed"]
+        return
+    assert "physics check" in report["checks"]["bf16"]["failed"]
+    monkeypatch.setattr(engine, "MAX_SHIFT", float("inf"))
+    report = bench(run_dir, paths=["bf16"], batches=[1, 3], repeats=1, showers_per_repeat=3)
+    assert {(r["path"], r["batch"]) for r in report["results"]} == {("bf16", 1), ("bf16", 3)}
+    assert "E_tot/E_inc" in report["checks"]["bf16"]
