@@ -291,11 +291,13 @@ def tables(args) -> dict:
         at.update({k: v for k, v in json.loads(f.read_text()).items() if not k.startswith("atlas_gan/") or "/seed" in k
                    and not k.endswith("_stats")})
     at.update(seed_stats(at))
-    head = "| model | E_tot χ²/ndf | AUC low | AUC high | FPD ×10³ | KPD ×10³ |"
-    rows = [head, "|---|---|---|---|---|---|"]
+    head = "| model | iterations | CPU s | wall s | E_tot χ²/ndf | AUC low | AUC high | FPD ×10³ | KPD ×10³ |"
+    rows = [head, "|---|---|---|---|---|---|---|---|---|"]
     for k, r in list(cal.items()) + list(at.items()):
-        if isinstance(r, dict) and "etot_chi2_ndf" in r:
-            rows.append(f"| {k} | {_f(r['etot_chi2_ndf'])} | {_f(r['auc_low'])} | {_f(r['auc_high'])} | "
+        if isinstance(r, dict) and "etot_chi2_ndf" in r and not k.endswith("_stats"):
+            run = r.get("run") or {}
+            rows.append(f"| {k} | {run.get('iterations', '–')} | {_f(run.get('cpu_s'))} | {_f(run.get('wall_s'))} | "
+                        f"{_f(r['etot_chi2_ndf'])} | {_f(r['auc_low'])} | {_f(r['auc_high'])} | "
                         f"{_f(r['fpd_x1e3'])} | {_f(r['kpd_x1e3'])} |")
     print("\n".join(rows))
     keys = ["etot_gev", "frac_layer_0", "frac_layer_1", "frac_layer_2", "shower_depth", "shower_depth_width",
@@ -319,6 +321,16 @@ def tables(args) -> dict:
     for k in ("atlas_gan/seed_stats", "atlas_gan/interpolation_stats"):
         if k in at:
             print(f"\n{k}: {json.dumps(at[k])}")
+    for f in sorted(out.glob("speed-*.json")):  # ms per shower vs request size, CPU (and wall)
+        sp = json.loads(f.read_text())
+        batches = sorted({int(b) for rows in sp["models"].values() for b in rows})
+        print(f"\n{f.name} (chunk {sp['chunk']}, {sp['threads']} thread): CPU ms/shower [wall ms/shower]")
+        print("| model | " + " | ".join(str(b) for b in batches) + " |")
+        print("|---|" + "---|" * len(batches))
+        for name, rows in sp["models"].items():
+            print(f"| {name} | " + " | ".join(
+                f"{_f(rows[str(b)]['cpu_ms'])} [{_f(rows[str(b)]['wall_ms'], 2)}]" if str(b) in rows else "–"
+                for b in batches) + " |")
     return {}
 
 
