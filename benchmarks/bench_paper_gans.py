@@ -17,9 +17,12 @@ FPD / KPD ×10³ and the paper's own observables (:mod:`caloforge.evaluate.paper
 Full-budget versions (GPU, paper configs): ``--config calogan-positrons`` /
 ``--config atlas-gan-photons``, ``--scale 1`` and ``--minutes`` of hours.
 
-Run:  nice -n 10 .venv/bin/python benchmarks/bench_paper_gans.py calogan --minutes 3 --scale 0.03
-      nice -n 10 .venv/bin/python benchmarks/bench_paper_gans.py atlas --minutes 3 --scale 0.1 --seeds 0 1 2
-      nice -n 10 .venv/bin/python benchmarks/bench_paper_gans.py speed --config calogan-cpu
+Budgets are CPU-minutes of the benchmark process (``--budget-clock cpu``, the default), so
+models compared with each other get the same computation on a loaded machine.
+
+Run:  nice -n 10 .venv/bin/python benchmarks/bench_paper_gans.py calogan --minutes 10 --scale 0.1 --holdout-scale 0.02
+      nice -n 10 .venv/bin/python benchmarks/bench_paper_gans.py atlas --minutes 10 --scale 0.1 --holdout-scale 0.02
+      nice -n 10 .venv/bin/python benchmarks/bench_paper_gans.py speed          # 1 … 10^5, blocks of --chunk 1000
       .venv/bin/python benchmarks/bench_paper_gans.py tables     # markdown of the JSON results
 """
 
