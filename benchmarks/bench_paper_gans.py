@@ -17,9 +17,12 @@ FPD / KPD ×10³ and the paper's own observables (:mod:`caloforge.evaluate.paper
 Full-budget versions (GPU, paper configs): ``--config calogan-positrons`` /
 ``--config atlas-gan-photons``, ``--scale 1`` and ``--minutes`` of hours.
 
-Run:  nice -n 10 .venv/bin/python benchmarks/bench_paper_gans.py calogan --minutes 3 --scale 0.03
-      nice -n 10 .venv/bin/python benchmarks/bench_paper_gans.py atlas --minutes 3 --scale 0.1 --seeds 0 1 2
-      nice -n 10 .venv/bin/python benchmarks/bench_paper_gans.py speed --config calogan-cpu
+Budgets are CPU-minutes of the benchmark process (``--budget-clock cpu``, the default), so
+models compared with each other get the same computation on a loaded machine.
+
+Run:  nice -n 10 .venv/bin/python benchmarks/bench_paper_gans.py calogan --minutes 10 --scale 0.1 --holdout-scale 0.02
+      nice -n 10 .venv/bin/python benchmarks/bench_paper_gans.py atlas --minutes 10 --scale 0.1 --holdout-scale 0.02
+      nice -n 10 .venv/bin/python benchmarks/bench_paper_gans.py speed          # 1 … 10^5, blocks of --chunk 1000
       .venv/bin/python benchmarks/bench_paper_gans.py tables     # markdown of the JSON results
 """
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -56,14 +60,32 @@ def baseline_config(geometry: str, energy_range: list[float], conditions: dict, 
 DEVICE = "cpu"
 
 
-def _run_config(name_or_dict, out: Path, data: ShowerData, minutes: float, seed: int) -> Path:
+BUDGET_CLOCK = "cpu"
+
+
+def _run_config(name_or_dict, out: Path, data: ShowerData, minutes: float, seed: int) -> tuple[Path, dict]:
+    """Train for ``minutes`` of the budget clock (CPU seconds of this process by default, one thread);
+    returns the best checkpoint and what the run cost (iterations, CPU and wall seconds, load)."""
     cfg = load_config(name_or_dict).to_dict()
     cfg["training"].update(max_iterations=10**9, tensorboard=False, checkpoint_every=200)
-    t = time.perf_counter()
-    res = train(cfg, data, out, max_time=minutes * 60, progress=False, seed=seed, threads=1, device=DEVICE)
-    print(f"  trained {out.name}: {res.iterations} iterations in {time.perf_counter() - t:.0f} s, "
-          f"best χ² {res.best_score:.3g} at {res.best_iteration}", flush=True)
-    return res.best_checkpoint
+    t, c = time.perf_counter(), time.process_time()
+    res = train(cfg, data, out, max_time=minutes * 60, budget_clock=BUDGET_CLOCK, progress=False, seed=seed,
+                threads=1, device=DEVICE)
+    run = {"iterations": res.iterations, "best_iteration": res.best_iteration, "stopped": res.stopped,
+           "cpu_s": time.process_time() - c, "wall_s": time.perf_counter() - t, "load_1min": os.getloadavg()[0]}
+    print(f"  trained {out.name}: {res.iterations} iterations, {run['cpu_s']:.0f} CPU s in {run['wall_s']:.0f} s "
+          f"wall (load {run['load_1min']:.1f}), best χ² {res.best_score:.3g} at {res.best_iteration}", flush=True)
+    return res.best_checkpoint, run
+
+
+def _save(args, results: dict) -> Path:
+    """Write the results so far (atomic): a long run killed late keeps its finished models."""
+    path = Path(args.output) / f"{args.what}-{Path(args.config).stem}{'-' + args.tag if args.tag else ''}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=lambda o: None if o is None else float(o)))
+    tmp.replace(path)
+    return path
 
 
 def _scores(model_path: Path, ref: ShowerData, geometry: str, classifier: bool = True,
@@ -103,17 +125,19 @@ def bench_calogan(args) -> dict:
         ref = simulate_calogan(particle, seed=1, scale=args.holdout_scale)
         refs[particle] = ref
         print(f"{particle}: {len(data)} training, {len(ref)} held-out showers", flush=True)
-        models = {"calogan": args.config}
-        if particle in args.baseline_particles:
+        models = {"calogan": args.config} if "calogan" in args.models else {}
+        if particle in args.baseline_particles and "caloshowergan" in args.models:
             models["caloshowergan"] = baseline_config("calogan", [1e3, 1e5], {"incident_energy": "log"}, particle)
         for name, cfg in models.items():
-            path = _run_config(cfg, out / f"{particle}-{name}", data, args.minutes, 0)
+            path, run = _run_config(cfg, out / f"{particle}-{name}", data, args.minutes, 0)
             s = _scores(path, ref, "calogan", training=data)
+            s["run"] = run
             if name == "calogan":
                 gens[particle] = s["generated"]
             s.pop("generated")
             s["paper_chi2_ndf"] = _paper_summary(s.pop("paper"))
             results[f"{particle}/{name}"] = s
+            _save(args, results)
             print(json.dumps({f"{particle}/{name}": s}, default=float)[:600], flush=True)
     if len(gens) >= 2:
         results["classifier_proxy"] = particle_classifier_proxy(refs, gens, epochs=20)
@@ -135,10 +159,12 @@ def bench_atlas(args) -> dict:
     print(f"atlas: {len(data)} training, {len(ref)} held-out, {len(ref25)} at 25 GeV", flush=True)
     cond = {"incident_energy": "log", "impact_eta": "linear"}
     runs = [("atlas_gan", args.config, s) for s in args.seeds]
-    runs.append(("caloshowergan", baseline_config("atlas-4layer", [1e3, 262e3], cond, "photon"), args.seeds[0]))
+    if args.baseline:
+        runs.append(("caloshowergan", baseline_config("atlas-4layer", [1e3, 262e3], cond, "photon"), args.seeds[0]))
     for name, cfg, seed in runs:
-        path = _run_config(cfg, out / f"{name}-seed{seed}", data, args.minutes, seed)
+        path, run = _run_config(cfg, out / f"{name}-seed{seed}", data, args.minutes, seed)
         s = _scores(path, ref, "atlas-4layer")
+        s["run"] = run
         s.pop("generated")
         s["paper_chi2_ndf"] = _paper_summary(s.pop("paper"))
         # interpolation: 25 GeV (never trained on) next to the trained 16 and 32 GeV points
@@ -152,38 +178,104 @@ def bench_atlas(args) -> dict:
                                      "auc_high": sc["auc_high"]}
         s["interpolation"] = interp
         results[f"{name}/seed{seed}"] = s
+        _save(args, results)
         print(json.dumps({f"{name}/seed{seed}": s}, default=float)[:800], flush=True)
-    keys = ("etot_chi2", "auc_low", "auc_high", "fpd_x1e3", "kpd_x1e3")
-    seeds = [results[f"atlas_gan/seed{s}"] for s in args.seeds]
-    results["atlas_gan/seed_stats"] = {k: _mean_spread([r[k] for r in seeds]) for k in keys}
-    results["atlas_gan/interpolation_stats"] = {
-        p: {k: _mean_spread([r["interpolation"][p][k] for r in seeds]) for k in ("etot_chi2", "auc_low", "auc_high")}
-        for p in ("16GeV", "25GeV", "32GeV")}
+    results.update(seed_stats(results))
     return results
 
 
-def bench_speed(args) -> dict:
-    """Per-shower generation time vs batch size (the CaloGAN paper's speed figure), CPU, one thread."""
+def seed_stats(results: dict) -> dict:
+    """Mean ± spread over the ``atlas_gan/seed*`` runs in ``results`` (the paper's seed study)."""
+    keys = ("etot_chi2", "etot_chi2_ndf", "auc_low", "auc_high", "fpd_x1e3", "kpd_x1e3")
+    seeds = [r for k, r in results.items() if k.startswith("atlas_gan/seed") and "interpolation" in r]
+    if not seeds:
+        return {}
+    return {"atlas_gan/seed_stats": {k: _mean_spread([r[k] for r in seeds]) for k in keys},
+            "atlas_gan/interpolation_stats": {
+                p: {k: _mean_spread([r["interpolation"][p][k] for r in seeds]) for k in ("etot_chi2", "auc_low", "auc_high")}
+                for p in ("16GeV", "25GeV", "32GeV")}}
+
+
+SPEED_MODELS = {  # name → (config or baseline geometry, what it is)
+    "calogan-positrons": ("calogan-positrons", "CaloGAN, paper widths"),
+    "calogan-cpu": ("calogan-cpu", "CaloGAN, CPU config"),
+    "caloshowergan-paper@calogan": ("caloshowergan-photons@calogan", "CaloShowerGAN, paper widths, calogan geometry"),
+    "caloshowergan-demo@calogan": ("demo@calogan", "CaloShowerGAN demo arch., calogan geometry"),
+    "atlas-gan-photons": ("atlas-gan-photons", "ATLAS GAN, paper widths"),
+    "atlas-gan-cpu": ("atlas-gan-cpu", "ATLAS GAN, CPU config"),
+    "caloshowergan-paper@atlas-4layer": ("caloshowergan-photons@atlas-4layer",
+                                         "CaloShowerGAN, paper widths, atlas-4layer"),
+    "caloshowergan-demo@atlas-4layer": ("demo@atlas-4layer", "CaloShowerGAN demo arch., atlas-4layer"),
+}
+GEOMETRY_SETUP = {  # energy range and conditions of each geometry's paper data set
+    "calogan": ([1e3, 1e5], {"incident_energy": "linear"}),
+    "atlas-4layer": ([1e3, 262e3], {"incident_energy": "log", "impact_eta": "linear"}),
+}
+
+
+def _speed_generator(spec: str):
+    """An untrained :class:`ShowerGenerator` of ``spec`` (a config, or ``CONFIG@GEOMETRY`` for
+    CaloShowerGAN adapted to a geometry); speed does not depend on the weights."""
+    from caloforge.generate import ShowerGenerator
+    from caloforge.geometry import load_geometry
     from caloforge.models import fit
 
-    torch.set_num_threads(args.threads)
-    cfg = load_config(args.config).model
-    geo_n = {"calogan": 504, "atlas-4layer": 266}[cfg.geometry]
-    e = torch.tensor([1e3, 1e5], dtype=torch.float64)
+    if "@" in spec:
+        name, geometry = spec.split("@")
+        cfg = load_config(name).to_dict()
+        e_range, cond = GEOMETRY_SETUP[geometry]
+        cfg["model"].update(geometry=geometry, energy_range=e_range, conditions=cond, particle="photon",
+                            energy_condition="incident")
+        cfg = load_config(cfg).model
+    else:
+        cfg = load_config(spec).model
+    geo = load_geometry(cfg.geometry)
+    e_range, _ = GEOMETRY_SETUP[cfg.geometry]
+    e = torch.tensor(e_range, dtype=torch.float64)
     cond = {"impact_eta": torch.tensor([0.2, 0.25])} if "impact_eta" in cfg.conditions else {}
-    model = fit(cfg, torch.rand(2, geo_n), e, cond).eval()
-    out = {}
-    for batch in args.batches:
-        energies = np.full(batch, 5e4)
-        c = {"incident_energy": energies, **({"impact_eta": np.full(batch, 0.22)} if cond else {})}
-        model.sample({k: v[:10] for k, v in c.items()}, torch.Generator().manual_seed(0))  # warm-up
-        reps = max(1, min(50, 2000 // batch))
-        t = time.perf_counter()
-        for _ in range(reps):
-            model.sample(c, torch.Generator().manual_seed(0))
-        per = (time.perf_counter() - t) / (reps * batch)
-        out[batch] = per
-        print(f"{args.config} batch {batch:>6}: {per * 1e3:.4f} ms/shower", flush=True)
+    torch.manual_seed(0)
+    model = fit(cfg, torch.rand(2, geo.n_voxels) * e[:, None].float() / geo.n_voxels, e, cond).eval()
+    return ShowerGenerator(model, Path(f"<untrained {spec}>"), geo.name, geo.n_voxels, e_range[0], e_range[1], 0,
+                           None, {"name": cfg.name})
+
+
+def bench_speed(args) -> dict:
+    """Per-shower generation time vs request size (the CaloGAN paper's speed figure), CPU, one thread.
+
+    A request of N showers goes through :func:`caloforge.generate.generate` (PyTorch engine) with
+    ``batch_size=args.chunk``: above the chunk the request is generated block by block, so memory
+    stays that of one chunk (CaloGAN's per-layer activations would need 0.7–7 GB at 10⁴–10⁵ in one
+    go).  Reported: CPU time of this process per shower (what one idle core would take: on a shared
+    machine the wall time also counts the waiting) and wall time, with the load."""
+    import resource
+
+    from caloforge.generate import generate
+
+    torch.set_num_threads(args.threads)
+    names = args.speed_models or list(SPEED_MODELS)
+    out = {"chunk": args.chunk, "threads": args.threads, "engine": "pytorch", "models": {}}
+    for name in names:
+        spec = SPEED_MODELS[name][0] if name in SPEED_MODELS else name
+        gen = _speed_generator(spec)
+        rows = {}
+        for batch in args.batches:
+            energies = np.full(batch, 5e4)
+            cond = {"impact_eta": np.full(batch, 0.22)} if "impact_eta" in gen.condition_names else {}
+            generate(gen, energies[:10], conditions={k: v[:10] for k, v in cond.items()}, engine="pytorch",
+                     batch_size=args.chunk)  # warm-up
+            reps = max(1, min(50, 2000 // batch))
+            t, c = time.perf_counter(), time.process_time()
+            for _ in range(reps):
+                generate(gen, energies, conditions=cond, batch_size=args.chunk, seed=0, engine="pytorch")
+            cpu = (time.process_time() - c) / (reps * batch)
+            wall = (time.perf_counter() - t) / (reps * batch)
+            rows[batch] = {"cpu_ms": cpu * 1e3, "wall_ms": wall * 1e3, "reps": reps, "load_1min": os.getloadavg()[0],
+                           "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            print(f"{name} batch {batch:>6}: {cpu * 1e3:.4f} CPU ms/shower, {wall * 1e3:.4f} wall ms/shower "
+                  f"(load {rows[batch]['load_1min']:.1f}, max RSS {rows[batch]['max_rss_mb']:.0f} MB)", flush=True)
+        out["models"][name] = rows
+        _save(args, out)
+        del gen
     return out
 
 
@@ -194,13 +286,21 @@ def _f(v, d: int = 3) -> str:
 def tables(args) -> dict:
     """Markdown tables of the JSON results in ``--output`` (for docs/benchmarks.md)."""
     out = Path(args.output)
-    cal = json.loads((out / "calogan-calogan-cpu.json").read_text()) if (out / "calogan-calogan-cpu.json").exists() else {}
-    at = json.loads((out / "atlas-atlas-gan-cpu.json").read_text()) if (out / "atlas-atlas-gan-cpu.json").exists() else {}
-    head = "| model | E_tot χ²/ndf | AUC low | AUC high | FPD ×10³ | KPD ×10³ |"
-    rows = [head, "|---|---|---|---|---|---|"]
+    cal = {}  # calogan-*.json: one file, or the particles / models split over processes (--tag)
+    for f in sorted(out.glob("calogan-*.json")):
+        cal.update(json.loads(f.read_text()))
+    at = {}  # atlas-*.json: one file, or several runs split by seeds (--tag) merged here
+    for f in sorted(out.glob("atlas-*.json")):
+        at.update({k: v for k, v in json.loads(f.read_text()).items() if not k.startswith("atlas_gan/") or "/seed" in k
+                   and not k.endswith("_stats")})
+    at.update(seed_stats(at))
+    head = "| model | iterations | CPU s | wall s | E_tot χ²/ndf | AUC low | AUC high | FPD ×10³ | KPD ×10³ |"
+    rows = [head, "|---|---|---|---|---|---|---|---|---|"]
     for k, r in list(cal.items()) + list(at.items()):
-        if isinstance(r, dict) and "etot_chi2_ndf" in r:
-            rows.append(f"| {k} | {_f(r['etot_chi2_ndf'])} | {_f(r['auc_low'])} | {_f(r['auc_high'])} | "
+        if isinstance(r, dict) and "etot_chi2_ndf" in r and not k.endswith("_stats"):
+            run = r.get("run") or {}
+            rows.append(f"| {k} | {run.get('iterations', '–')} | {_f(run.get('cpu_s'))} | {_f(run.get('wall_s'))} | "
+                        f"{_f(r['etot_chi2_ndf'])} | {_f(r['auc_low'])} | {_f(r['auc_high'])} | "
                         f"{_f(r['fpd_x1e3'])} | {_f(r['kpd_x1e3'])} |")
     print("\n".join(rows))
     keys = ["etot_gev", "frac_layer_0", "frac_layer_1", "frac_layer_2", "shower_depth", "shower_depth_width",
@@ -224,6 +324,16 @@ def tables(args) -> dict:
     for k in ("atlas_gan/seed_stats", "atlas_gan/interpolation_stats"):
         if k in at:
             print(f"\n{k}: {json.dumps(at[k])}")
+    for f in sorted(out.glob("speed-*.json")):  # ms per shower vs request size, CPU (and wall)
+        sp = json.loads(f.read_text())
+        batches = sorted({int(b) for rows in sp["models"].values() for b in rows})
+        print(f"\n{f.name} (chunk {sp['chunk']}, {sp['threads']} thread): CPU ms/shower [wall ms/shower]")
+        print("| model | " + " | ".join(str(b) for b in batches) + " |")
+        print("|---|" + "---|" * len(batches))
+        for name, rows in sp["models"].items():
+            print(f"| {name} | " + " | ".join(
+                f"{_f(rows[str(b)]['cpu_ms'])} [{_f(rows[str(b)]['wall_ms'], 2)}]" if str(b) in rows else "–"
+                for b in batches) + " |")
     return {}
 
 
@@ -231,14 +341,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=["calogan", "atlas", "speed", "tables"])
     ap.add_argument("--config", default=None)
-    ap.add_argument("--minutes", type=float, default=3.0)
+    ap.add_argument("--minutes", type=float, default=10.0, help="training budget per model (of --budget-clock)")
+    ap.add_argument("--budget-clock", default="cpu", choices=["cpu", "wall"],
+                    help="cpu: CPU-minutes of this process (fair on a shared machine); wall: wall minutes")
     ap.add_argument("--scale", type=float, default=0.03)
     ap.add_argument("--holdout-scale", type=float, default=0.01)
     ap.add_argument("--particles", nargs="+", default=list(CALOGAN_PARTICLES))
     ap.add_argument("--baseline-particles", nargs="*", default=["positron"])
+    ap.add_argument("--models", nargs="+", default=["calogan", "caloshowergan"], choices=["calogan", "caloshowergan"],
+                    help="calogan: which models to train (split over processes with --tag)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--no-baseline", dest="baseline", action="store_false",
+                    help="atlas: skip CaloShowerGAN (e.g. when the seeds are split over processes)")
+    ap.add_argument("--tag", default="", help="suffix of the JSON file (runs split over processes; "
+                    "'tables' merges atlas-*.json)")
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 10, 100, 1000, 10000, 100000])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--chunk", type=int, default=1000,
+                    help="speed: showers per generate() block inside a request (bounds memory)")
+    ap.add_argument("--speed-models", nargs="*", default=None,
+                    help=f"speed: models to time (default all: {', '.join(SPEED_MODELS)})")
     ap.add_argument("--output", default="runs/paper-gans")
     ap.add_argument("--device", default="cpu", help="training / generation device (cuda for the full budget)")
     args = ap.parse_args()
@@ -248,12 +370,14 @@ def main() -> None:
         tables(args)
         return
     if args.config is None:
-        args.config = {"calogan": "calogan-cpu", "atlas": "atlas-gan-cpu", "speed": "calogan-cpu"}[args.what]
+        args.config = {"calogan": "calogan-cpu", "atlas": "atlas-gan-cpu", "speed": "generation"}[args.what]
+    global BUDGET_CLOCK
+    BUDGET_CLOCK = args.budget_clock
     res = {"calogan": bench_calogan, "atlas": bench_atlas, "speed": bench_speed}[args.what](args)
-    path = Path(args.output) / f"{args.what}-{Path(args.config).stem}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=1, default=lambda o: None if o is None else float(o)))
-    print(f"wrote {path}")
+    res["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "minutes": args.minutes,
+                   "budget_clock": args.budget_clock, "scale": args.scale, "holdout_scale": args.holdout_scale,
+                   "load_1min_end": os.getloadavg()[0], "cpus": os.cpu_count()}
+    print(f"wrote {_save(args, res)}")
 
 
 if __name__ == "__main__":

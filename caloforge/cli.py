@@ -162,7 +162,7 @@ def simulate_cmd(
     n: Optional[int] = typer.Option(None, "--n", "-n", help="Number of showers (per energy for --energies)."),
     preset: Optional[str] = typer.Option(None, "--preset",
                                          help="Dataset preset: ds1-photons, ds1-pions, ds2, ds3, calogan, clic, ild, "
-                                              "atlas-4layer."),
+                                              "atlas-4layer, atlas-gan, atlas-gan-25gev, … (README)."),
     scale: float = typer.Option(1.0, "--scale", help="With --preset: multiply the preset's counts."),
     energy_scale: Optional[str] = typer.Option(None, "--energy-scale", help="visible (energy in the active "
                                                "medium) or calibrated (divided by the sampling fraction); default: "
@@ -204,6 +204,7 @@ def simulate_cmd(
         geo = geometry or p.geometry
         attrs = {"preset": preset}
         energy_scale = energy_scale or p.energy_scale
+        derived = p.derived  # conditions the data set stores besides the simulated ones (atlas-gan: impact_eta)
     else:
         if particle is None or geometry is None:
             raise ConfigError("--geometry and --particle are required (or use --preset)")
@@ -215,9 +216,9 @@ def simulate_cmd(
         if energy_range and spec.kind == "discrete":
             raise ConfigError(f"--energy-range needs LOW:HIGH, got {energy_range!r}")
         parts = [make_part(particle, spec, n, theta=angle(theta), phi=azimuth(phi))]
-        geo, attrs = geometry, {}
+        geo, attrs, derived = geometry, {}, {}
     count = write_plan(output, geo, parts, seed=seed, workers=workers or None, progress=not quiet, attrs=attrs,
-                       energy_scale=energy_scale)
+                       energy_scale=energy_scale, derived=derived)
     console.print(f"wrote {count} showers to {output}")
 
 

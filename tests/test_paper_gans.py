@@ -329,3 +329,37 @@ def test_cli_simulate_paper_writes_eta_and_the_calogan_layout(tmp_path):
     assert r.exit_code == 0 and detect_format(tmp_path / "p.hdf5") == "calogan"
     bad = CliRunner().invoke(app, ["simulate-paper", "atlas-gan", "--layout", "calogan", "-o", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "calogan data set only" in bad.output
+
+
+def test_cli_simulate_preset_stores_impact_eta_like_simulate_paper(tmp_path):
+    """``simulate --preset atlas-gan`` and ``simulate-paper atlas-gan`` write the same showers and the
+    same ``impact_eta`` condition (derived from the impact x), and the ATLAS GAN trains on either file."""
+    from typer.testing import CliRunner
+
+    from caloforge.cli import app
+    from caloforge.simulate.presets import impact_eta_from_x
+
+    files = {}
+    for cmd in (["simulate", "--preset"], ["simulate-paper"]):
+        files[cmd[0]] = path = tmp_path / f"{cmd[0]}.h5"
+        r = CliRunner().invoke(app, [*cmd, "atlas-gan", "-o", str(path), "--scale", "0.002", "-j", "1",
+                                     "--seed", "3"] + (["-q"] if cmd[0] == "simulate" else []))
+        assert r.exit_code == 0, r.output
+    a, b = read_showers(files["simulate"]), read_showers(files["simulate-paper"])
+    assert np.array_equal(a.incident_energy, b.incident_energy) and np.array_equal(a.showers, b.showers)
+    eta = a.conditions["impact_eta"]
+    assert np.allclose(eta, b.conditions["impact_eta"])
+    assert np.allclose(eta, impact_eta_from_x(a.conditions["impact_x"]))
+    assert 0.2 <= eta.min() and eta.max() <= 0.25 and eta.std() > 0.01  # uniform in 0.20–0.25, not a constant
+    # the 25 GeV interpolation sample too; other presets store no impact_eta
+    r = CliRunner().invoke(app, ["simulate", "--preset", "atlas-gan-25gev", "-o", str(tmp_path / "i.h5"),
+                                 "--scale", "0.002", "-j", "1", "-q"])
+    assert r.exit_code == 0 and "impact_eta" in read_showers(tmp_path / "i.h5").conditions
+    r = CliRunner().invoke(app, ["simulate", "--preset", "atlas-4layer", "-o", str(tmp_path / "plain.h5"),
+                                 "--scale", "0.0002", "-j", "1", "-q"])
+    assert r.exit_code == 0 and "impact_eta" not in read_showers(tmp_path / "plain.h5").conditions
+    # the η-conditioned model trains from the file of `simulate --preset`
+    res = train(_cfg("atlas_gan", {"conditions": {"incident_energy": "log", "impact_eta": "linear"}, **TINY_ATLAS},
+                     max_iterations=2, checkpoint_every=2, log_every=1, batch_size=8),
+                files["simulate"], tmp_path / "run", progress=False, threads=1)
+    assert res.stopped == "completed" and res.last_checkpoint is not None

@@ -21,7 +21,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -450,23 +450,37 @@ def _progress(enabled: bool, description: str, total: int) -> Iterator[Callable[
         yield advance
 
 
-def _condition_names(parts: Sequence[Part]) -> tuple[str, ...]:
-    """Conditions to keep: all four when any part sets a direction or impact, else none."""
+# Conditions a dataset derives from the simulated ones, by name: f(block conditions) → per-shower values
+# (e.g. the ATLAS GAN's impact η from the impact x, :data:`caloforge.simulate.presets.PRESETS`)
+Derived = Mapping[str, Callable[[Mapping[str, np.ndarray]], np.ndarray]]
+
+
+def _condition_names(parts: Sequence[Part], derived: Derived | None = None) -> tuple[str, ...]:
+    """Conditions to keep: all four when any part sets a direction or impact, else none; then the derived."""
     simulated = CONDITION_NAMES[:4]  # incident_theta, incident_phi, impact_x, impact_y (not impact_eta)
-    return simulated if any(p.has_conditions for p in parts) else ()
+    return (simulated if any(p.has_conditions for p in parts) else ()) + tuple(derived or ())
+
+
+def _derive(block: ShowerData, derived: Derived | None) -> ShowerData:
+    """``block`` with the derived conditions added (computed from its simulated ones)."""
+    for name, fn in (derived or {}).items():
+        block.conditions[name] = np.asarray(fn(block.conditions), dtype=np.float64)
+    return block
 
 
 def simulate_plan(geometry: Geometry | str, parts: Sequence[Part], seed: int = 0, workers: int | None = 1,
-                  progress: bool = False, energy_scale: str | None = None) -> ShowerData:
-    """Simulate all parts into memory (conditions kept when any part sets them)."""
+                  progress: bool = False, energy_scale: str | None = None, derived: Derived | None = None) -> ShowerData:
+    """Simulate all parts into memory (conditions kept when any part sets them; ``derived``:
+    conditions computed from the simulated ones, see :data:`Derived`)."""
     geo = load_geometry(geometry)
-    names = _condition_names(parts)
+    names = _condition_names(parts, derived)
     total = sum(p.n for p in parts)
     # filled block by block: no list of blocks plus a concatenated copy (half the peak memory)
     out = ShowerData(np.empty(total), np.empty((total, geo.n_voxels), np.float32),
                      {k: np.empty(total) for k in names})
     lo = 0
     for block in iter_plan(geo, parts, seed, workers, progress, energy_scale=energy_scale):
+        block = _derive(block, derived)
         hi = lo + len(block)
         out.incident_energy[lo:hi] = block.incident_energy
         out.showers[lo:hi] = block.showers
@@ -519,15 +533,17 @@ def simulate(
 
 def write_plan(path: str | Path, geometry: Geometry | str, parts: Sequence[Part], seed: int = 0,
                workers: int | None = None, progress: bool = False, chunk: int = 4096,
-               attrs: dict | None = None, energy_scale: str | None = None) -> int:
+               attrs: dict | None = None, energy_scale: str | None = None, derived: Derived | None = None) -> int:
     """Stream a plan into a CaloChallenge HDF5 file (atomic). Returns the count.
+
+    ``derived``: conditions computed from the simulated ones and stored too (:data:`Derived`).
 
     Showers are appended every ``chunk`` showers or :data:`FLUSH_SECONDS`, whichever
     comes first; on Ctrl-C the finished ones are appended too and the file is left as
     ``<stem>.partial.h5`` holding whole showers.  The file's ``energy_scale`` attribute
     records the energy convention."""
     geo = load_geometry(geometry)
-    names = _condition_names(parts)
+    names = _condition_names(parts, derived)
     scale = resolve_energy_scale(geo, energy_scale)
     meta = {"generator": "caloforge.simulate", "geometry": geo.name, "seed": int(seed),
             "particles": ",".join(sorted({p.particle for p in parts})), "energy_scale": scale}
@@ -549,7 +565,7 @@ def write_plan(path: str | Path, geometry: Geometry | str, parts: Sequence[Part]
         try:
             for block in iter_plan(geo, parts, seed, workers, progress,
                                    description=f"simulating → {Path(path).name}", energy_scale=scale):
-                buf.append(block)
+                buf.append(_derive(block, derived))
                 buffered += len(block)
                 # by size, and by time so that slow geometries keep their finished showers too
                 if buffered >= chunk or time.monotonic() - last_flush > FLUSH_SECONDS:

@@ -6,7 +6,8 @@
   CaloChallenge layout (:func:`write_calogan_sets`).
 * ATLAS GAN (2019): photons at {1, …, 262} GeV (preset ``atlas-gan``) and at the
   never-trained 25 GeV (``atlas-gan-25gev``), impact η uniform in 0.20–0.25, stored
-  as the ``impact_eta`` condition (:func:`simulate_atlas_gan`).  The simulator has no
+  as the ``impact_eta`` condition (:func:`simulate_atlas_gan`; the presets derive it, so
+  ``caloforge simulate --preset atlas-gan`` stores it too).  The simulator has no
   electronic noise, so no cell is negative; the model still sets negatives to 0.
 
 >>> round(float(impact_eta_from_x(np.array([0.0]))[0]), 3)
@@ -22,18 +23,12 @@ import numpy as np
 from caloforge.io import ShowerData, write_calogan, write_showers
 
 from .api import normalize_particle
-from .presets import ATLAS_GAN_ETA_RANGE, ATLAS_GAN_MM_PER_ETA, simulate_preset
+from .presets import impact_eta_from_x, simulate_preset
 
 __all__ = ["impact_eta_from_x", "with_impact_eta", "simulate_atlas_gan", "simulate_calogan", "write_calogan_sets",
            "CALOGAN_PARTICLES"]
 
 CALOGAN_PARTICLES = {"positron": "eplus", "photon": "gamma", "pion": "piplus"}
-ETA_CENTRE = 0.5 * sum(ATLAS_GAN_ETA_RANGE)
-
-
-def impact_eta_from_x(impact_x: np.ndarray) -> np.ndarray:
-    """Impact x [mm] in ``atlas-4layer`` → impact η (the preset's centre 0.225, 1500 mm per unit η)."""
-    return ETA_CENTRE + np.asarray(impact_x, dtype=np.float64) / ATLAS_GAN_MM_PER_ETA
 
 
 def with_impact_eta(data: ShowerData) -> ShowerData:
@@ -45,8 +40,9 @@ def with_impact_eta(data: ShowerData) -> ShowerData:
 
 def simulate_atlas_gan(preset: str = "atlas-gan", seed: int = 0, scale: float = 1.0,
                        workers: int | None = None) -> ShowerData:
-    """The ATLAS GAN photons (``atlas-gan`` or ``atlas-gan-25gev``) with ``impact_eta``, negatives set to 0."""
-    data = with_impact_eta(simulate_preset(preset, seed=seed, scale=scale, workers=workers, particle="photon"))
+    """The ATLAS GAN photons (``atlas-gan`` or ``atlas-gan-25gev``) with ``impact_eta`` (derived by the
+    preset), negatives set to 0."""
+    data = simulate_preset(preset, seed=seed, scale=scale, workers=workers, particle="photon")
     data.showers = np.clip(data.showers, 0.0, None)
     return data
 

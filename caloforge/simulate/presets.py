@@ -34,7 +34,8 @@ from caloforge.io import ShowerData
 
 from .api import EnergySpec, Part, normalize_particle, simulate_plan, write_plan
 
-__all__ = ["Preset", "PRESETS", "DS1_ENERGIES", "get_preset", "preset_parts", "simulate_preset", "simulate_preset_to_file"]
+__all__ = ["Preset", "PRESETS", "DS1_ENERGIES", "get_preset", "preset_parts", "simulate_preset", "simulate_preset_to_file",
+           "impact_eta_from_x"]
 
 DS1_ENERGIES = 2.0 ** np.arange(8, 23)  # 256 MeV … 4.19 TeV
 DS1_PHOTON_COUNTS = [10_000] * 11 + [5_000, 3_000, 2_000, 1_000]  # 121k
@@ -60,6 +61,8 @@ class Preset:
     build: Callable[[str, float], list[Part]] = field(repr=False)
     energy_scale: str = "calibrated"  # "visible" | "calibrated" (caloforge.simulate.api.ENERGY_SCALES)
     convention: str = ""  # the dataset's energy convention, in words
+    # conditions the dataset stores besides the simulated ones (name → f(conditions)), e.g. impact_eta
+    derived: dict = field(default_factory=dict, repr=False)
 
     @property
     def default_particle(self) -> str:
@@ -140,18 +143,21 @@ def simulate_preset(name: str, seed: int = 0, scale: float = 1.0, workers: int |
                     particle: str | None = None, geometry=None, progress: bool = False,
                     energy_scale: str | None = None) -> ShowerData:
     """Simulate a preset into memory (``particle`` defaults to the preset's photon / pion set;
-    ``geometry`` defaults to the preset's own; ``energy_scale`` to the preset's convention)."""
+    ``geometry`` defaults to the preset's own; ``energy_scale`` to the preset's convention);
+    the preset's derived conditions (``atlas-gan``: ``impact_eta``) are included."""
+    p = get_preset(name)
     return simulate_plan(*_plan(name, particle, scale, geometry), seed=seed, workers=workers, progress=progress,
-                         energy_scale=energy_scale or get_preset(name).energy_scale)
+                         energy_scale=energy_scale or p.energy_scale, derived=p.derived)
 
 
 def simulate_preset_to_file(path: str | Path, name: str, seed: int = 0, scale: float = 1.0,
                             workers: int | None = None, particle: str | None = None, geometry=None,
                             progress: bool = False, chunk: int = 4096, energy_scale: str | None = None) -> int:
-    """Stream a preset into a CaloChallenge file; returns the number of showers."""
+    """Stream a preset into a CaloChallenge file (with its derived conditions); returns the number of showers."""
+    p = get_preset(name)
     return write_plan(path, *_plan(name, particle, scale, geometry), seed=seed, workers=workers,
                       progress=progress, chunk=chunk, attrs={"preset": name},
-                      energy_scale=energy_scale or get_preset(name).energy_scale)
+                      energy_scale=energy_scale or p.energy_scale, derived=p.derived)
 
 
 
@@ -204,6 +210,18 @@ ATLAS_GAN_MM_PER_ETA = 1500.0
 _ATLAS_GAN_X = tuple((eta - sum(ATLAS_GAN_ETA_RANGE) / 2) * ATLAS_GAN_MM_PER_ETA for eta in ATLAS_GAN_ETA_RANGE)
 
 
+def impact_eta_from_x(impact_x: np.ndarray) -> np.ndarray:
+    """Impact x [mm] in ``atlas-4layer`` → impact η (the preset's centre 0.225, 1500 mm per unit η).
+
+    >>> impact_eta_from_x(np.array([-37.5, 0.0, 37.5])).round(3).tolist()
+    [0.2, 0.225, 0.25]
+    """
+    return sum(ATLAS_GAN_ETA_RANGE) / 2 + np.asarray(impact_x, dtype=np.float64) / ATLAS_GAN_MM_PER_ETA
+
+
+_ATLAS_GAN_DERIVED = {"impact_eta": lambda cond: impact_eta_from_x(cond["impact_x"])}
+
+
 def _atlas_gan(part: str, energies_gev, count: int, scale: float) -> list[Part]:
     e = np.concatenate([np.full(_n(count, scale), v * GeV) for v in energies_gev])
     return [Part(part, e, len(e), impact=(_ATLAS_GAN_X, 0.0))]
@@ -231,9 +249,9 @@ PRESETS.update({
                convention="visible energy in the silicon (as the ild preset)"),
         Preset("atlas-gan", "atlas-4layer", ("photon",),
                "ATLAS GAN photons at 1, 2, 4, 8, 16, 32, 65, 131, 262 GeV, impact η 0.20–0.25, 9.8k each (88k)",
-               lambda part, s: _atlas_gan(part, ATLAS_GAN_ENERGIES_GEV, 9_800, s)),
+               lambda part, s: _atlas_gan(part, ATLAS_GAN_ENERGIES_GEV, 9_800, s), derived=_ATLAS_GAN_DERIVED),
         Preset("atlas-gan-25gev", "atlas-4layer", ("photon",),
                "ATLAS GAN photons at 25 GeV (never trained on: interpolation test), impact η 0.20–0.25, 10k",
-               lambda part, s: _atlas_gan(part, (25,), 10_000, s)),
+               lambda part, s: _atlas_gan(part, (25,), 10_000, s), derived=_ATLAS_GAN_DERIVED),
     ]
 })
