@@ -4,6 +4,9 @@
     nice -n 10 .venv/bin/python benchmarks/bench_granular.py timing
     # fidelity after a fixed training budget (reduced: ~4 min per model on a CPU)
     nice -n 10 .venv/bin/python benchmarks/bench_granular.py fidelity --minutes 4
+    # side by side with CaloShowerGAN adapted to the same grid, file and CPU budget (the tables in docs)
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_granular.py fidelity --minutes 10 \
+        --budget-clock cpu --baseline caloshowergan
     # the papers' budget (GPU): shipped paper-size configs, full presets
     .venv/bin/python benchmarks/bench_granular.py fidelity --gan-config gan3d-clic-angled --gan-preset clic-angled \\
         --gan-scale 1 --bibae-config bibae-ild-angled --bibae-scale 1 --minutes 600 --device cuda
@@ -14,7 +17,11 @@ simulates a training set and an independent reference set (for BIB-AE the 9 (E, 
 points), trains with :func:`caloforge.train.train`, generates showers for the reference's
 conditions and runs :func:`caloforge.evaluate.compare` (E_tot χ², FPD/KPD, classifier AUC and
 the granular observables); for 3DGAN it also regresses the primary energy and angle of
-reference and generated showers with the trained discriminator.  Results go to
+reference and generated showers with the trained discriminator.  ``--baseline caloshowergan``
+trains the published CaloShowerGAN photon networks (MLP generator and critic, WGAN-GP),
+adapted to the same grid and conditions (log E, cos θ), on the same training showers, for
+the same budget, and scores it on the same reference showers.  ``--budget-clock cpu``
+charges only the CPU seconds each training process got (fair on a shared machine).  Results go to
 ``--output``/*.json; a markdown summary is printed.
 """
 
@@ -101,18 +108,40 @@ def _regress(model, data, n: int = 2000):
             "theta_bias_deg": float(np.mean(dth)), "theta_resolution_deg": float(np.std(dth))}
 
 
-def fidelity_one(family: str, config: str, train_preset: str, train_scale: float, ref_preset: str,
-                 ref_scale: float, particle: str, args) -> dict:
+def caloshowergan_config(geometry: str, particle: str, batch_size: int) -> dict:
+    """The published CaloShowerGAN photon networks on another grid, conditioned on log E and cos θ."""
+    return {"description": f"CaloShowerGAN (DS1-photon networks) adapted to {geometry}",
+            "model": {"name": "caloshowergan", "geometry": geometry, "particle": particle,
+                      "conditions": {"incident_energy": "log", "incident_theta": "cos"}},
+            "training": {"batch_size": batch_size, "max_iterations": 10**9, "checkpoint_every": 100,
+                         "keep_checkpoints": 2, "validation_fraction": 0.1, "score_max_showers": 500,
+                         "log_every": 25, "seed": 0}}
+
+
+_SIMULATED: dict = {}
+
+
+def _simulate(preset: str, seed: int, scale: float, particle: str):
+    from caloforge.simulate.presets import simulate_preset
+
+    key = (preset, seed, scale, particle)
+    if key not in _SIMULATED:  # the baseline trains and is scored on the very same showers
+        _SIMULATED[key] = simulate_preset(preset, seed=seed, scale=scale, particle=particle, workers=1)
+    return _SIMULATED[key]
+
+
+def fidelity_one(family: str, config, train_preset: str, train_scale: float, ref_preset: str,
+                 ref_scale: float, particle: str, args, label: str | None = None) -> dict:
     from caloforge.evaluate import compare
     from caloforge.evaluate.report import write_report
     from caloforge.generate import generate, load_model
-    from caloforge.simulate.presets import simulate_preset
     from caloforge.train import train
 
-    out_dir = Path(args.output) / family
+    label = label or family
+    out_dir = Path(args.output) / label
     t0 = time.perf_counter()
-    train_data = simulate_preset(train_preset, seed=args.seed, scale=train_scale, particle=particle, workers=1)
-    ref = simulate_preset(ref_preset, seed=args.seed + 1000, scale=ref_scale, particle=particle, workers=1)
+    train_data = _simulate(train_preset, args.seed, train_scale, particle)
+    ref = _simulate(ref_preset, args.seed + 1000, ref_scale, particle)
     t_sim = time.perf_counter() - t0
     cfg = load_config(config).to_dict()
     cfg["training"]["tensorboard"] = False
@@ -121,10 +150,13 @@ def fidelity_one(family: str, config: str, train_preset: str, train_scale: float
         cfg["model"]["stages"] = list(args.bibae_stages)
         max_iterations = min(max_iterations, sum(args.bibae_stages))
     t0 = time.perf_counter()
+    c0 = time.process_time()
     res = train(cfg, train_data, out_dir / "run", max_time=f"{args.minutes}m", progress=False, threads=args.threads,
-                device=args.device, max_iterations=max_iterations)
-    t_train = time.perf_counter() - t0
-    gen = load_model(res.best_checkpoint or res.last_checkpoint, device=args.device)
+                device=args.device, max_iterations=max_iterations, budget_clock=args.budget_clock)
+    t_train, cpu_train = time.perf_counter() - t0, time.process_time() - c0
+    # BIB-AE's last checkpoint is the complete model (latent KDE + post-processor); the others' best by E_tot χ²
+    chosen = res.last_checkpoint if family == "bibae" else (res.best_checkpoint or res.last_checkpoint)
+    gen = load_model(chosen, device=args.device)
     t0 = time.perf_counter()
     fake = generate(gen, ref.incident_energy, conditions={k: v for k, v in ref.conditions.items()},
                     batch_size=256, seed=args.seed)
@@ -133,7 +165,8 @@ def fidelity_one(family: str, config: str, train_preset: str, train_scale: float
                      classifier_settings={"epochs": args.classifier_epochs, "n_hidden": 128})
     write_report(result, out_dir / "report", plots=not args.no_plots)
     m = result.metrics
-    row = {"family": family, "config": config, "train_preset": train_preset, "n_train": len(train_data),
+    row = {"family": family, "label": label, "config": config if isinstance(config, str) else config["description"],
+           "budget": f"{args.minutes} {args.budget_clock}-minutes, {args.threads} thread(s)", "train_preset": train_preset, "n_train": len(train_data),
            "reference_preset": ref_preset, "n_reference": len(ref), "iterations": res.iterations,
            "best_iteration": res.best_iteration, "stopped": res.stopped, "headline": m["headline"],
            "granular": {k: {kk: v.get(kk) for kk in ("chi2_ndf", "separation_power", "mean_reference",
@@ -144,7 +177,7 @@ def fidelity_one(family: str, config: str, train_preset: str, train_scale: float
            "points": [{"label": p["label"], "visible_mip": p["visible_mip"], "n_hits": p["n_hits"],
                        "seg": [p[f"seg{i}"] for i in (1, 2, 3)], "angular_response": p["angular_response"]}
                       for p in m["granular"]["points"]],
-           "timings_s": {"simulate": t_sim, "train": t_train, "generate": t_gen}}
+           "timings_s": {"simulate": t_sim, "train": t_train, "train_cpu": cpu_train, "generate": t_gen}}
     if family == "gan3d":
         row["regression"] = {"reference": _regress(gen.model, ref), "generated": _regress(gen.model, fake)}
     (out_dir / "summary.json").write_text(json.dumps(row, indent=1, default=float))
@@ -153,15 +186,64 @@ def fidelity_one(family: str, config: str, train_preset: str, train_scale: float
 
 def fidelity(args) -> dict:
     rows = {}
+    runs = []
     if "gan3d" in args.families:
-        rows["gan3d"] = fidelity_one("gan3d", args.gan_config, args.gan_preset, args.gan_scale, args.gan_preset,
-                                     args.gan_ref_scale, "electron", args)
-        print(json.dumps(rows["gan3d"], indent=1, default=float)[:4000], flush=True)
+        geo = load_config(args.gan_config).model.geometry
+        runs.append(("gan3d", args.gan_config, args.gan_preset, args.gan_scale, args.gan_preset, args.gan_ref_scale,
+                     "electron", geo))
     if "bibae" in args.families:
-        rows["bibae"] = fidelity_one("bibae", args.bibae_config, "ild-angled", args.bibae_scale, "ild-angled-test",
-                                     args.bibae_ref_scale, "photon", args)
-        print(json.dumps(rows["bibae"], indent=1, default=float)[:4000], flush=True)
+        geo = load_config(args.bibae_config).model.geometry
+        runs.append(("bibae", args.bibae_config, "ild-angled", args.bibae_scale, "ild-angled-test",
+                     args.bibae_ref_scale, "photon", geo))
+    for family, config, train_preset, train_scale, ref_preset, ref_scale, particle, geo in runs:
+        rows[family] = fidelity_one(family, config, train_preset, train_scale, ref_preset, ref_scale, particle, args)
+        print(json.dumps(rows[family], indent=1, default=float)[:3000], flush=True)
+        if args.baseline == "caloshowergan":
+            label = f"caloshowergan-{geo}"
+            rows[label] = fidelity_one("caloshowergan", caloshowergan_config(geo, particle, args.baseline_batch),
+                                       train_preset, train_scale, ref_preset, ref_scale, particle, args, label)
+            print(json.dumps(rows[label], indent=1, default=float)[:3000], flush=True)
+        _SIMULATED.clear()
+    print(markdown_table(rows), flush=True)
     return rows
+
+
+_HEADLINE = (("E_tot χ²/ndf", "chi2_ndf_etot"), ("AUC low-level", "auc_low"), ("AUC high-level", "auc_high"),
+             ("FPD ×10³", "fpd"), ("KPD ×10³", "kpd"))
+
+
+def markdown_table(rows: dict) -> str:
+    """The headline metrics and the granular observables' χ²/ndf, one column per model."""
+    names = list(rows)
+    lines = ["| | " + " | ".join(f"{rows[n]['label']} ({rows[n]['iterations']} it.)" for n in names) + " |",
+             "|---" * (len(names) + 1) + "|"]
+
+    def fmt(v, scale=1.0):
+        return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v * scale:.3g}"
+
+    for title, key in _HEADLINE:
+        scale = 1e3 if key in ("fpd", "kpd") else 1.0
+        lines.append(f"| {title} | " + " | ".join(fmt(_headline(rows[n], key), scale) for n in names) + " |")
+    feats = sorted({k for n in names for k in rows[n]["granular"]})
+    for k in feats:
+        lines.append(f"| {k} χ²/ndf | " + " | ".join(fmt(rows[n]["granular"].get(k, {}).get("chi2_ndf"))
+                                                      for n in names) + " |")
+    lines.append("| hit spectrum separation | " + " | ".join(fmt(rows[n]["hit_spectrum_separation"]) for n in names)
+                 + " |")
+    return "\n".join(lines)
+
+
+def _headline(row: dict, key: str):
+    h = row["headline"]
+    aliases = {"chi2_ndf_etot": ("chi2_ndf_etot", "etot_chi2_ndf", "chi2_etot"),
+               "auc_low": ("auc_low", "classifier_auc_low", "auc_low_level"),
+               "auc_high": ("auc_high", "classifier_auc_high", "auc_high_level"),
+               "fpd": ("fpd", "FPD"), "kpd": ("kpd", "KPD")}
+    for a in aliases[key]:
+        if a in h:
+            v = h[a]
+            return v[0] if isinstance(v, (list, tuple)) else v
+    return None
 
 
 def main() -> None:
@@ -186,6 +268,11 @@ def main() -> None:
     f.add_argument("--bibae-ref-scale", type=float, default=0.05)
     f.add_argument("--bibae-stages", type=int, nargs=2, default=None,
                    help="override model.stages (main, post-processor iterations) for a reduced budget")
+    f.add_argument("--budget-clock", choices=("wall", "cpu"), default="wall",
+                   help="what --minutes counts: wall minutes, or CPU minutes of the training process")
+    f.add_argument("--baseline", choices=("none", "caloshowergan"), default="none",
+                   help="also train this family on the same grid, showers and budget")
+    f.add_argument("--baseline-batch", type=int, default=128)
     f.add_argument("--classifier-epochs", type=int, default=10)
     f.add_argument("--no-plots", action="store_true")
     f.add_argument("--threads", type=int, default=1)

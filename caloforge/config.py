@@ -56,6 +56,9 @@ class TrainingConfig:
     ``budget_clock: cpu`` makes ``max_time`` count the CPU seconds of the training
     process (all its threads) instead of wall seconds: the fair budget for runs
     compared side by side on a shared machine.
+    ``stream`` (``auto``/``true``/``false``) trains from a shower file through a shuffle pool
+    of ``stream_pool_mb`` MiB (:mod:`caloforge.streaming`) instead of reading it into memory;
+    ``auto`` streams when the training showers would take more than 4 × ``stream_pool_mb``.
     """
 
     batch_size: int = 1024
@@ -67,6 +70,10 @@ class TrainingConfig:
     validation_fraction: float = 0.2
     score_max_showers: int = 50_000
     select_by: str = "chi2_etot"
+    # stream the training showers from the file through a shuffle pool (caloforge.streaming):
+    # auto (when they would take more than 4 × stream_pool_mb as float32), true or false
+    stream: Any = "auto"
+    stream_pool_mb: float = 512.0
     log_every: int = 50
     tensorboard: bool = True
     seed: int = 0
@@ -89,6 +96,7 @@ _UNIT_S = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0,
 
 
 BUDGET_CLOCKS = ("wall", "cpu")
+STREAM_MODES = ("auto", "true", "false")
 
 
 def parse_duration(value: str | float | int, key: str = "max-time") -> float:
@@ -212,6 +220,11 @@ def _check_training(t: TrainingConfig, source: str) -> None:
             "a score name such as chi2_etot or val_nll", t.select_by)
     if t.max_time is not None:
         parse_duration(t.max_time, key=f"{source}: training.max_time")
+    stream = ("true" if t.stream else "false") if isinstance(t.stream, bool) else t.stream  # YAML reads true as bool
+    if stream not in STREAM_MODES:
+        raise ConfigError(f"{source}: training.stream must be auto, true or false, got {t.stream!r}")
+    t.stream = stream
+    require(t.stream_pool_mb > 0, "training.stream_pool_mb", "a positive number of MiB", t.stream_pool_mb)
     if t.budget_clock not in BUDGET_CLOCKS:
         raise ConfigError(f"{source}: training.budget_clock must be one of {', '.join(BUDGET_CLOCKS)}, "
                           f"got {t.budget_clock!r}")

@@ -52,6 +52,7 @@ __all__ = [
     "detect_format",
     "read_showers",
     "iter_showers",
+    "ShowerFile",
     "write_showers",
     "write_calogan",
     "summarize",
@@ -333,6 +334,103 @@ def read_showers(
             for k in conds:
                 conds[k][lo - start : hi - start] = part.conditions[k]
     return ShowerData(energy, showers, conds)
+
+
+class ShowerFile:
+    """A shower file kept open for reading row ranges in any order (streamed training).
+
+    ``incident_energy`` and the conditions are small (8 bytes a shower) and read whole by
+    :meth:`columns`; showers are read by :meth:`read` (rows ``start:stop``) or :meth:`take`
+    (any rows, grouped by ``block_rows`` so that one HDF5 chunk is decompressed once per call).
+    ``chunk_rows`` is the file's own HDF5 chunk height of the showers (``None``: contiguous).
+
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "rows.h5")
+    >>> write_showers(path, np.arange(1.0, 7.0), np.arange(12.0).reshape(6, 2))
+    >>> with ShowerFile(path) as f:
+    ...     len(f), f.take(np.array([4, 1])).showers.tolist()
+    (6, [[8.0, 9.0], [2.0, 3.0]])
+    """
+
+    def __init__(self, path: str | Path, geometry: Geometry | str | None = None) -> None:
+        self.path = Path(path)
+        geo = load_geometry(geometry) if geometry is not None else None
+        self._ctx = _open(self.path)
+        self._file = self._ctx.__enter__()
+        try:
+            self.layout = _layout(self.path, self._file, geo)
+        except BaseException:
+            self.close()
+            raise
+        ds = self._file["showers" if self.layout.format == "calochallenge" else CALOGAN_LAYERS[0]]
+        self.chunk_rows: int | None = int(ds.chunks[0]) if ds.chunks else None
+
+    def __len__(self) -> int:
+        return self.layout.n
+
+    @property
+    def n_voxels(self) -> int:
+        return self.layout.n_voxels
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        return self.layout.conditions
+
+    def columns(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(incident energies (N,) MeV, conditions name → (N,)) of the whole file, validated."""
+        f, n = self._file, self.layout.n
+        try:
+            if self.layout.format == "calochallenge":
+                energy = np.asarray(f["incident_energies"][:], dtype=np.float64).reshape(-1)
+                conds = {k: np.asarray(f[k][:], dtype=np.float64).reshape(-1) for k in self.layout.conditions}
+                name = "incident_energies"
+            else:
+                energy = np.asarray(f["energy"][:], dtype=np.float64).reshape(-1) * 1000.0
+                conds, name = {}, "energy"
+        except OSError as exc:
+            raise DataError(f"{self.path}: cannot read data, truncated or corrupted ({_h5_reason(exc)})") from None
+        _validate_rows(self.path, (name, "showers"), energy, np.zeros((n, 0), np.float32), conds, 0)
+        return energy, conds
+
+    def read(self, start: int, stop: int, validate: bool = True) -> ShowerData:
+        """Rows ``start:stop``."""
+        try:
+            return _read_rows(self.path, self._file, self.layout, int(start), int(stop), validate)
+        except OSError as exc:
+            raise DataError(f"{self.path}: cannot read data, truncated or corrupted ({_h5_reason(exc)})") from None
+
+    def take(self, rows: np.ndarray, block_rows: int | None = None, validate: bool = True) -> ShowerData:
+        """Rows ``rows`` (any order, repeats allowed), in that order."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.layout.n):
+            raise DataError(f"{self.path}: row index out of range 0..{self.layout.n - 1}")
+        step = int(block_rows or self.chunk_rows or 64)
+        order = np.argsort(rows, kind="stable")
+        parts = []
+        sorted_rows = rows[order]
+        blocks = sorted_rows // step
+        for b in np.unique(blocks):
+            want = sorted_rows[blocks == b]
+            part = self.read(want[0], want[-1] + 1, validate)
+            parts.append(part.select(want - want[0]))
+        if not parts:
+            return ShowerData(np.zeros(0), np.zeros((0, self.layout.n_voxels), np.float32),
+                              {k: np.zeros(0) for k in self.layout.conditions})
+        out = ShowerData.concatenate(parts)
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return out.select(back)
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            ctx, self._ctx = self._ctx, None
+            ctx.__exit__(None, None, None)
+
+    def __enter__(self) -> "ShowerFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def count_showers(path: str | Path) -> int:

@@ -18,6 +18,12 @@ and optimiser moments, so ``resume=True`` continues bit-identically on the CPU w
 the same thread count (other thread counts agree to float rounding, not bits:
 matrix products sum in another order).
 
+Training showers are held in memory, or — ``training.stream`` (``auto`` for files larger
+than 4 × ``training.stream_pool_mb``) — streamed from the file through a shuffle pool of
+HDF5 blocks (:mod:`caloforge.streaming`) whose position is checkpointed, so memory stays
+bounded by the pool whatever the file size and resume stays bit-identical; the model's
+preprocessing is then fitted on the pool's first content (a random subsample of blocks).
+
 Each checkpoint is scored by the χ² between the total-energy distributions of
 held-out showers and showers generated for the same conditions
 (:func:`caloforge.evaluate.metrics.total_energy_chi2`), plus any validation metric
@@ -50,13 +56,15 @@ from caloforge.config import BUDGET_CLOCKS, RunConfig, TrainingConfig, flatten, 
 from caloforge.errors import ConfigError, DataError
 from caloforge.io import ShowerData, atomic_path, check_showers, read_showers
 
-__all__ = ["TrainResult", "StopTraining", "train", "split_validation", "load_config", "parse_duration",
+__all__ = ["TrainResult", "StopTraining", "train", "split_validation", "split_indices", "load_config", "parse_duration",
            "TrainingConfig", "RunConfig", "latest_checkpoint"]
 
 latest_checkpoint = ckpt.latest_checkpoint
 # keys that may change between a run and its --resume (budgets and logging only)
 RESUMABLE_CHANGES = {"training.max_iterations", "training.max_time", "training.budget_clock", "training.log_every", "training.tensorboard",
                      "training.keep_checkpoints", "description"}
+# keys newer than some run directories: a run without them was trained in memory
+ADDED_KEYS = {"training.stream", "training.stream_pool_mb"}
 
 
 @dataclass
@@ -92,9 +100,86 @@ def split_validation(data: ShowerData, fraction: float, seed: int) -> tuple[Show
     >>> len(tr), len(va), sorted(np.r_[tr.incident_energy, va.incident_energy]) == list(np.arange(1.0, 11.0))
     (8, 2, True)
     """
-    perm = np.random.default_rng(seed).permutation(len(data))
-    n_val = min(max(1, int(round(fraction * len(data)))), len(data) - 1)
-    return data.select(np.sort(perm[n_val:])), data.select(np.sort(perm[:n_val]))
+    train_rows, val_rows = split_indices(len(data), fraction, seed)
+    return data.select(train_rows), data.select(val_rows)
+
+
+def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted (training, validation) row numbers of :func:`split_validation` for ``n`` rows.
+
+    >>> [r.tolist() for r in split_indices(5, 0.4, seed=1)]
+    [[1, 2, 3], [0, 4]]
+    """
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = min(max(1, int(round(fraction * n))), n - 1)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _score_subset(n_val: int, tc: TrainingConfig) -> np.ndarray | None:
+    """Positions of the validation rows kept for scoring (a fixed, seeded subset keeps it cheap)."""
+    if n_val <= tc.score_max_showers:
+        return None
+    return np.sort(np.random.default_rng(tc.seed).permutation(n_val)[: tc.score_max_showers])
+
+
+def _streams(tc: TrainingConfig, data, geo) -> bool:
+    """Whether to stream the training showers (``training.stream``; ``auto``: when a file's
+    showers would take more than 4 × ``stream_pool_mb`` in memory as float32)."""
+    if isinstance(data, ShowerData) or tc.stream == "false":
+        return False
+    if tc.stream == "true":
+        return True
+    from caloforge.io import count_showers
+
+    return count_showers(data) * geo.n_voxels * 4 > 4 * tc.stream_pool_mb * 2**20
+
+
+def _open_stream(path: Path, validation, tc: TrainingConfig, geo, source: str):
+    """(open file, sorted training rows, validation showers, training fingerprint) without reading
+    the training showers into memory: one pass over the file validates every row, sums the
+    training showers' energy for the fingerprint and collects the validation rows."""
+    from caloforge.io import ShowerFile
+
+    reader = ShowerFile(path, geo)
+    try:
+        n = len(reader)
+        if n < 2:
+            raise DataError(f"{source}: need at least 2 showers to train, got {n}")
+        energy, _ = reader.columns()
+        val_rows = None
+        if validation is None:
+            train_rows, val_rows = split_indices(n, tc.validation_fraction, tc.seed)
+            keep = _score_subset(len(val_rows), tc)
+            if keep is not None:
+                val_rows = val_rows[keep]
+        else:
+            train_rows = np.arange(n)
+        is_train = np.zeros(n, bool)
+        is_train[train_rows] = True
+        deposit, parts = 0.0, []
+        step = max(1, (64 << 20) // (4 * reader.n_voxels))
+        for lo in range(0, n, step):
+            part = reader.read(lo, min(lo + step, n), validate=True)
+            mask = is_train[lo:lo + len(part)]
+            deposit += float(np.asarray(part.showers[mask], np.float64).sum())
+            if val_rows is not None:
+                want = val_rows[(val_rows >= lo) & (val_rows < lo + len(part))]
+                if len(want):
+                    parts.append(part.select(want - lo))
+            del part
+        if val_rows is not None:
+            val_data = ShowerData.concatenate(parts)
+        else:
+            val_data = _showers(validation, geo, "validation data")
+            keep = _score_subset(len(val_data), tc)
+            if keep is not None:
+                val_data = val_data.select(keep)
+        fingerprint = {"n_showers": int(len(train_rows)), "n_voxels": reader.n_voxels,
+                       "sum_incident_energy": float(energy[train_rows].sum()), "sum_energy_deposit": deposit}
+        return reader, train_rows, val_data, fingerprint
+    except BaseException:
+        reader.close()
+        raise
 
 
 def _showers(data: ShowerData | str | Path, geo, what: str) -> ShowerData:
@@ -163,6 +248,8 @@ def _check_resumable(run_dir: Path, run_info: dict) -> None:
     old = json.loads((run_dir / "run.json").read_text())
     a, b = flatten(old.get("config", {})), flatten(run_info["config"])
     for key in sorted(set(a) | set(b)):
+        if key in ADDED_KEYS and key not in a:
+            continue  # a run started before the key existed: see _train (it resumes in memory)
         if key not in RESUMABLE_CHANGES and a.get(key) != b.get(key):
             raise ConfigError(f"{run_dir}: cannot resume, config key {key} was {a.get(key)!r}, now {b.get(key)!r}")
     for part in ("data", "validation"):
@@ -299,27 +386,51 @@ def train(
                 dist.shutdown()
 
 
+def _started_config(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("config", {})
+    except (OSError, ValueError):
+        return {}
+
+
 def _train(cfg, tc, data, validation, run_dir, resume, dev, geo, budget_s, total, progress, n_threads,
            on_checkpoint=None) -> TrainResult:
+    source = str(data) if not isinstance(data, ShowerData) else "training data"
+    if resume and not (run_dir / "run.json").exists():  # before minutes of reading data
+        _prepare_run_dir(run_dir, {}, resume)
+    reader = None
+    if resume and tc.stream != "false" and "stream" not in _started_config(run_dir).get("training", {"stream": 0}):
+        tc = dataclasses.replace(tc, stream="false")  # started before streaming existed: in memory, as then
+        cfg = dataclasses.replace(cfg, training=tc)
+    if _streams(tc, data, geo):  # only a pool of the training showers is ever in memory
+        reader, train_rows, val_data, train_print = _open_stream(Path(data), validation, tc, geo, source)
+    else:
+        data = _showers(data, geo, source)
+        if len(data) < 2:
+            raise DataError(f"{source}: need at least 2 showers to train, got {len(data)}")
+        if validation is None:
+            train_data, val_data = split_validation(data, tc.validation_fraction, tc.seed)
+        else:
+            train_data, val_data = data, _showers(validation, geo, "validation data")
+        keep = _score_subset(len(val_data), tc)
+        if keep is not None:
+            val_data = val_data.select(keep)
+        train_print = _fingerprint(train_data)
+    try:
+        return _train_loop(cfg, tc, train_data if reader is None else (reader, train_rows), val_data, train_print,
+                           source, run_dir, resume, dev, budget_s, total, progress, n_threads, on_checkpoint)
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _train_loop(cfg, tc, train_data, val_data, train_print, source, run_dir, resume, dev, budget_s, total, progress,
+                n_threads, on_checkpoint) -> TrainResult:
     from caloforge.models.base import BatchSource, fit  # imports every family: only when training
     from caloforge.runtime import Progress
 
     main = dist.is_main()
-    source = str(data) if not isinstance(data, ShowerData) else "training data"
-    if resume and not (run_dir / "run.json").exists():  # before minutes of reading data
-        _prepare_run_dir(run_dir, {}, resume)
-    data = _showers(data, geo, source)
-    if len(data) < 2:
-        raise DataError(f"{source}: need at least 2 showers to train, got {len(data)}")
-    if validation is None:
-        train_data, val_data = split_validation(data, tc.validation_fraction, tc.seed)
-    else:
-        train_data, val_data = data, _showers(validation, geo, "validation data")
-    if len(val_data) > tc.score_max_showers:  # a fixed, seeded subset keeps scoring cheap
-        keep = np.sort(np.random.default_rng(tc.seed).permutation(len(val_data))[: tc.score_max_showers])
-        val_data = val_data.select(keep)
-
-    run_info = {"config": cfg.to_dict(), "data": _fingerprint(train_data), "validation": _fingerprint(val_data)}
+    run_info = {"config": cfg.to_dict(), "data": train_print, "validation": _fingerprint(val_data)}
     existing = []
     if main:
         existing = _prepare_run_dir(run_dir, run_info, resume)
@@ -328,15 +439,25 @@ def _train(cfg, tc, data, validation, run_dir, resume, dev, geo, budget_s, total
         existing = ckpt.list_checkpoints(run_dir)
 
     # --- model, optimisers, random generators ------------------------------------------
-    showers, energy, conditions = _tensors(train_data, dev)
+    data_rng = torch.Generator().manual_seed(tc.seed + 1)  # the same on every rank: one global batch
+    if isinstance(train_data, ShowerData):
+        showers, energy, conditions = _tensors(train_data, dev)
+        batches = BatchSource(showers, energy, conditions, tc.batch_size, data_rng)
+    else:  # streamed: the preprocessing is fitted on the pool's first content (StreamingBatchSource.fit_sample)
+        from caloforge.streaming import StreamingBatchSource, pool_rows_for
+
+        reader, rows = train_data
+        batches = StreamingBatchSource(reader, rows, tc.batch_size, data_rng, seed=tc.seed + 4, device=dev,
+                                       pool_rows=pool_rows_for(tc.stream_pool_mb, reader.n_voxels))
+        sample = batches.fit_sample()
+        showers, energy, conditions = sample.showers, sample.incident_energy, sample.conditions
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)
         model = fit(cfg.model, showers.cpu(), energy.cpu(), {k: v.cpu() for k, v in conditions.items()}, source)
+    del showers, energy, conditions
     model.to(dev).train()
     optimizers = model.configure_optimizers()
-    data_rng = torch.Generator().manual_seed(tc.seed + 1)  # the same on every rank: one global batch
     noise_rng = torch.Generator(device=dev).manual_seed(tc.seed + 2 + 7919 * dist.rank())
-    batches = BatchSource(showers, energy, conditions, tc.batch_size, data_rng)
     loss_names = tuple(model.loss_names)
     columns = ("iteration", "elapsed_s", *loss_names)
 
@@ -347,6 +468,7 @@ def _train(cfg, tc, data, validation, run_dir, resume, dev, geo, budget_s, total
         last_ckpt = existing[-1][1]
         meta = ckpt.load_training_state(last_ckpt, model, optimizers, dev)
         ckpt.set_rng_state(data_rng, meta["rng"]["data"])
+        batches.load_state(meta.get("data_stream", {}))
         noise_states = meta["rng"]["noise"]
         if isinstance(noise_states, str) or len(noise_states) != dist.world_size():
             raise ConfigError(f"{run_dir}: the run was trained with {1 if isinstance(noise_states, str) else len(noise_states)} "
@@ -378,6 +500,8 @@ def _train(cfg, tc, data, validation, run_dir, resume, dev, geo, budget_s, total
             meta = {"iteration": it, "training": dataclasses.asdict(tc), "select_by": tc.select_by,
                     "score": scores[tc.select_by], "scores": scores, "history": history,
                     "rng": {"data": ckpt.rng_state(data_rng), "noise": noise_states}}
+            if batches.state():  # a streamed source's pool position
+                meta["data_stream"] = batches.state()
             ckpt.write_checkpoint(path, model, optimizers=optimizers, meta=meta)
             best_iteration, best_score = _best([(h["iteration"], h["scores"][tc.select_by]) for h in history])
             if best_iteration == it:

@@ -120,6 +120,26 @@ class BatchSource:
         idx = idx.to(self.showers.device)
         return Batch(self.showers[idx], self.incident_energy[idx], {k: v[idx] for k, v in self.conditions.items()})
 
+    def take(self, index: np.ndarray | Tensor) -> Batch:
+        """Rows ``index`` (positions 0 … len − 1 of this source), e.g. for a fit over training showers.
+
+        Families that need many training showers at once (a latent density, a statistic)
+        read them in chunks through this, never through ``showers``: a streamed source
+        (:class:`caloforge.streaming.StreamingBatchSource`) has no showers in memory.
+        """
+        idx = torch.as_tensor(index, dtype=torch.long).cpu()
+        if self.index is not None:
+            idx = self.index[idx]
+        idx = idx.to(self.showers.device)
+        return Batch(self.showers[idx], self.incident_energy[idx], {k: v[idx] for k, v in self.conditions.items()})
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint must store beside the data generator to resume the same batches (none here)."""
+        return {}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state` (nothing for in-memory showers)."""
+
 
 def as_conditions(conditions: Any) -> dict[str, Tensor]:
     """A mapping with ``incident_energy`` (or a bare array of energies) → dict of float64 tensors."""

@@ -27,7 +27,8 @@ describe it:
 * generation from a **density fitted to the encoded training showers**: at the end of
   stage 1 the posterior means of up to ``kde_max_showers`` training showers are stored with
   a Gaussian kernel of full covariance (Scott's bandwidth) — a multi-dimensional KDE, as
-  the slides' backup; until then (or with ``latent_sampling: normal``) the latent is N(0, 1).
+  the slides' backup (the showers are read in chunks from the batch source, so a streamed
+  training set works the same); until then (or with ``latent_sampling: normal``) the latent is N(0, 1).
 
 The stages are a schedule in the config, ``stages: [main, postprocessor]`` iterations,
 followed by :meth:`training_step` from a persistent iteration counter, so a checkpoint
@@ -362,19 +363,25 @@ class BibAE(ShowerModel):
         return torch.cat(out) if out else noise.new_zeros(0, self.n_voxels)
 
     # --- the latent density --------------------------------------------------------------------
-    @torch.no_grad()
     def fit_latent_density(self, showers: Tensor, incident_energy: Tensor, conditions: Mapping[str, Tensor],
                            chunk: int = 64) -> None:
-        """Store the posterior means of (up to ``kde_max_showers``, evenly spaced) showers and a
-        Gaussian kernel with Scott's bandwidth on their covariance: the latent KDE."""
-        n_all = len(incident_energy)
+        """:meth:`fit_latent_density_from` in-memory showers."""
+        self.fit_latent_density_from(BatchSource(showers, incident_energy, conditions, 1, torch.Generator()), chunk)
+
+    @torch.no_grad()
+    def fit_latent_density_from(self, data: BatchSource, chunk: int = 64) -> None:
+        """Store the posterior means of (up to ``kde_max_showers``, evenly spaced) training showers and
+        a Gaussian kernel with Scott's bandwidth on their covariance: the latent KDE.  The showers are
+        read ``chunk`` at a time (:meth:`BatchSource.take`), so a streamed training set is never
+        held in memory."""
+        n_all = len(data)
         n = min(n_all, self.config.kde_max_showers)
         idx = torch.linspace(0, n_all - 1, n).round().long()
         points = []
         for lo in range(0, n, chunk):
-            sel = idx[lo:lo + chunk].to(showers.device)
-            cond = self.encode_conditions(incident_energy[sel], {k: v[sel] for k, v in conditions.items()})
-            mu, _ = self.encode(self.to_mip(showers[sel]).to(self.device), cond)
+            b = data.take(idx[lo:lo + chunk])
+            cond = self.encode_conditions(b.incident_energy, b.conditions)
+            mu, _ = self.encode(self.to_mip(b.showers).to(self.device), cond)
             points.append(mu)
         pts = torch.cat(points).to(torch.float64)
         d = pts.shape[1]
@@ -408,7 +415,7 @@ class BibAE(ShowerModel):
             out = self._postprocessor_step(data, optimizers, generator)
         self.iteration += 1
         if int(self.iteration) == self.config.stages[0]:
-            self.fit_latent_density(data.showers, data.incident_energy, data.conditions)
+            self.fit_latent_density_from(data)
         return out
 
     def _main_step(self, data, optimizers, generator) -> dict[str, float]:
