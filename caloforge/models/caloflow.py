@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 
 from caloforge.models.base import Batch, BatchSource, ModelConfig, ShowerModel, layer_sizes, register
-from caloforge.models.flow_parts import (FlowConfig, ShowerRepresentation, conditional_flow, flow_inverse,
-                                        flow_log_prob, scheduled_step)
+from caloforge.models.flow_parts import (FlowConfig, ShowerRepresentation, check_schedule_keys, conditional_flow,
+                                        flow_inverse, flow_log_prob, scheduled_step)
 
 __all__ = ["CaloFlowConfig", "CaloFlow", "FlowConfig", "check_representation_keys"]
 
@@ -47,8 +47,6 @@ def check_representation_keys(cfg: Any, require) -> None:
     require(cfg.threshold_mev is None or cfg.threshold_mev >= 0, "model.threshold_mev", "empty or ≥ 0 MeV",
             cfg.threshold_mev)
     require(0 < cfg.alpha < 0.5, "model.alpha", "in (0, 0.5)", cfg.alpha)
-    require(cfg.lr > 0, "model.lr", "positive", cfg.lr)
-    require(cfg.grad_clip >= 0, "model.grad_clip", "≥ 0 (0: no clipping)", cfg.grad_clip)
 
 
 @dataclass
@@ -71,8 +69,7 @@ class CaloFlowConfig(ModelConfig):
         self.layer_flow.check(require, "model.layer_flow")
         self.voxel_flow.check(require, "model.voxel_flow")
         check_representation_keys(self, require)
-        require(0 <= self.lr_min <= self.lr, "model.lr_min", "in [0, lr]", self.lr_min)
-        require(self.lr_decay_iterations >= 0, "model.lr_decay_iterations", "≥ 0", self.lr_decay_iterations)
+        check_schedule_keys(self, require)
 
 
 class TwoStageFamily(ShowerModel):

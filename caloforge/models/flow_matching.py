@@ -40,8 +40,8 @@ from torch import Tensor, nn
 from caloforge.errors import ConfigError
 from caloforge.models.base import Batch, BatchSource, ModelConfig, register
 from caloforge.models.caloflow import TwoStageFamily, check_representation_keys
-from caloforge.models.flow_parts import (ACTIVATIONS, MLP, FlowConfig, conditional_flow, flow_inverse,
-                                        flow_log_prob, scheduled_step)
+from caloforge.models.flow_parts import (ACTIVATIONS, MLP, FlowConfig, check_schedule_keys, conditional_flow,
+                                        flow_inverse, flow_log_prob, scheduled_step)
 
 __all__ = ["FlowMatchingConfig", "FlowMatching", "VelocityField", "SOLVERS", "integrate"]
 
@@ -79,8 +79,7 @@ class FlowMatchingConfig(ModelConfig):
         require(self.steps > 0, "model.steps", "a positive integer", self.steps)
         require(self.solver in SOLVERS, "model.solver", f"one of {', '.join(SOLVERS)}", self.solver)
         check_representation_keys(self, require)
-        require(0 <= self.lr_min <= self.lr, "model.lr_min", "in [0, lr]", self.lr_min)
-        require(self.lr_decay_iterations >= 0, "model.lr_decay_iterations", "≥ 0", self.lr_decay_iterations)
+        check_schedule_keys(self, require)
 
 
 class VelocityField(nn.Module):

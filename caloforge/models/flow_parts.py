@@ -47,7 +47,7 @@ from caloforge.preprocessing import (Chain, LayerEnergyRatios, Logit, Standardiz
                                      transform_from_state, transform_state)
 
 __all__ = ["ShowerRepresentation", "FlowConfig", "conditional_flow", "flow_log_prob", "flow_inverse",
-           "flow_forward", "MLP", "ACTIVATIONS", "scheduled_step"]
+           "flow_forward", "MLP", "ACTIVATIONS", "scheduled_step", "check_schedule_keys"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU,
                                            "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
@@ -197,6 +197,14 @@ class MLP(nn.Sequential):
             n_in = width
         layers.append(nn.Linear(n_in, n_out))
         super().__init__(*layers)
+
+
+def check_schedule_keys(cfg: Any, require) -> None:
+    """The keys :func:`scheduled_step` reads: ``lr``, ``lr_min``, ``lr_decay_iterations``, ``grad_clip``."""
+    require(cfg.lr > 0, "model.lr", "positive", cfg.lr)
+    require(0 <= cfg.lr_min <= cfg.lr, "model.lr_min", "in [0, lr]", cfg.lr_min)
+    require(cfg.lr_decay_iterations >= 0, "model.lr_decay_iterations", "≥ 0", cfg.lr_decay_iterations)
+    require(cfg.grad_clip >= 0, "model.grad_clip", "≥ 0 (0: no clipping)", cfg.grad_clip)
 
 
 def scheduled_step(model, optimizer: torch.optim.Optimizer, loss: Tensor, cfg: Any) -> None:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from caloforge.conditions import ConditionEncoder
 from caloforge.errors import ConfigError, DataError
 from caloforge.models.base import Batch, BatchSource, ModelConfig, ShowerModel, register
-from caloforge.models.flow_parts import ACTIVATIONS, MLP, ShowerRepresentation, scheduled_step
+from caloforge.models.flow_parts import ACTIVATIONS, MLP, ShowerRepresentation, check_schedule_keys, scheduled_step
 
 __all__ = ["StudentConfig", "Student", "load_teacher"]
 
@@ -67,10 +67,7 @@ class StudentConfig(ModelConfig):
                 "a non-empty list of positive integers", self.hidden)
         require(self.activation in ACTIVATIONS, "model.activation", f"one of {', '.join(ACTIVATIONS)}",
                 self.activation)
-        require(self.lr > 0, "model.lr", "positive", self.lr)
-        require(0 <= self.lr_min <= self.lr, "model.lr_min", "in [0, lr]", self.lr_min)
-        require(self.lr_decay_iterations >= 0, "model.lr_decay_iterations", "≥ 0", self.lr_decay_iterations)
-        require(self.grad_clip >= 0, "model.grad_clip", "≥ 0 (0: no clipping)", self.grad_clip)
+        check_schedule_keys(self, require)
 
 
 def load_teacher(cfg: StudentConfig, geometry_name: str, source: str = "config"):
