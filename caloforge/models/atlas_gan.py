@@ -84,10 +84,7 @@ class AtlasGANConfig(ModelConfig):
         require(self.gp_lambda >= 0, "model.gp_lambda", "≥ 0", self.gp_lambda)
         require(self.sum_critic_gp_lambda >= 0, "model.sum_critic_gp_lambda", "≥ 0", self.sum_critic_gp_lambda)
         for name in ("generator_optimizer", "critic_optimizer"):
-            o = getattr(self, name)
-            require(o.lr > 0, f"model.{name}.lr", "positive", o.lr)
-            require(0 <= o.beta1 < 1, f"model.{name}.beta1", "in [0, 1)", o.beta1)
-            require(0 <= o.beta2 < 1, f"model.{name}.beta2", "in [0, 1)", o.beta2)
+            getattr(self, name).check(require, f"model.{name}")
 
 
 class TrainableSwish(nn.Module):
@@ -175,10 +172,9 @@ class AtlasGAN(ShowerModel):
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         g, d = self.config.generator_optimizer, self.config.critic_optimizer
-        opts = {"generator": torch.optim.Adam(self.generator.parameters(), lr=g.lr, betas=(g.beta1, g.beta2)),
-                "critic": torch.optim.Adam(self.critic.parameters(), lr=d.lr, betas=(d.beta1, d.beta2))}
+        opts = {"generator": g.build(self.generator), "critic": d.build(self.critic)}
         if self.sum_critic is not None:
-            opts["sum_critic"] = torch.optim.Adam(self.sum_critic.parameters(), lr=d.lr, betas=(d.beta1, d.beta2))
+            opts["sum_critic"] = d.build(self.sum_critic)
         return opts
 
     @property

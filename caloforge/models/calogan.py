@@ -122,10 +122,7 @@ class CaloGANConfig(ModelConfig):
         require(0 < self.batchnorm_momentum <= 1, "model.batchnorm_momentum", "in (0, 1]", self.batchnorm_momentum)
         require(self.batchnorm_eps > 0, "model.batchnorm_eps", "positive", self.batchnorm_eps)
         for name in ("generator_optimizer", "discriminator_optimizer"):
-            o = getattr(self, name)
-            require(o.lr > 0, f"model.{name}.lr", "positive", o.lr)
-            require(0 <= o.beta1 < 1, f"model.{name}.beta1", "in [0, 1)", o.beta1)
-            require(0 <= o.beta2 < 1, f"model.{name}.beta2", "in [0, 1)", o.beta2)
+            getattr(self, name).check(require, f"model.{name}")
 
 
 # ----------------------------------------------------------------------------------
@@ -330,10 +327,8 @@ class CaloGAN(ShowerModel):
         return nn.ModuleList(mods)
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        g, d = self.config.generator_optimizer, self.config.discriminator_optimizer
-        return {"generator": torch.optim.Adam(self.generator.parameters(), lr=g.lr, betas=(g.beta1, g.beta2)),
-                "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=d.lr,
-                                                  betas=(d.beta1, d.beta2))}
+        return {"generator": self.config.generator_optimizer.build(self.generator),
+                "discriminator": self.config.discriminator_optimizer.build(self.discriminator)}
 
     @property
     def noise_dim(self) -> int:

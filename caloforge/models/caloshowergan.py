@@ -87,6 +87,15 @@ class AdamConfig:
     beta1: float = 0.5
     beta2: float = 0.999
 
+    def check(self, require, key: str) -> None:
+        require(self.lr > 0, f"{key}.lr", "positive", self.lr)
+        require(0 <= self.beta1 < 1, f"{key}.beta1", "in [0, 1)", self.beta1)
+        require(0 <= self.beta2 < 1, f"{key}.beta2", "in [0, 1)", self.beta2)
+
+    def build(self, module: nn.Module) -> torch.optim.Adam:
+        """An Adam optimiser over ``module``'s parameters with these settings."""
+        return torch.optim.Adam(module.parameters(), lr=self.lr, betas=(self.beta1, self.beta2))
+
 
 @dataclass
 class CaloShowerGANConfig(ModelConfig):
@@ -130,10 +139,7 @@ class CaloShowerGANConfig(ModelConfig):
         require(self.critic_steps > 0, "model.critic_steps", "a positive integer", self.critic_steps)
         require(self.gp_lambda >= 0, "model.gp_lambda", "≥ 0", self.gp_lambda)
         for name in ("generator_optimizer", "critic_optimizer"):
-            o = getattr(self, name)
-            require(o.lr > 0, f"model.{name}.lr", "positive", o.lr)
-            require(0 <= o.beta1 < 1, f"model.{name}.beta1", "in [0, 1)", o.beta1)
-            require(0 <= o.beta2 < 1, f"model.{name}.beta2", "in [0, 1)", o.beta2)
+            getattr(self, name).check(require, f"model.{name}")
 
 
 def _dense(n_in: int, n_out: int, init: str) -> nn.Linear:
@@ -217,9 +223,8 @@ class CaloShowerGAN(ShowerModel):
         return state
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        g, d = self.config.generator_optimizer, self.config.critic_optimizer
-        return {"generator": torch.optim.Adam(self.generator.parameters(), lr=g.lr, betas=(g.beta1, g.beta2)),
-                "critic": torch.optim.Adam(self.critic.parameters(), lr=d.lr, betas=(d.beta1, d.beta2))}
+        return {"generator": self.config.generator_optimizer.build(self.generator),
+                "critic": self.config.critic_optimizer.build(self.critic)}
 
     @property
     def noise_dim(self) -> int:
