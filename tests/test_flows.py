@@ -296,6 +296,57 @@ def test_student_of_a_caloflow_teacher(tmp_path, data):
     assert np.isfinite(out.showers).all() and (out.showers >= 0).all()
 
 
+def test_representation_bounds_change_no_shower(data):
+    """Clamping (y₁, y₂) to the decode box leaves every decoded shower as it was (to float32
+    rounding of the box edges), and the box is tight."""
+    from caloforge.geometry import load_geometry
+    from caloforge.models.base import layer_sizes
+    from caloforge.models.flow_parts import ShowerRepresentation
+
+    e = torch.as_tensor(data.incident_energy)
+    rep = ShowerRepresentation.fit(torch.as_tensor(data.showers), e, layer_sizes(load_geometry("ds1-photons")))
+    lo, hi = rep.bounds()
+    assert lo.shape == hi.shape == (rep.n_layers + rep.n_voxels,) and (lo < hi).all()
+    g = torch.Generator().manual_seed(0)
+    y = 1e13 * torch.randn(len(e), len(lo), generator=g)  # a flow inverse's wild tail
+    clamped = torch.maximum(torch.minimum(y, hi), lo)
+    L = rep.n_layers
+    wild, tamed = rep.decode(y[:, :L], y[:, L:], e), rep.decode(clamped[:, :L], clamped[:, L:], e)
+    torch.testing.assert_close(tamed, wild, rtol=1e-5, atol=1e-6 * float(e.max()))  # float32 rounding only
+    # just inside the box, decode still moves: the box is not wider than it must be
+    inner = lo + 0.9 * (hi - lo)
+    nudged = inner + 0.05 * (hi - lo)
+    assert not torch.equal(rep.decode(inner[None, :L], inner[None, L:], e[:1]),
+                           rep.decode(nudged[None, :L], nudged[None, L:], e[:1]))
+
+
+def test_student_survives_a_teacher_with_wild_outputs(tmp_path, data, monkeypatch):
+    """A caloflow teacher whose inverse throws some rows to ±10¹³ (and one to NaN) still gives a
+    finite distillation loss that falls: targets are clamped to the decode box, NaN rows dropped."""
+    from caloforge.models import caloflow
+
+    train(_tiny("caloflow-tiny", max_iterations=10, checkpoint_every=10), data, tmp_path / "cf", progress=False)
+    clean = caloflow.CaloFlow.transport
+
+    def wild(self, noise, incident_energy, conditions):
+        y1, y2 = clean(self, noise, incident_energy, conditions)
+        y2 = y2.clone()
+        y2[::7, :5] = 1e13 * torch.sign(noise[::7, :5])
+        y2[3, 0] = float("nan")
+        return y1, y2
+
+    monkeypatch.setattr(caloflow.CaloFlow, "transport", wild)
+    res = train(_student_cfg(tmp_path / "cf", max_iterations=60, checkpoint_every=30, batch_size=128),
+                data, tmp_path / "st", progress=False)
+    log = np.genfromtxt(tmp_path / "st" / "log.csv", delimiter=",", names=True)
+    assert np.isfinite(log["distill"]).all() and log["distill"].max() < 1e3
+    assert log["distill"][-1] < log["distill"][0]
+    scores = np.genfromtxt(tmp_path / "st" / "scores.csv", delimiter=",", names=True)
+    assert np.isfinite(scores["val_distill"]).all() and scores["val_distill"].max() < 1e3
+    out = generate(load_model(res.best_checkpoint), np.full(5, 1000.0), seed=0)
+    assert np.isfinite(out.showers).all() and (out.showers >= 0).all()
+
+
 # ----------------------------------------------------------------------------------
 # Any geometry
 # ----------------------------------------------------------------------------------

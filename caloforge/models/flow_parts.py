@@ -116,6 +116,22 @@ class ShowerRepresentation:
         showers = merge_layers(layer_energy, fractions, self.layer_sizes)
         return torch.where(showers < self.threshold_mev, torch.zeros_like(showers), showers)
 
+    def bounds(self) -> tuple[Tensor, Tensor]:
+        """(lo, hi) of the concatenated (y₁, y₂): beyond them the logit saturates and :meth:`decode`
+        no longer changes, so clamping a representation to the box changes no shower.
+
+        A flow's inverse can throw rare tail noise to ±10¹³ there; regression targets are
+        clamped to this box (the student) so such outliers do not swamp the loss.
+        """
+        lo, hi = [], []
+        for chain, n in ((self.layer_chain, self.n_layers), (self.voxel_chain, self.n_voxels)):
+            first = next(i for i, t in enumerate(chain.transforms) if isinstance(t, Logit))
+            tail = Chain(chain.transforms[first:])  # Logit, Standardize: increasing in every coordinate
+            one = torch.ones(1, dtype=torch.float64)
+            lo.append(tail.forward(torch.zeros(1, n, dtype=torch.float64), one)[0])
+            hi.append(tail.forward(torch.ones(1, n, dtype=torch.float64), one)[0])
+        return torch.cat(lo).to(torch.float32), torch.cat(hi).to(torch.float32)
+
     def state(self) -> dict[str, Any]:
         return {"layer_sizes": self.layer_sizes, "layer_chain": transform_state(self.layer_chain),
                 "voxel_chain": transform_state(self.voxel_chain), "noise_mev": self.noise_mev,

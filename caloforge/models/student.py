@@ -10,7 +10,9 @@ probability-flow ODE (Luhman & Luhman 2021; with a rectified-flow teacher, whose
 are nearly straight, the map is smooth and a small MLP can follow it).  A
 per-coordinate gain carries each noise coordinate to the output (the ODE moves every
 coordinate away from its noise value), so the MLP, narrower than the noise, learns the
-correction.  :meth:`Student.decode` is that one MLP forward pass plus the teacher's
+correction.  The teacher's outputs are clamped to the box outside which its decoding no
+longer changes (a coupling flow's inverse throws rare tail noise to ±10¹³, which would
+otherwise swamp the mean squared error).  :meth:`Student.decode` is that one MLP forward pass plus the teacher's
 inverse preprocessing, i.e. the cost of a GAN generator.
 
 The student copies the teacher's fitted state (condition encoding, preprocessing) into
@@ -155,12 +157,27 @@ class Student(ShowerModel):
         y1, y2 = self.forward_representation(noise, incident_energy, conditions)
         return self.representation.decode(y1, y2, incident_energy.to(torch.float64))
 
+    def _teacher_targets(self, noise: Tensor, incident_energy: Tensor,
+                         conditions: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(the teacher's (y₁ ‖ y₂) clamped to the decode box, rows that are finite).
+
+        Clamping changes no teacher shower (:meth:`ShowerRepresentation.bounds`) but keeps the
+        rare ±10¹³ outputs of a flow's inverse out of the mean squared error; the few rows with
+        NaN are left out.
+        """
+        with torch.no_grad():
+            t1, t2 = self.teacher.transport(noise, incident_energy, conditions)
+            target = torch.cat([t1, t2], 1).to(torch.float32)
+            keep = ~torch.isnan(target).any(1)
+            lo, hi = (b.to(target.device) for b in self.representation.bounds())
+            target = torch.maximum(torch.minimum(torch.nan_to_num(target, nan=0.0), hi), lo)
+        return target, keep
+
     def _distill_loss(self, batch: Batch, generator: torch.Generator | None) -> Tensor:
         noise = self.sample_noise(len(batch), generator)
-        with torch.no_grad():
-            t1, t2 = self.teacher.transport(noise, batch.incident_energy, batch.conditions)
+        target, keep = self._teacher_targets(noise, batch.incident_energy, batch.conditions)
         s1, s2 = self.forward_representation(noise, batch.incident_energy, batch.conditions)
-        return (torch.cat([s1, s2], 1) - torch.cat([t1, t2], 1)).square().mean()
+        return (torch.cat([s1, s2], 1) - target)[keep].square().mean()
 
     def _pool(self, data: BatchSource, cycle: int) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]:
         """(noise, energies, conditions, teacher representation) of refresh cycle ``cycle``.
@@ -180,13 +197,14 @@ class Student(ShowerModel):
         energy = data.incident_energy[rows]
         cond = {k: v[rows] for k, v in data.conditions.items()}
         noise = self.sample_noise(len(rows), g, dev)
-        targets = []
-        with torch.no_grad():
-            for lo in range(0, len(rows), 4096):
-                sl = slice(lo, lo + 4096)
-                t1, t2 = self.teacher.transport(noise[sl], energy[sl], {k: v[sl] for k, v in cond.items()})
-                targets.append(torch.cat([t1, t2], 1))
-        pool = (noise, energy, cond, torch.cat(targets))
+        targets, keeps = [], []
+        for lo in range(0, len(rows), 4096):
+            sl = slice(lo, lo + 4096)
+            target, keep = self._teacher_targets(noise[sl], energy[sl], {k: v[sl] for k, v in cond.items()})
+            targets.append(target)
+            keeps.append(keep)
+        keep = torch.cat(keeps)
+        pool = (noise[keep], energy[keep], {k: v[keep] for k, v in cond.items()}, torch.cat(targets)[keep])
         self.__dict__["_pool_cache"] = (cycle, pool)
         return pool
 
