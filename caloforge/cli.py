@@ -463,7 +463,9 @@ def generate_cmd(
     theta: Optional[str] = typer.Option(None, "--theta", help="With --energies: polar angle in degrees, or a "
                                         "range LOW:HIGH drawn uniformly, for models conditioned on incident_theta."),
     phi: Optional[str] = typer.Option(None, "--phi", help="With --energies: azimuth in degrees, or LOW:HIGH."),
-    batch_size: int = typer.Option(10_000, "--batch-size", help="Showers per forward pass."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Showers per block (forward pass and "
+                                             "seeding unit). Default: by memory, 10 000 where a block fits in "
+                                             "2 GiB, fewer on granular grids (the same on every machine)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     threads: int = typer.Option(0, "--threads", help="Torch threads (0 = the CPUs this process may use)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
@@ -530,7 +532,12 @@ def generate_cmd(
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}")
     of = f" (shard {part} of {len(incident)})" if part is not None else ""
-    console.print(f"wrote {written} showers{of} ({gen.n_voxels} voxels, {gen.geometry}) from {gen.path}")
+    import h5py
+
+    with h5py.File(output, "r") as f:  # the block actually used, recorded for reproduction
+        block = int(f.attrs["batch_size"])
+    console.print(f"wrote {written} showers{of} ({gen.n_voxels} voxels, {gen.geometry}) from {gen.path}, "
+                  f"in blocks of {block} (--batch-size {block} reproduces them)")
     print(f"output: {output}")
 
 

@@ -82,12 +82,16 @@ def load_model(path: str | Path, device: str = "cpu") -> ShowerGenerator:
                            float(e_max), int(meta.get("iteration", 0)), meta.get("score"), dict(meta["model"]))
 
 
-def _prepare(model, incident_energy, conditions, batch_size: int, device: str | None,
+def _prepare(model, incident_energy, conditions, batch_size: int | None, device: str | None,
              sampling: Mapping[str, object] | None = None):
-    """(generator on its device, energies, conditions), all checked before an output file is opened."""
+    """(generator on its device, energies, conditions, block size), all checked before an output file is opened.
+
+    ``batch_size`` None: the memory-aware default of :func:`caloforge.blocks.default_block_size`,
+    from the whole request (every shard of it gets the same).
+    """
     from caloforge.runtime import resolve_device
 
-    if batch_size <= 0:
+    if batch_size is not None and batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {batch_size}")
     if isinstance(model, ShowerGenerator):
         gen = model
@@ -116,7 +120,11 @@ def _prepare(model, incident_energy, conditions, batch_size: int, device: str | 
             f"{int(outside.sum())} of {energy.size} incident energies lie outside the trained range "
             f"{gen.e_min:g}–{gen.e_max:g} MeV ({energy[outside].min():g}–{energy[outside].max():g} MeV asked); "
             "the model extrapolates there", OutOfRangeWarning, stacklevel=3)
-    return gen, energy, conditions
+    if batch_size is None:
+        from caloforge.blocks import MAX_BLOCK, default_block_size
+
+        batch_size = default_block_size(gen.model, energy, conditions) if len(energy) else MAX_BLOCK
+    return gen, energy, conditions, int(batch_size)
 
 
 ENGINES = ("auto", "onnxruntime", "bf16", "pytorch")
@@ -195,7 +203,7 @@ def _batches(gen: ShowerGenerator, energy: np.ndarray, conditions: Mapping[str, 
 
 
 def generate(model, incident_energy, *, conditions: Mapping[str, np.ndarray] | None = None,
-             batch_size: int = 10_000, device: str | None = None, seed: int = 0, engine: str = "auto",
+             batch_size: int | None = None, device: str | None = None, seed: int = 0, engine: str = "auto",
              sampling: Mapping[str, object] | None = None) -> ShowerData:
     """Showers (MeV, float32, finite, ≥ 0) for incident energies (N,) in MeV.
 
@@ -210,12 +218,16 @@ def generate(model, incident_energy, *, conditions: Mapping[str, np.ndarray] | N
     and ``bf16`` insist.  Each batch
     of ``batch_size`` rows is seeded by :func:`batch_seed`: the output depends on
     ``seed`` and ``batch_size``, and rows split on batch boundaries reproduce it.
+    ``batch_size`` None (default) picks the block by memory
+    (:func:`caloforge.blocks.default_block_size`: 10 000 where it fits in 2 GiB, fewer on
+    the granular grids); it depends on the model only, never on the machine, and an
+    explicit ``batch_size`` equal to it gives the same showers.
     ``sampling`` sets the family's generation options (``{"steps": 16}`` for an ODE
     model; :meth:`~caloforge.models.base.ShowerModel.set_sampling`), kept on the model.
     """
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
-    gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device, sampling)
+    gen, energy, conditions, batch_size = _prepare(model, incident_energy, conditions, batch_size, device, sampling)
     out = np.empty((len(energy), gen.n_voxels), dtype=np.float32)
     for lo, e, showers in _batches(gen, energy, conditions, batch_size, seed, engine):
         out[lo:lo + len(e)] = showers
@@ -223,15 +235,15 @@ def generate(model, incident_energy, *, conditions: Mapping[str, np.ndarray] | N
 
 
 def generate_to_file(model, path: str | Path, incident_energy, *, conditions: Mapping[str, np.ndarray] | None = None,
-                     batch_size: int = 10_000, device: str | None = None, seed: int = 0,
+                     batch_size: int | None = None, device: str | None = None, seed: int = 0,
                      progress: bool = False, engine: str = "auto",
                      sampling: Mapping[str, object] | None = None) -> Path:
     """Stream generated showers into a CaloChallenge HDF5 file (atomic: temp + rename); see :func:`generate`."""
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
-    gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device, sampling)
+    gen, energy, conditions, batch_size = _prepare(model, incident_energy, conditions, batch_size, device, sampling)
     attrs = {"generator": "caloforge", "model": str(gen.path), "model_iteration": gen.iteration,
-             "geometry": gen.geometry, "seed": int(seed)}
+             "geometry": gen.geometry, "seed": int(seed), "batch_size": int(batch_size)}
     for key, value in gen.model.sampling_options.items():
         attrs[f"sampling_{key}"] = value
     from caloforge.runtime import Progress

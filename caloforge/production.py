@@ -123,7 +123,7 @@ def model_digest(path: str | Path) -> str:
 
 
 def generate_production(model, path: str | Path, incident_energy, *,
-                        conditions: Mapping[str, np.ndarray] | None = None, batch_size: int = 10_000,
+                        conditions: Mapping[str, np.ndarray] | None = None, batch_size: int | None = None,
                         seed: int = 0, shard: Shard | None = None, device: str | None = None,
                         progress: bool = False, engine: str = "auto",
                         sampling: Mapping[str, object] | None = None) -> tuple[Path, int]:
@@ -131,12 +131,15 @@ def generate_production(model, path: str | Path, incident_energy, *,
 
     ``incident_energy``/``conditions`` are always the *whole* request (every shard
     computes the same list and takes its rows), so its digest goes into the file.
+    ``batch_size`` None: the memory-aware default block of the whole request
+    (:func:`caloforge.blocks.default_block_size`), the same in every shard; the file's
+    ``batch_size`` attribute records the block used.
     """
     from caloforge.generate import _batches, _prepare
     from caloforge.io import ShowerWriter
     from caloforge.runtime import Progress
 
-    gen, energy, conditions = _prepare(model, incident_energy, conditions, batch_size, device, sampling)
+    gen, energy, conditions, batch_size = _prepare(model, incident_energy, conditions, batch_size, device, sampling)
     lo, hi, first_batch = (0, len(energy), 0) if shard is None else shard_rows(len(energy), batch_size, shard)
     if shard is not None and hi == lo:
         warnings.warn(f"shard {shard} holds no showers: {len(energy)} showers make only "
