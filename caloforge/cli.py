@@ -703,10 +703,12 @@ def demo_cmd(
 @user_errors
 def export_cmd(
     model: Path = typer.Option(..., "--model", "-m", help="Checkpoint directory (e.g. RUN_DIR/best) or run directory."),
-    format: str = typer.Option("onnx", "--format", "-f", help="onnx (ONNX Runtime, ROOT SOFIE; opset 17) or "
-                               "torchscript (LibTorch C++, examples/cpp)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output file (.onnx or .pt); written only after the "
-                                "parity check passed."),
+    format: str = typer.Option("onnx", "--format", "-f", help="onnx (ONNX Runtime, ROOT SOFIE; opset 17), "
+                               "torchscript (LibTorch C++, examples/cpp; portable) or aoti (AOTInductor package "
+                               "for LibTorch's AOTIModelPackageLoader and examples/cpp: compiled ahead of time "
+                               "for this CPU and torch version, a minute or more of C++ compilation)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output file (.onnx, .pt, or .pt2 for aoti); written "
+                                "only after the parity check passed."),
     tolerance: float = typer.Option(1e-5, "--tolerance", help="Largest allowed |Δvoxel| / E_shower against "
                                     "PyTorch on the same noise."),
     exporter: str = typer.Option("auto", "--exporter", help="ONNX exporter: auto (TorchScript-based, then "
@@ -718,6 +720,10 @@ def export_cmd(
     clamp at 0; the batch size is dynamic; the file carries the geometry, voxel count,
     condition names/encoding, energy range and noise distribution as metadata.  The
     written file is run on the same noise as PyTorch before it is kept.
+
+    Examples: caloforge export -m runs/photons/best -f onnx -o photons.onnx;
+    caloforge export -m runs/photons/best -f aoti -o photons.pt2 (then
+    build/cpp/caloforge_generate photons.pt2 --energy 65536 --n 1000 -o showers.csv).
     """
     from caloforge.export import check_output_path, export_model
 

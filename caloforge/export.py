@@ -1,4 +1,4 @@
-"""Export a trained model for deployment: ONNX and TorchScript, with metadata and a parity check.
+"""Export a trained model for deployment: ONNX, TorchScript and AOTInductor, with metadata and a parity check.
 
 The exported network is the model's :meth:`~caloforge.models.base.ShowerModel.export_module`::
 
@@ -17,6 +17,10 @@ onnx           ``.onnx``   ONNX Runtime (Python, C++), ROOT's SOFIE, any opset-1
                            metadata in ``metadata_props``
 torchscript    ``.pt``     LibTorch C++ (``torch::jit::load``, ``examples/cpp/``);
                            metadata in the extra files ``caloforge.json`` / ``caloforge.txt``
+aoti           ``.pt2``    LibTorch C++ (``torch::inductor::AOTIModelPackageLoader``,
+                           ``examples/cpp/``), Python ``torch._inductor.aoti_load_package``:
+                           the graph compiled ahead of time to a shared library for this CPU;
+                           metadata in the package (``get_metadata()``, the same keys)
 =============  ==========  ===============================================================
 
 Every export is checked before it is kept: the written file is run (ONNX Runtime, or
@@ -24,6 +28,14 @@ the TorchScript interpreter on the file just written) on the same noise and
 conditions as PyTorch, and the largest voxel deviation relative to the shower's
 energy must stay below ``tolerance`` (1e-5 in fp32).  The file is written to a
 temporary name and renamed only then, so a failed export leaves nothing behind.
+
+AOTInductor (``aoti``) goes through ``torch.export`` with a dynamic batch dimension and
+``torch._inductor.aoti_compile_and_package``: Inductor writes C++ kernels for the graph and
+compiles them with the system C++ compiler (tens of CPU seconds even for a small MLP, every
+time: Inductor's graph cache is bypassed in AOT mode).  The package is tied to the torch
+version and the CPU instruction set it was compiled for (``-march=native``); TorchScript is
+the portable LibTorch format.  A family whose network ``torch.export`` cannot trace fails
+with one line naming the family and torch's reason, and nothing is written.
 
 ONNX uses the TorchScript-based exporter at opset 17: it exports a small MLP in
 well under a second and writes plain standard operators that ROOT's SOFIE parses;
@@ -58,9 +70,9 @@ from caloforge.errors import ConfigError, DataError
 
 __all__ = ["FORMATS", "EXPORT_FORMAT", "TOLERANCE", "ExportResult", "export_model", "export_metadata",
            "flat_metadata", "example_inputs", "max_relative_deviation", "onnx_session", "read_onnx_metadata",
-           "check_output_path"]
+           "check_output_path", "read_aoti_metadata"]
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "aoti": ".pt2"}
 EXPORT_FORMAT = "caloforge-export"
 TOLERANCE = 1e-5  # max |Δvoxel| / E_shower, fp32
 OPSET = 17
@@ -204,6 +216,8 @@ def check_output_path(output: str | Path, fmt: str) -> Path:
         raise ConfigError(f"{out}: cannot be written: {parent} is not an existing directory")
     if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
         raise ConfigError(f"{out}: cannot be written (permission denied)")
+    if fmt == "aoti" and out.suffix != ".pt2":  # LibTorch's convention; examples/cpp picks the loader by it
+        raise ConfigError(f"{out}: an AOTInductor package must be named *.pt2, e.g. {out.with_suffix('.pt2')}")
     return out
 
 
@@ -254,11 +268,43 @@ def _write_torchscript(module, args, tmp: Path, metadata: Mapping[str, Any]) -> 
                                                        "caloforge.txt": text})
 
 
+def _write_aoti(module, args, tmp: Path, metadata: Mapping[str, Any]) -> None:
+    """torch.export with a dynamic batch, then AOTInductor into a .pt2 package carrying the flat metadata."""
+    from torch._inductor import aoti_compile_and_package
+
+    batch = torch.export.Dim("N", min=1)
+    with _quiet(), torch.no_grad():
+        program = torch.export.export(module, args, dynamic_shapes=({0: batch}, {0: batch}), strict=False)
+        aoti_compile_and_package(program, package_path=str(tmp),
+                                 inductor_configs={"aot_inductor.metadata": flat_metadata(metadata)})
+
+
+def read_aoti_metadata(path: str | Path) -> dict[str, Any]:
+    """The caloforge metadata of an AOTInductor package, read without loading its library (DataError when it is
+    not one)."""
+    try:
+        props = torch._C._aoti.AOTIModelPackageLoader.load_metadata_from_package(str(path), "model")
+        meta = json.loads(props["caloforge_metadata"])
+    except Exception as exc:  # RuntimeError (not a zip / no model), KeyError, JSONDecodeError
+        raise DataError(f"{path}: not a caloforge AOTInductor package ({type(exc).__name__})") from None
+    return meta
+
+
 def _runner(fmt: str, path: Path) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:
     if fmt == "onnx":
         session = onnx_session(path)
         return lambda z, c: session.run(None, {"noise": z.numpy(), "conditions": c.numpy()})[0]
-    # the file this process has just written (never a user's file)
+    # below: the file this process has just written (never a user's file)
+    if fmt == "aoti":
+        from torch._inductor import aoti_load_package
+
+        compiled = aoti_load_package(str(path))
+
+        def run_aoti(z, c):
+            with torch.no_grad():
+                return compiled(z, c).numpy()
+
+        return run_aoti
     with _quiet():
         loaded = torch.jit.load(str(path), map_location="cpu")
 
@@ -297,13 +343,16 @@ def export_model(model, fmt: str, output: str | Path, *, tolerance: float = TOLE
     with torch.no_grad():
         reference = module(noise, cond).numpy()
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    # the suffix: AOTInductor insists on *.pt2
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}{FORMATS[fmt]}"
     try:
         exporters = [exporter] if exporter != "auto" else ["torchscript", "dynamo"]
         for i, how in enumerate(exporters if fmt == "onnx" else ["trace"]):
             try:
                 if fmt == "onnx":
                     _write_onnx(module, trace_args, tmp, metadata, how)
+                elif fmt == "aoti":
+                    _write_aoti(module, trace_args, tmp, metadata)
                 else:
                     _write_torchscript(module, trace_args, tmp, metadata)
                 break

@@ -1,5 +1,5 @@
 """The C++ deployment example (examples/cpp): built with CMake against the torch wheel's LibTorch,
-run on a TorchScript export, compared with PyTorch on the same noise.
+run on a TorchScript export and on an AOTInductor package, compared with PyTorch on the same noise.
 
 The build is cached in ``build/cpp-test`` (ignored by git): the first run compiles for about a
 minute, later runs only re-link when the source changed.  Skipped only where no C++ compiler or
@@ -131,3 +131,59 @@ def test_bench_times_the_cpp_path(program, tmp_path):
     point_best(tmp_path, write_checkpoint(tmp_path / "checkpoints" / "iter-0000001", _models()[1]))
     report = bench(tmp_path, paths=["cpp"], batches=[1, 3], repeats=1, cpp_program=program)
     assert [(r["path"], r["batch"]) for r in report["results"]] == [("cpp", 1), ("cpp", 3)]
+
+
+def test_cpp_runs_the_aoti_package_like_python(program, tmp_path, tmp_path_factory):
+    """The same program loads an AOTInductor package (.pt2, AOTIModelPackageLoader) and matches PyTorch on the
+    same noise; the package is the one export the session compiles (tests/test_export.py::aoti_package)."""
+    from tests.test_export import aoti_package
+
+    package, model = aoti_package(tmp_path_factory)
+    noise, cond = example_inputs(model, 30, seed=3)
+    energy = 20000.0
+    cond[:, 0] = energy
+    cond[:, 1:] = cond[0, 1:]
+    extra = [f"--condition={name}={float(cond[0, i])}" for i, name in enumerate(model.condition_names) if i]
+    np.savetxt(tmp_path / "noise.csv", noise.numpy(), delimiter=",", fmt="%.9g")
+    noise32 = torch.tensor(np.loadtxt(tmp_path / "noise.csv", delimiter=",", dtype=np.float32)).reshape(30, -1)
+    with torch.no_grad():
+        ref = model.export_module()(noise32, cond).numpy()
+    assert ref.sum() > 0
+    out = tmp_path / "aoti.csv"
+    done = _run(program, package, "--energy", energy, "--noise", tmp_path / "noise.csv", "--batch", 7, *extra,
+                "-o", out)
+    assert done.returncode == 0, done.stderr
+    table = np.loadtxt(out, delimiter=",", skiprows=1, dtype=np.float64)
+    assert table.shape == (30, len(model.condition_names) + model.n_voxels)
+    assert max_relative_deviation(ref, table[:, len(model.condition_names):]) <= TOLERANCE
+    # seeded: the C++ noise stream is torch.Generator().manual_seed(seed)'s, also through the package
+    done = _run(program, package, "--energy", energy, "--n", 9, "--seed", 4, *extra, "-o", out)
+    assert done.returncode == 0, done.stderr
+    with torch.no_grad():
+        ref = model.export_module()(model.sample_noise(9, torch.Generator().manual_seed(4)), cond[:9]).numpy()
+    assert max_relative_deviation(ref, np.loadtxt(out, delimiter=",", skiprows=1)[:, 4:]) <= TOLERANCE
+    done = _run(program, package, "--bench", "1,10", "--repeats", 1, "--energy", energy, *extra)
+    assert done.returncode == 0 and [r["batch"] for r in json.loads(done.stdout)] == [1, 10], done.stderr
+
+
+def test_cpp_wrong_aoti_file_is_one_line(program, tmp_path):
+    ts = export_model(_models()[0], "torchscript", tmp_path / "m.pt").path
+    import zipfile
+
+    plain_zip = tmp_path / "plain.pt2"
+    with zipfile.ZipFile(plain_zip, "w") as z:
+        z.writestr("archive/version", "1")
+    cases = [
+        (tmp_path / "renamed.pt2", ts.read_bytes(), "not an AOTInductor package"),  # a TorchScript file named .pt2
+        (tmp_path / "text.pt2", b"1,2,3\n", "not an AOTInductor package"),
+        (plain_zip, None, "not an AOTInductor package"),
+    ]
+    for path, content, message in cases:
+        if content is not None:
+            path.write_bytes(content)
+        out = tmp_path / "out.csv"
+        done = _run(program, path, "--energy", 1000, "--n", 2, "-o", out)
+        assert done.returncode == 2, (path, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], done.stderr
+        assert not out.exists() and not (tmp_path / "out.csv.tmp").exists()

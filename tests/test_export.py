@@ -252,3 +252,75 @@ def test_cli_export_bad_input(run_dir, tmp_path):
         line = _one_line_error(runner.invoke(app, ["export", *args]))
         assert message in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty-run"]
+
+
+# --- AOTInductor ----------------------------------------------------------------------
+# An AOTInductor export compiles C++ (tens of CPU seconds even for a tiny MLP), so the pytest
+# session compiles ONE package, through the CLI, and every AOTI test (here and in
+# tests/test_cpp_example.py) shares it: xdist workers share the directory beside their basetemps
+# and take turns with a file lock; the first one exports, the others find the file.
+def aoti_package(tmp_path_factory) -> tuple[Path, object]:
+    """(the .pt2 written by `caloforge export --format aoti`, the model it was exported from)."""
+    import fcntl
+
+    from caloforge.checkpoint import point_best, write_checkpoint
+
+    model = tiny_model("caloshowergan", 1)  # conditioned on angles and an impact point, kinetic energy
+    shared = tmp_path_factory.getbasetemp().parent / "aoti-export"
+    shared.mkdir(exist_ok=True)
+    package = shared / "pions.pt2"
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not package.exists():
+            run = shared / "run"
+            point_best(run, write_checkpoint(run / "checkpoints" / "iter-0000003", model, meta={"iteration": 3}))
+            result = CliRunner().invoke(app, ["export", "--model", str(run / "best"), "--format", "aoti",
+                                              "-o", str(package)])
+            assert result.exit_code == 0, result.output
+            assert "parity" in result.output and str(package) in result.output
+            assert sorted(p.name for p in shared.iterdir()) == [".lock", "pions.pt2", "run"]  # no temp left
+    return package, model
+
+
+def test_aoti_package_matches_pytorch_and_carries_the_metadata(tmp_path_factory):
+    from torch._inductor import aoti_load_package
+
+    from caloforge.export import read_aoti_metadata
+
+    package, model = aoti_package(tmp_path_factory)
+    meta = read_aoti_metadata(package)
+    assert meta["family"] == "caloshowergan" and meta["geometry"] == "ds1-pions" and meta["n_voxels"] == 533
+    assert meta["condition_names"] == ["incident_energy", "incident_theta", "incident_phi", "impact_x"]
+    assert meta["iteration"] == 3 and meta["noise"]["mean"] == [0.5] * 5
+    flat = torch._C._aoti.AOTIModelPackageLoader.load_metadata_from_package(str(package), "model")
+    assert flat["n_voxels"] == "533" and flat["condition_names"].split() == meta["condition_names"]
+    compiled = aoti_load_package(str(package))
+    module = model.export_module().eval()
+    for n, seed in ((37, 5), (1, 6), (500, 7)):  # dynamic batch, other sizes than the export's own check
+        noise, cond = example_inputs(model, n, seed)
+        with torch.no_grad():
+            ref = module(noise, cond).numpy()
+            out = compiled(noise, cond).numpy()
+        assert out.shape == (n, 533) and out.dtype == np.float32 and np.isfinite(out).all() and (out >= 0).all()
+        assert ref.sum() > 0 and max_relative_deviation(ref, out) <= TOLERANCE
+
+
+def test_aoti_bad_input_fails_before_compiling(run_dir, tmp_path):
+    runner = CliRunner()
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    (empty / "run.json").write_text(json.dumps({}))
+    cases = [
+        (["--model", str(run_dir), "--format", "aoti", "-o", str(tmp_path / "gan.pt")], "must be named *.pt2"),
+        (["--model", str(run_dir), "--format", "aoti", "-o", str(tmp_path / "no" / "gan.pt2")], "cannot be written"),
+        (["--model", str(empty), "--format", "aoti", "-o", str(tmp_path / "gan.pt2")], "no checkpoint"),
+    ]
+    for args, message in cases:
+        assert message in _one_line_error(runner.invoke(app, ["export", *args]))
+    assert [p.name for p in tmp_path.iterdir()] == ["empty-run"]
+    not_a_package = tmp_path / "x.pt2"
+    not_a_package.write_bytes(b"not a zip")
+    from caloforge.export import read_aoti_metadata
+
+    with pytest.raises(DataError, match="not a caloforge AOTInductor package"):
+        read_aoti_metadata(not_a_package)

@@ -1,18 +1,23 @@
-// caloforge_generate: showers from a caloforge TorchScript export, with LibTorch only.
+// caloforge_generate: showers from a caloforge TorchScript or AOTInductor export, with LibTorch only.
 //
-//   caloforge_generate MODEL.pt --energy MEV --n N [--seed S] [--batch B] [--threads T]
+//   caloforge_generate MODEL.pt|MODEL.pt2 --energy MEV --n N [--seed S] [--batch B] [--threads T]
 //                      [--condition NAME=VALUE ...] [--noise NOISE.csv] -o OUT.csv
-//   caloforge_generate MODEL.pt --bench 1,100,10000 [--energy MEV] [--repeats R] [--threads T]
+//   caloforge_generate MODEL.pt|MODEL.pt2 --bench 1,100,10000 [--energy MEV] [--repeats R] [--threads T]
 //
-// The model file is written by `caloforge export --format torchscript`: the graph maps
-// noise (N, noise_dim) and physical conditions (N, C: incident energy in MeV first, angles
-// in rad, impact point in mm) to voxel energies in MeV; its extra file caloforge.txt says
-// how to draw the noise, the condition order and the voxel count.
+// MODEL.pt is written by `caloforge export --format torchscript` (run by the TorchScript
+// interpreter, torch::jit::load), MODEL.pt2 by `caloforge export --format aoti` (an
+// AOTInductor package: the graph compiled ahead of time to a shared library, run by
+// torch::inductor::AOTIModelPackageLoader); the file name's suffix picks the loader.  Both
+// map noise (N, noise_dim) and physical conditions (N, C: incident energy in MeV first,
+// angles in rad, impact point in mm) to voxel energies in MeV; their metadata (caloforge.txt
+// in the TorchScript file, the package metadata of the .pt2) says how to draw the noise, the
+// condition order and the voxel count.
 //
 // Output: CSV, one shower per row: incident_energy, the other conditions, then the
 // n_voxels voxel energies in MeV (the CaloChallenge voxel order).  The file is written
 // under a temporary name and renamed when complete.  Errors: one line on stderr, exit 2.
 #include <ATen/Parallel.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/script.h>
 
 #include <algorithm>
@@ -22,8 +27,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -71,7 +78,8 @@ std::vector<double> numbers(const std::string& text, const std::string& what) {
   return out;
 }
 
-ModelInfo parse_info(const std::string& path, const std::string& text) {
+// "key value" lines (caloforge.txt) as a map.
+std::map<std::string, std::string> key_values(const std::string& text) {
   std::map<std::string, std::string> kv;
   std::istringstream in(text);
   std::string line;
@@ -79,8 +87,13 @@ ModelInfo parse_info(const std::string& path, const std::string& text) {
     auto space = line.find(' ');
     kv[line.substr(0, space)] = space == std::string::npos ? "" : line.substr(space + 1);
   }
+  return kv;
+}
+
+// The flat metadata (the same keys in both formats) -> ModelInfo.
+ModelInfo parse_info(const std::string& path, std::map<std::string, std::string> kv) {
   for (const char* key : {"n_voxels", "noise_dim", "noise_distribution", "condition_names"}) {
-    if (!kv.count(key)) throw UsageError(path + ": not a caloforge export (caloforge.txt lacks " + key + ")");
+    if (!kv.count(key)) throw UsageError(path + ": not a caloforge export (its metadata lacks " + key + ")");
   }
   ModelInfo info;
   info.family = kv["family"];
@@ -101,25 +114,70 @@ ModelInfo parse_info(const std::string& path, const std::string& text) {
   return info;
 }
 
-// Load the TorchScript module and its caloforge.txt; any failure is one line.
-torch::jit::Module load_model(const std::string& path, ModelInfo& info) {
-  std::ifstream probe(path, std::ios::binary);
-  if (!probe) throw UsageError(path + ": cannot be opened");
+// The exported network, whichever runtime runs it: (noise, conditions) -> showers.
+struct Model {
+  ModelInfo info;
+  std::string runtime;  // "torchscript" or "aoti"
+  std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&)> forward;
+};
+
+std::string first_line(const std::string& text) {
+  return text.substr(0, std::min(text.find('\n'), text.find(". ")));
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// A TorchScript file and its caloforge.txt; any failure is one line.
+Model load_torchscript(const std::string& path) {
   torch::jit::ExtraFilesMap extra{{"caloforge.txt", ""}};
-  torch::jit::Module module;
+  auto module = std::make_shared<torch::jit::Module>();
   try {
-    module = torch::jit::load(path, torch::kCPU, extra);
+    *module = torch::jit::load(path, torch::kCPU, extra);
   } catch (const std::exception& exc) {
-    std::string why = exc.what();
-    why = why.substr(0, std::min(why.find('\n'), why.find(". ")));
-    throw UsageError(path + ": not a TorchScript model file (" + why + ")");
+    throw UsageError(path + ": not a TorchScript model file (" + first_line(exc.what()) + ")");
   }
   if (extra["caloforge.txt"].empty())
     throw UsageError(path + ": a TorchScript file, but not a caloforge export (no caloforge.txt); "
                      "export with `caloforge export --format torchscript`");
-  info = parse_info(path, extra["caloforge.txt"]);
-  module.eval();
-  return module;
+  Model model{parse_info(path, key_values(extra["caloforge.txt"])), "torchscript", nullptr};
+  module->eval();
+  model.forward = [module](const torch::Tensor& z, const torch::Tensor& c) {
+    return module->forward({z, c}).toTensor();
+  };
+  return model;
+}
+
+// An AOTInductor package (.pt2): metadata first (read from the archive, nothing loaded), then the
+// compiled library; any failure is one line.
+Model load_aoti(const std::string& path) {
+  std::unordered_map<std::string, std::string> meta;
+  try {
+    meta = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path, "model");
+  } catch (const std::exception& exc) {
+    throw UsageError(path + ": not an AOTInductor package (" + first_line(exc.what()) + ")");
+  }
+  if (!meta.count("caloforge_metadata"))
+    throw UsageError(path + ": an AOTInductor package, but not a caloforge export (no caloforge metadata); "
+                     "export with `caloforge export --format aoti`");
+  Model model{parse_info(path, std::map<std::string, std::string>(meta.begin(), meta.end())), "aoti", nullptr};
+  std::shared_ptr<torch::inductor::AOTIModelPackageLoader> loader;
+  try {
+    loader = std::make_shared<torch::inductor::AOTIModelPackageLoader>(path, "model");
+  } catch (const std::exception& exc) {  // e.g. compiled for another CPU or torch version
+    throw UsageError(path + ": the AOTInductor package cannot be loaded here (" + first_line(exc.what()) + ")");
+  }
+  model.forward = [loader](const torch::Tensor& z, const torch::Tensor& c) {
+    return loader->run({z.contiguous(), c.contiguous()}).at(0);
+  };
+  return model;
+}
+
+Model load_model(const std::string& path) {
+  std::ifstream probe(path, std::ios::binary);
+  if (!probe) throw UsageError(path + ": cannot be opened");
+  return ends_with(path, ".pt2") ? load_aoti(path) : load_torchscript(path);
 }
 
 // Noise as the model's sample_noise draws it: standard normal per column, times std plus mean.
@@ -150,8 +208,8 @@ torch::Tensor read_csv_matrix(const std::string& path, int64_t cols) {
   return torch::from_blob(values.data(), {rows, cols}, torch::kFloat32).clone();
 }
 
-torch::Tensor run(torch::jit::Module& module, const torch::Tensor& noise, const torch::Tensor& conditions) {
-  return module.forward({noise, conditions}).toTensor();
+torch::Tensor run(const Model& model, const torch::Tensor& noise, const torch::Tensor& conditions) {
+  return model.forward(noise, conditions);
 }
 
 struct Args {
@@ -196,15 +254,16 @@ Args parse_args(int argc, char** argv) {
       if (eq == std::string::npos) throw UsageError("--condition needs NAME=VALUE, got '" + c + "'");
       a.conditions[c.substr(0, eq)] = to_number(c.substr(eq + 1), "--condition " + c.substr(0, eq));
     } else if (o == "-h" || o == "--help") {
-      std::cout << "usage: caloforge_generate MODEL.pt --energy MEV --n N [--seed S] [--batch B] [--threads T]\n"
-                   "       [--condition NAME=VALUE ...] [--noise NOISE.csv] -o OUT.csv\n"
-                   "       caloforge_generate MODEL.pt --bench 1,100,10000 [--energy MEV] [--repeats R]\n";
+      std::cout << "usage: caloforge_generate MODEL.pt|MODEL.pt2 --energy MEV --n N [--seed S] [--batch B]\n"
+                   "       [--threads T] [--condition NAME=VALUE ...] [--noise NOISE.csv] -o OUT.csv\n"
+                   "       caloforge_generate MODEL.pt|MODEL.pt2 --bench 1,100,10000 [--energy MEV] [--repeats R]\n"
+                   "MODEL.pt: caloforge export --format torchscript; MODEL.pt2: caloforge export --format aoti\n";
       std::exit(0);
     } else if (!o.empty() && o[0] == '-') throw UsageError("unknown option " + o);
     else if (a.model.empty()) a.model = o;
     else throw UsageError("unexpected argument " + o);
   }
-  if (a.model.empty()) throw UsageError("give the model file (caloforge export --format torchscript)");
+  if (a.model.empty()) throw UsageError("give the model file (caloforge export --format torchscript or aoti)");
   if (a.threads < 1 || a.batch < 1 || a.repeats < 1) throw UsageError("--threads, --batch and --repeats must be >= 1");
   return a;
 }
@@ -227,7 +286,7 @@ double median(std::vector<double> v) {
 }
 
 // CaloChallenge timing protocol: warm-up excluded, median over repeats of ms per shower.
-int bench(torch::jit::Module& module, const ModelInfo& info, Args a) {
+int bench(const Model& module, const ModelInfo& info, Args a) {
   if (!(a.energy > 0)) a.energy = info.e_max > 0 ? std::sqrt(info.e_min * info.e_max) : 65536.0;
   at::Generator gen = at::detail::createCPUGenerator(a.seed);
   std::cout << "[";
@@ -256,7 +315,7 @@ int bench(torch::jit::Module& module, const ModelInfo& info, Args a) {
   return 0;
 }
 
-int generate(torch::jit::Module& module, const ModelInfo& info, const Args& a) {
+int generate(const Model& module, const ModelInfo& info, const Args& a) {
   if (a.output.empty()) throw UsageError("give the output file with -o OUT.csv");
   if (!(a.energy > 0)) throw UsageError("--energy must be a positive energy in MeV");
   torch::Tensor noise;
@@ -316,10 +375,9 @@ int main(int argc, char** argv) {
   try {
     Args a = parse_args(argc, argv);
     at::set_num_threads(static_cast<int>(a.threads));
-    ModelInfo info;
-    auto module = load_model(a.model, info);
+    Model model = load_model(a.model);
     torch::NoGradGuard no_grad;
-    return a.bench.empty() ? generate(module, info, a) : bench(module, info, a);
+    return a.bench.empty() ? generate(model, model.info, a) : bench(model, model.info, a);
   } catch (const UsageError& exc) {
     std::cerr << "error: " << exc.what() << "\n";
     return 2;
