@@ -1,7 +1,8 @@
 """Flow-based models against the CaloShowerGAN demo config, side by side, at the same CPU budget.
 
-Protocol (issue 11): simulate one ``ds1-photons`` training set and an independent held-out
-set (another seed); train every model on the same file for the same budget on the same
+Protocol (issue 11): simulate one training set of a CaloChallenge preset (``--dataset``:
+``ds1-photons`` by default, ``ds1-pions``, ``ds2``) and an independent held-out set (another
+seed); every config is trained on that preset's geometry (its ``model.geometry`` is replaced); train every model on the same file for the same budget on the same
 number of threads; generate one shower per held-out shower (``--like``); evaluate
 each with the full evaluator and the CaloChallenge classifier (``caloforge evaluate
 --classifier``); time generation per shower at batch 1, 100 and 10 000 on one thread,
@@ -49,23 +50,28 @@ def _log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-def _simulate(out: Path, scale: float, holdout_scale: float, seed: int) -> tuple[Path, Path]:
+def _simulate(out: Path, scale: float, holdout_scale: float, seed: int,
+              dataset: str = "ds1-photons") -> tuple[Path, Path]:
     from caloforge.simulate import simulate_preset_to_file
 
     train_file, holdout_file = out / "train.h5", out / "holdout.h5"
     for path, sc, sd in ((train_file, scale, seed), (holdout_file, holdout_scale, seed + 1000)):
         if not path.exists():
-            _log(f"simulating {path.name} (ds1-photons, scale {sc}, seed {sd})")
-            simulate_preset_to_file(path, "ds1-photons", seed=sd, scale=sc, workers=1)
+            _log(f"simulating {path.name} ({dataset}, scale {sc}, seed {sd})")
+            simulate_preset_to_file(path, dataset, seed=sd, scale=sc, workers=1)
     return train_file, holdout_file
 
 
 def _train(config: str, train_file: Path, run: Path, minutes: float, threads: int, teacher: Path | None,
-           clock: str = "cpu", overrides: dict | None = None) -> dict:
+           clock: str = "cpu", overrides: dict | None = None, dataset: str = "ds1-photons") -> dict:
     from caloforge.config import load_config
     from caloforge.train import train
 
     cfg = load_config(config).to_dict()
+    if cfg["model"]["geometry"] != dataset:  # e.g. the photon demo GAN on pions: same architecture, other grid
+        cfg["model"]["geometry"] = dataset
+        if dataset == "ds1-pions":
+            cfg["model"]["particle"] = "pion"
     if teacher is not None:
         cfg["model"]["teacher"] = str(teacher)
     for key, value in (overrides or {}).items():  # "model.lr_decay_iterations" → value
@@ -94,7 +100,8 @@ def _n_params(path: Path) -> int:
                                                                                                 "frequencies"))))
 
 
-def _evaluate(holdout: Path, generated: Path, out: Path, classifier: bool = True, epochs: int | None = None) -> dict:
+def _evaluate(holdout: Path, generated: Path, out: Path, classifier: bool = True, epochs: int | None = None,
+              dataset: str = "ds1-photons") -> dict:
     from caloforge.evaluate import compare
     from caloforge.evaluate.compare import json_safe
 
@@ -102,7 +109,7 @@ def _evaluate(holdout: Path, generated: Path, out: Path, classifier: bool = True
         m = json.loads((out / "metrics.json").read_text())
     else:
         settings = {"epochs": epochs} if epochs else None  # the official classifier is 50 epochs in float64
-        m = json_safe(compare(holdout, generated, "ds1-photons", classifier=classifier, seed=0,
+        m = json_safe(compare(holdout, generated, dataset, classifier=classifier, seed=0,
                               classifier_settings=settings).metrics)
         (out / "metrics.json").write_text(json.dumps(m))
     clf = m.get("classifier") or {}
@@ -133,9 +140,10 @@ def _timing(model: Path, sampling: dict | None) -> dict:
     torch.set_num_threads(1)
     gen = load_model(model)
     rng = np.random.default_rng(0)
+    lo, hi = gen.e_min, gen.e_max
     row = {}
     for batch, n in TIMING_SHOWERS.items():
-        e = 256.0 * 2.0 ** rng.integers(0, 15, n)
+        e = np.exp(rng.uniform(np.log(lo), np.log(hi), n))  # log-uniform over the model's range
         generate(gen, e[: min(n, 2 * batch, 1000)], batch_size=batch, sampling=sampling)  # warm-up
         t0 = time.perf_counter()
         generate(gen, e, batch_size=batch, sampling=sampling)
@@ -147,7 +155,7 @@ def _fmt(v, spec: str) -> str:
     return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
-def table(results: list[dict]) -> str:
+def table(results: list[dict], dataset: str = "ds1-photons") -> str:
     head = ("| model | params | iterations | AUC low | AUC high | FPD ×10³ | KPD ×10³ | E_tot χ²/ndf | "
             "layer E χ²/ndf | ms/shower b1 | b100 | b10000 |")
     lines = [head, "|" + "---|" * 12]
@@ -162,7 +170,7 @@ def table(results: list[dict]) -> str:
     if ANCHORS.exists():
         with ANCHORS.open() as fh:
             for row in csv.DictReader(fh):
-                if row["dataset"].startswith("ds1_photons") or row["dataset"].startswith("ds1-photons"):
+                if row["dataset"].replace("_", "-") == dataset:
                     lines.append(f"| CaloChallenge {row['model']} | | | {row['auc_low_level']} | "
                                  f"{row['auc_high_level']} | {row['fpd_x1e3']} | {row['kpd_x1e3']} | | | "
                                  f"{row.get('ms_per_shower_cpu_b1', '')} | {row.get('ms_per_shower_cpu_b100', '')} | "
@@ -184,7 +192,9 @@ def main() -> None:
     ap.add_argument("--budget-clock", default="cpu", choices=("cpu", "wall"),
                     help="cpu: the budget counts the training process's CPU seconds (fair on a shared machine)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--scale", type=float, default=1.0, help="training set: fraction of the ds1-photons preset")
+    ap.add_argument("--dataset", default="ds1-photons", choices=("ds1-photons", "ds1-pions", "ds2"),
+                    help="the simulator preset trained and evaluated on (every config gets its geometry)")
+    ap.add_argument("--scale", type=float, default=1.0, help="training set: fraction of the preset")
     ap.add_argument("--holdout-scale", type=float, default=0.2, help="held-out set: fraction of the preset")
     ap.add_argument("--models", default=",".join(MODELS.values()), help="comma-separated shipped configs")
     ap.add_argument("--teacher", default="flow-matching-photons",
@@ -207,11 +217,11 @@ def main() -> None:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     if args.table:
-        text = table(_collect(out))
+        text = table(_collect(out), args.dataset)
         (out / "table.md").write_text(text + "\n")
         print(text)
         return
-    train_file, holdout = _simulate(out, args.scale, args.holdout_scale, args.seed)
+    train_file, holdout = _simulate(out, args.scale, args.holdout_scale, args.seed, args.dataset)
     overrides: dict[str, dict] = {}
     for item in args.set:
         config, _, assignment = item.partition(":")
@@ -228,7 +238,7 @@ def main() -> None:
             if not teacher.exists():
                 raise SystemExit(f"the student needs the teacher run {teacher}: train {args.teacher} first")
         info = _train(config, train_file, run, args.minutes, args.threads, teacher, args.budget_clock,
-                      overrides.get(config))
+                      overrides.get(config), args.dataset)
         label = labels.get(config, config)
         if config.startswith("student"):
             label = f"student (of {args.teacher})"
@@ -244,7 +254,7 @@ def main() -> None:
             t0 = time.perf_counter()
             gen_path = _generate(run / "best", holdout, ev_dir, sampling)
             with_classifier = sampling is None or str(sampling["steps"]) in args.classifier_steps.split(",")
-            fid = _evaluate(holdout, gen_path, ev_dir, with_classifier, args.classifier_epochs)
+            fid = _evaluate(holdout, gen_path, ev_dir, with_classifier, args.classifier_epochs, args.dataset)
             _log(f"  {json.dumps(fid)} ({time.perf_counter() - t0:.0f} s)")
             results.append({"label": name, "config": config, **info, "budget": f"{args.minutes:g} "
                             f"{args.budget_clock}-min, {args.threads} thread(s)", "sampling": sampling,
@@ -260,7 +270,7 @@ def main() -> None:
                     results.append({"label": f"{label}, {sampling['steps']} Euler steps (timing only)",
                                     "config": config, **info, "sampling": sampling, "timing": t})
         (run / "results.json").write_text(json.dumps(results, indent=1))
-    text = table(_collect(out))
+    text = table(_collect(out), args.dataset)
     (out / "table.md").write_text(text + "\n")
     print(text)
 

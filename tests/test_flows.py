@@ -376,13 +376,18 @@ def test_flow_families_work_for_any_geometry(geometry):
         assert out.shape == (2, geo.n_voxels) and torch.isfinite(out).all() and (out >= 0).all()
 
 
-@pytest.mark.parametrize("name", ["caloflow-photons", "flow-matching-photons", "student-photons",
+@pytest.mark.parametrize("name", ["caloflow-photons", "caloflow-pions", "flow-matching-photons", "student-photons",
                                   "caloflow-tiny", "flow-matching-tiny", "student-tiny"])
 def test_shipped_flow_configs_load(name):
     cfg = load_config(name)
-    assert cfg.model.name in ("caloflow", "flow_matching", "student") and cfg.model.geometry == "ds1-photons"
-    if name == "caloflow-photons":
+    assert cfg.model.name in ("caloflow", "flow_matching", "student")
+    assert cfg.model.geometry == ("ds1-pions" if name.endswith("pions") else "ds1-photons")
+    if name.startswith("caloflow-p"):
         assert cfg.training.select_by == "val_nll"
+    if name == "caloflow-pions":  # the photon flows on the pion grid, conditioned on the pion's incident energy
+        photons = load_config("caloflow-photons").model
+        assert cfg.model.particle == "pion" and cfg.model.layer_flow == photons.layer_flow
+        assert cfg.model.voxel_flow == photons.voxel_flow
     if name == "student-photons":  # no bigger than the CaloShowerGAN photon generator (259,768)
         from caloforge.conditions import ConditionEncoder
         from caloforge.geometry import load_geometry
