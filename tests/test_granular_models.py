@@ -209,7 +209,10 @@ def test_bibae_stages_fit_the_latent_kde_and_switch_on_the_postprocessor(runs):
     from caloforge.generate import load_model
 
     run = runs["bibae"][0]
+    # best is chosen among the complete (second-stage) checkpoints: never a model without KDE / post-processor
+    assert load_model(run / "best").model.complete and load_model(run / "best").iteration in (4, 6)
     stage1 = load_model(run / "checkpoints" / "iter-0000002").model
+    assert not stage1.complete
     assert stage1.stage == 1 and not stage1.latent_density_fitted and int(stage1.postprocessor_active) == 0
     end1 = load_model(run / "checkpoints" / "iter-0000004").model
     assert end1.latent_density_fitted and int(end1.kde_count) == 40 and int(end1.postprocessor_active) == 1

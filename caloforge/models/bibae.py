@@ -351,6 +351,12 @@ class BibAE(ShowerModel):
         return 1 if int(self.iteration) < self.config.stages[0] else 2
 
     @property
+    def complete(self) -> bool:
+        """From the post-processor stage on (latent KDE fitted, post-processor active): ``best`` is
+        never a first-stage checkpoint once a second-stage one exists."""
+        return int(self.iteration) >= self.config.stages[0]
+
+    @property
     def latent_density_fitted(self) -> bool:
         return int(self.kde_count) > 0
 
