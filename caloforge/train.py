@@ -233,7 +233,12 @@ def _score(model, validation: ShowerData, seed: int, device: torch.device, batch
     return scores
 
 
-def _best(history: list[tuple[int, float]]) -> tuple[int | None, float]:
+def _best(history: list[dict], select_by: str) -> tuple[int | None, float]:
+    """(iteration, score) of the best checkpoint: the lowest finite score among the complete ones
+    (``ShowerModel.complete``: a two-stage model's first-stage checkpoints stop competing once the
+    last stage has one), among all while none is complete."""
+    complete = [h for h in history if h.get("complete", True)]
+    history = [(h["iteration"], h["scores"].get(select_by, math.inf)) for h in (complete or history)]
     finite = [(s, i) for i, s in history if math.isfinite(s)]
     if not finite:
         return (history[0][0], math.inf) if history else (None, math.inf)
@@ -476,8 +481,7 @@ def _train_loop(cfg, tc, train_data, val_data, train_print, source, run_dir, res
         ckpt.set_rng_state(noise_rng, noise_states[dist.rank()])
         iteration = int(meta["iteration"])
         history = list(meta["history"])
-        best_iteration, best_score = _best([(h["iteration"], h["scores"].get(tc.select_by, math.inf))
-                                            for h in history])
+        best_iteration, best_score = _best(history, tc.select_by)
         if main and best_iteration is not None:  # a kill between checkpoint and these updates leaves them stale
             ckpt.point_best(run_dir, run_dir / "checkpoints" / ckpt.checkpoint_name(best_iteration))
             _write_scores(run_dir, history, tc.select_by, best_iteration)
@@ -496,14 +500,14 @@ def _train_loop(cfg, tc, train_data, val_data, train_print, source, run_dir, res
             if tc.select_by not in scores:
                 raise ConfigError(f"training.select_by: {tc.select_by!r} is not a score of this model "
                                   f"(it reports {', '.join(scores)})")
-            history = history + [{"iteration": it, "scores": scores}]
+            history = history + [{"iteration": it, "scores": scores, "complete": bool(model.complete)}]
             meta = {"iteration": it, "training": dataclasses.asdict(tc), "select_by": tc.select_by,
                     "score": scores[tc.select_by], "scores": scores, "history": history,
                     "rng": {"data": ckpt.rng_state(data_rng), "noise": noise_states}}
             if batches.state():  # a streamed source's pool position
                 meta["data_stream"] = batches.state()
             ckpt.write_checkpoint(path, model, optimizers=optimizers, meta=meta)
-            best_iteration, best_score = _best([(h["iteration"], h["scores"][tc.select_by]) for h in history])
+            best_iteration, best_score = _best(history, tc.select_by)
             if best_iteration == it:
                 ckpt.point_best(run_dir, path)
             _write_scores(run_dir, history, tc.select_by, best_iteration)

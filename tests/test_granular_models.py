@@ -30,7 +30,8 @@ BIBAE_TINY = {"name": "bibae", "particle": "electron", "conditions": {"incident_
               "latent_dim": 3, "random_dim": 2, "encoder_channels": [2], "decoder_channels": [2], "decoder_upsample": 2,
               "decoder_seed_channels": 2, "hidden": 16, "critic_channels": [2], "critic_hidden": 8,
               "postprocessor_channels": 4, "stages": [3, 3], "critic_steps": 1, "hit_mmd_kernel": 8,
-              "hit_mmd_stride": 8, "hit_mmd_cutoff": 32, "kde_max_showers": 40}
+              "hit_mmd_stride": 8, "hit_mmd_cutoff": 32, "kde_max_showers": 40,
+              "reset_critic_every": 2}  # the resetting critic restarts at iterations 0 and 2 (across the resume)
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +209,10 @@ def test_bibae_stages_fit_the_latent_kde_and_switch_on_the_postprocessor(runs):
     from caloforge.generate import load_model
 
     run = runs["bibae"][0]
+    # best is chosen among the complete (second-stage) checkpoints: never a model without KDE / post-processor
+    assert load_model(run / "best").model.complete and load_model(run / "best").iteration in (4, 6)
     stage1 = load_model(run / "checkpoints" / "iter-0000002").model
+    assert not stage1.complete
     assert stage1.stage == 1 and not stage1.latent_density_fitted and int(stage1.postprocessor_active) == 0
     end1 = load_model(run / "checkpoints" / "iter-0000004").model
     assert end1.latent_density_fitted and int(end1.kde_count) == 40 and int(end1.postprocessor_active) == 1
@@ -221,6 +225,50 @@ def test_bibae_stages_fit_the_latent_kde_and_switch_on_the_postprocessor(runs):
     z = end1.sample_noise(4000, torch.Generator().manual_seed(0))[:, :3]
     kde_mean = end1.kde_points[: int(end1.kde_count)].mean(0)
     assert torch.allclose(z.mean(0), kde_mean, atol=0.1 + 0.1 * float(kde_mean.abs().max()))
+
+
+def test_bibae_resetting_critic_restarts_on_schedule(toy):
+    """The second critic restarts every ``reset_critic_every`` iterations: fresh weights drawn from the
+    training generator (reproducible) and an empty Adam state; in between it trains like the first."""
+    from caloforge.models.base import BatchSource, fit
+
+    geo, data = toy
+    cfg = load_config(_config(BIBAE_TINY, geo)).model
+    showers, e = torch.as_tensor(data.showers), torch.as_tensor(data.incident_energy)
+    cond = {k: torch.as_tensor(v) for k, v in data.conditions.items()}
+    torch.manual_seed(0)
+    model = fit(cfg, showers, e, cond)
+    assert model.reset_critic is not None and set(model.configure_optimizers()) >= {"critic", "reset_critic"}
+    opts = model.configure_optimizers()
+    batches = BatchSource(showers, e, cond, 8, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+
+    def weights(net):
+        return [p.detach().clone() for p in net.parameters()]
+
+    losses = model.training_step(batches, opts, g)  # iteration 0: restart, then one update of both critics
+    assert losses["reset_critic_loss"] != 0.0 and math.isfinite(losses["reset_critic_loss"])
+    assert len(opts["reset_critic"].state) > 0
+    w1, first1 = weights(model.reset_critic), weights(model.critic)
+    model.training_step(batches, opts, g)  # iteration 1: no restart, both critics keep training
+    assert all(not torch.equal(a, b) for a, b in zip(w1, weights(model.reset_critic)) if a.dim() > 1)
+    assert any(not torch.equal(a, b) for a, b in zip(first1, weights(model.critic)))
+    # iteration 2: a restart draws fresh weights from the generator: the same draw gives the same weights
+    state = g.get_state()
+    global_rng = torch.get_rng_state()
+    model.restart_reset_critic(opts["reset_critic"], g)
+    fresh = weights(model.reset_critic)
+    assert len(opts["reset_critic"].state) == 0 and torch.equal(torch.get_rng_state(), global_rng)
+    g.set_state(state)
+    model.restart_reset_critic(opts["reset_critic"], g)
+    assert all(torch.equal(a, b) for a, b in zip(fresh, weights(model.reset_critic)))
+    g2 = torch.Generator().manual_seed(99)
+    model.restart_reset_critic(opts["reset_critic"], g2)
+    assert any(not torch.equal(a, b) for a, b in zip(fresh, weights(model.reset_critic)))
+    # the first critic is never restarted and a one-critic config has no second critic at all
+    one = fit(load_config(_config({**BIBAE_TINY, "reset_critic_every": 0}, geo)).model, showers, e, cond)
+    assert one.reset_critic is None and "reset_critic" not in one.configure_optimizers()
+    assert not any(k.startswith("reset_critic") for k in one.state_dict())
 
 
 def test_gan3d_sampling_fraction_fit_and_regression_heads(toy):

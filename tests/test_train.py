@@ -357,3 +357,17 @@ def test_cli_train_errors_exit_2_with_one_line(tmp_path):
     assert r.exit_code in (0, 2)
     if not torch.cuda.is_available():
         assert "CUDA" in _one_line_error(r)
+
+
+def test_best_prefers_complete_checkpoints():
+    """A multi-stage model's first-stage checkpoints compete for ``best`` only until the last stage has
+    one; non-finite scores never win; histories written before the flag count as complete."""
+    h = [{"iteration": 2, "scores": {"chi2_etot": 1.0}, "complete": False},
+         {"iteration": 4, "scores": {"chi2_etot": 5.0}, "complete": True},
+         {"iteration": 6, "scores": {"chi2_etot": 3.0}, "complete": True}]
+    assert train_mod._best(h[:1], "chi2_etot") == (2, 1.0)  # nothing complete yet: the best so far
+    assert train_mod._best(h[:2], "chi2_etot") == (4, 5.0)  # a worse score, but the model is complete
+    assert train_mod._best(h, "chi2_etot") == (6, 3.0)
+    legacy = [{"iteration": 2, "scores": {"chi2_etot": 2.0}}, {"iteration": 4, "scores": {"chi2_etot": math.inf}}]
+    assert train_mod._best(legacy, "chi2_etot") == (2, 2.0)
+    assert train_mod._best([], "chi2_etot") == (None, math.inf)

@@ -235,6 +235,12 @@ class ShowerModel(nn.Module):
         """Extra checkpoint scores on validation showers (e.g. ``val_nll``); none by default."""
         return {}
 
+    @property
+    def complete(self) -> bool:
+        """Whether the model is in its final form (a multi-stage family is not before its last stage):
+        once a run has a complete checkpoint, ``best`` is chosen among complete ones only."""
+        return True
+
     # --- sampling -----------------------------------------------------------------------
     def default_sampling(self) -> dict[str, Any]:
         """Generation options this family understands and their defaults (none by default).

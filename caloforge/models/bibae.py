@@ -13,6 +13,18 @@ describe it:
   input shower next to its reconstruction (raw cells, log cells and their difference, plus
   the conditions), and a **latent critic** that compares each latent coordinate with a
   standard normal;
+* the **dual and resetting critics** of the slides' backup ("prevent artifacts caused by
+  sparsity"), as the authors' public code (FLC-QU-hep/Two_Angle_BIBAE, the ``Reset`` models)
+  arranges them: with ``reset_critic_every: N`` a second critic of the same design is
+  trained beside the first (same updates, same gradient penalty) and the autoencoder is
+  trained against both (weight ``reset_critic_weight``, the authors' 1); every ``N``
+  iterations (the authors: every epoch) the second critic restarts from fresh random
+  weights and an empty Adam state, so it keeps looking at the current reconstructions
+  with new eyes instead of settling into the first critic's blind spots (in the authors'
+  released code the weight reset is applied to the container module and appears to leave
+  the weights as they were, so only the optimiser restarts; we re-initialise the weights as
+  intended, drawing them from the training generator so that runs and resumes stay
+  reproducible);
 * the **MMD** between the latent codes and N(0, 1) (Gaussian kernels, α = 1 and 0.01) and
   the **KL** term (weight 0.05, MMD weight 100, adversarial weights 1 and 100: the authors'
   public run settings);
@@ -43,8 +55,7 @@ penalty 10, Adam with learning rates 5·10⁻⁴ (autoencoder, critic, post-proc
 size); trilinear upsampling of a coarse grid in the decoder instead of transposed
 convolutions; Adam β = (0.5, 0.9) for every optimiser; a residual post-processor (its last
 layer starts at zero, so stage 2 starts from the stage-1 output, which the authors reach by
-pre-training it on MSE); the dual/resetting critics of the slides' backup are not implemented
-(our critic sees the input–candidate pair, as the authors' "Diff" critic).
+pre-training it on MSE); each critic sees the input–candidate pair, as the authors' "Diff" critic.
 
 >>> from caloforge.models.base import fit
 >>> import torch
@@ -113,6 +124,8 @@ class BibAEConfig(ModelConfig):
     critic_lr: float = 5e-4
     latent_critic_lr: float = 2e-3
     postprocessor_lr: float = 5e-4
+    reset_critic_every: int = 0  # iterations between restarts of the second (resetting) critic; 0 = one critic
+    reset_critic_weight: float = 1.0  # its adversarial weight in the autoencoder loss (the authors': as the first's)
 
     def check(self, require, source: str) -> None:
         super().check(require, source)
@@ -127,10 +140,13 @@ class BibAEConfig(ModelConfig):
         for key in ("encoder_channels", "decoder_channels", "critic_channels"):
             v = getattr(self, key)
             require(len(v) > 0 and all(c > 0 for c in v), f"model.{key}", "a non-empty list of positive integers", v)
+        require(self.reset_critic_every >= 0, "model.reset_critic_every",
+                "≥ 0 iterations (0: no resetting critic)", self.reset_critic_every)
         require(len(self.stages) == 2 and self.stages[0] > 0 and self.stages[1] >= 0, "model.stages",
                 "[main iterations > 0, post-processor iterations ≥ 0]", self.stages)
         for key in ("gp_lambda", "adversarial_weight", "latent_adversarial_weight", "kl_weight", "latent_mmd_weight",
-                    "energy_sum_weight", "postprocessor_mse_weight", "hit_mmd_weight", "hit_threshold_mip"):
+                    "energy_sum_weight", "postprocessor_mse_weight", "hit_mmd_weight", "hit_threshold_mip",
+                    "reset_critic_weight"):
             require(getattr(self, key) >= 0, f"model.{key}", "≥ 0", getattr(self, key))
         require(self.hit_mmd_alpha > 0, "model.hit_mmd_alpha", "positive", self.hit_mmd_alpha)
         require(self.latent_sampling in ("kde", "normal"), "model.latent_sampling", "kde or normal",
@@ -280,7 +296,8 @@ class BibAE(ShowerModel):
     """Encoder, decoder, critics, post-processor and the fitted latent density; see the module docstring."""
 
     Config = BibAEConfig
-    loss_names = ("autoencoder_loss", "critic_loss", "latent_critic_loss", "kl", "latent_mmd", "postprocessor_loss")
+    loss_names = ("autoencoder_loss", "critic_loss", "reset_critic_loss", "latent_critic_loss", "kl", "latent_mmd",
+                  "postprocessor_loss")
 
     def __init__(self, config: BibAEConfig, geometry, state: Mapping[str, Any]) -> None:
         super().__init__(config, geometry, state)
@@ -289,6 +306,8 @@ class BibAE(ShowerModel):
         self.encoder = Encoder3D(config, self.shape, d)
         self.decoder = Decoder3D(config, self.shape, d)
         self.critic = DualCritic(config, self.shape, d)
+        # the resetting critic exists only where configured, so one-critic checkpoints keep their keys
+        self.reset_critic = DualCritic(config, self.shape, d) if config.reset_critic_every else None
         self.latent_critic = LatentCritic()
         self.postprocessor = PostProcessor(config, d)
         mip = torch.tensor(mip_per_layer(geometry), dtype=torch.float64)
@@ -330,6 +349,12 @@ class BibAE(ShowerModel):
     def stage(self) -> int:
         """1 (main model) or 2 (post-processor), from the iteration counter."""
         return 1 if int(self.iteration) < self.config.stages[0] else 2
+
+    @property
+    def complete(self) -> bool:
+        """From the post-processor stage on (latent KDE fitted, post-processor active): ``best`` is
+        never a first-stage checkpoint once a second-stage one exists."""
+        return int(self.iteration) >= self.config.stages[0]
 
     @property
     def latent_density_fitted(self) -> bool:
@@ -402,7 +427,20 @@ class BibAE(ShowerModel):
                 "latent_critic": torch.optim.Adam(self.latent_critic.parameters(), lr=cfg.latent_critic_lr,
                                                   betas=(0.5, 0.9)),
                 "postprocessor": torch.optim.Adam(self.postprocessor.parameters(), lr=cfg.postprocessor_lr,
-                                                  betas=(0.5, 0.9))}
+                                                  betas=(0.5, 0.9)),
+                **({"reset_critic": torch.optim.Adam(self.reset_critic.parameters(), lr=cfg.critic_lr,
+                                                     betas=(0.5, 0.9))} if self.reset_critic is not None else {})}
+
+    def restart_reset_critic(self, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
+        """Fresh random weights (PyTorch's default initialisation, seeded from ``generator``) and an
+        empty Adam state for the resetting critic."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng():  # the global RNGs are left as they were
+            torch.manual_seed(seed)
+            for m in self.reset_critic.modules():
+                if m is not self.reset_critic and hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+        optimizer.state.clear()
 
     def training_step(self, data: BatchSource, optimizers, generator) -> dict[str, float]:
         """Stage 1: ``critic_steps`` critic + latent-critic updates, then one autoencoder update; the
@@ -420,26 +458,36 @@ class BibAE(ShowerModel):
 
     def _main_step(self, data, optimizers, generator) -> dict[str, float]:
         cfg = self.config
+        critics = [(self.critic, optimizers["critic"])]
+        if self.reset_critic is not None:
+            if int(self.iteration) % cfg.reset_critic_every == 0:
+                self.restart_reset_critic(optimizers["reset_critic"], generator)
+            critics.append((self.reset_critic, optimizers["reset_critic"]))
         b = data.next()
         x = self.to_mip(b.showers).to(self.device)
         cond = self.encode_conditions(b.incident_energy, b.conditions)
         for _ in range(cfg.critic_steps):
             with torch.no_grad():
                 recon, _, _, z = self.reconstruct(x, cond, generator)
-            d_real, d_fake = self.critic(x, x, cond).mean(), self.critic(x, recon, cond).mean()
-            gp = _gradient_penalty(lambda m: self.critic(x, m, cond), x, recon, generator)
-            d_loss = d_fake - d_real + cfg.gp_lambda * gp
-            self.optimize(optimizers["critic"], d_loss)
+            d_losses = []
+            for critic, optimizer in critics:
+                d_real, d_fake = critic(x, x, cond).mean(), critic(x, recon, cond).mean()
+                gp = _gradient_penalty(lambda m, c=critic: c(x, m, cond), x, recon, generator)
+                d_losses.append(d_fake - d_real + cfg.gp_lambda * gp)
+                self.optimize(optimizer, d_losses[-1])
             prior = torch.randn(z.shape, generator=generator, device=z.device)
             l_real, l_fake = self.latent_critic(prior).mean(), self.latent_critic(z).mean()
             l_gp = _gradient_penalty(self.latent_critic, prior, z, generator)
             l_loss = l_fake - l_real + cfg.gp_lambda * l_gp
             self.optimize(optimizers["latent_critic"], l_loss)
-        self.critic.requires_grad_(False)
-        self.latent_critic.requires_grad_(False)
+        frozen = [c for c, _ in critics] + [self.latent_critic]
+        for net in frozen:
+            net.requires_grad_(False)
         try:
             recon, mu, logvar, z = self.reconstruct(x, cond, generator)
             adv = -self.critic(x, recon, cond).mean()
+            if self.reset_critic is not None:
+                adv = adv - cfg.reset_critic_weight * self.reset_critic(x, recon, cond).mean()
             latent_adv = -self.latent_critic(z).mean()
             kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / len(mu)
             prior = torch.randn(z.shape, generator=generator, device=z.device)
@@ -449,10 +497,12 @@ class BibAE(ShowerModel):
                     + cfg.latent_mmd_weight * mmd + cfg.energy_sum_weight * esum)
             self.optimize(optimizers["autoencoder"], loss)
         finally:
-            self.critic.requires_grad_(True)
-            self.latent_critic.requires_grad_(True)
-        return {"autoencoder_loss": loss.item(), "critic_loss": d_loss.item(), "latent_critic_loss": l_loss.item(),
-                "kl": kl.item(), "latent_mmd": mmd.item(), "postprocessor_loss": 0.0}
+            for net in frozen:
+                net.requires_grad_(True)
+        return {"autoencoder_loss": loss.item(), "critic_loss": d_losses[0].item(),
+                "reset_critic_loss": d_losses[1].item() if len(d_losses) > 1 else 0.0,
+                "latent_critic_loss": l_loss.item(), "kl": kl.item(), "latent_mmd": mmd.item(),
+                "postprocessor_loss": 0.0}
 
     def _postprocessor_step(self, data, optimizers, generator) -> dict[str, float]:
         cfg = self.config
@@ -467,5 +517,5 @@ class BibAE(ShowerModel):
         loss = cfg.postprocessor_mse_weight * mse + cfg.hit_mmd_weight * hit
         self.optimize(optimizers["postprocessor"], loss)
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / len(mu)
-        return {"autoencoder_loss": 0.0, "critic_loss": 0.0, "latent_critic_loss": 0.0, "kl": kl.item(),
-                "latent_mmd": 0.0, "postprocessor_loss": loss.item()}
+        return {"autoencoder_loss": 0.0, "critic_loss": 0.0, "reset_critic_loss": 0.0, "latent_critic_loss": 0.0,
+                "kl": kl.item(), "latent_mmd": 0.0, "postprocessor_loss": loss.item()}
