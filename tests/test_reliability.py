@@ -31,8 +31,16 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": 
 
 
 def _start(args, cwd: Path, preexec_fn=None) -> subprocess.Popen:
+    def child_setup() -> None:
+        # A shell without job control starts background jobs with SIGINT ignored, and Python then
+        # keeps it ignored: give the child the default disposition, as a terminal would, so these
+        # tests do not depend on how pytest itself was started.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if preexec_fn is not None:
+            preexec_fn()
+
     return subprocess.Popen([*CLI, *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, preexec_fn=preexec_fn)
+                            text=True, start_new_session=True, preexec_fn=child_setup)
 
 
 def _finish(p: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
