@@ -268,6 +268,7 @@ def test_bibae_resetting_critic_restarts_on_schedule(toy):
     # the first critic is never restarted and a one-critic config has no second critic at all
     one = fit(load_config(_config({**BIBAE_TINY, "reset_critic_every": 0}, geo)).model, showers, e, cond)
     assert one.reset_critic is None and "reset_critic" not in one.configure_optimizers()
+    assert "reset_critic_loss" not in one.loss_names and "reset_critic_loss" in model.loss_names  # log.csv columns
     assert not any(k.startswith("reset_critic") for k in one.state_dict())
 
 

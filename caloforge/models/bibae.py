@@ -296,8 +296,7 @@ class BibAE(ShowerModel):
     """Encoder, decoder, critics, post-processor and the fitted latent density; see the module docstring."""
 
     Config = BibAEConfig
-    loss_names = ("autoencoder_loss", "critic_loss", "reset_critic_loss", "latent_critic_loss", "kl", "latent_mmd",
-                  "postprocessor_loss")
+    loss_names = ("autoencoder_loss", "critic_loss", "latent_critic_loss", "kl", "latent_mmd", "postprocessor_loss")
 
     def __init__(self, config: BibAEConfig, geometry, state: Mapping[str, Any]) -> None:
         super().__init__(config, geometry, state)
@@ -306,8 +305,11 @@ class BibAE(ShowerModel):
         self.encoder = Encoder3D(config, self.shape, d)
         self.decoder = Decoder3D(config, self.shape, d)
         self.critic = DualCritic(config, self.shape, d)
-        # the resetting critic exists only where configured, so one-critic checkpoints keep their keys
+        # the resetting critic exists only where configured, so one-critic checkpoints (and log.csv
+        # columns, which a resumed run must keep) stay as they were
         self.reset_critic = DualCritic(config, self.shape, d) if config.reset_critic_every else None
+        if self.reset_critic is not None:
+            self.loss_names = (*BibAE.loss_names[:2], "reset_critic_loss", *BibAE.loss_names[2:])
         self.latent_critic = LatentCritic()
         self.postprocessor = PostProcessor(config, d)
         mip = torch.tensor(mip_per_layer(geometry), dtype=torch.float64)
@@ -499,10 +501,11 @@ class BibAE(ShowerModel):
         finally:
             for net in frozen:
                 net.requires_grad_(True)
-        return {"autoencoder_loss": loss.item(), "critic_loss": d_losses[0].item(),
-                "reset_critic_loss": d_losses[1].item() if len(d_losses) > 1 else 0.0,
-                "latent_critic_loss": l_loss.item(), "kl": kl.item(), "latent_mmd": mmd.item(),
-                "postprocessor_loss": 0.0}
+        out = {"autoencoder_loss": loss.item(), "critic_loss": d_losses[0].item(), "latent_critic_loss": l_loss.item(),
+               "kl": kl.item(), "latent_mmd": mmd.item(), "postprocessor_loss": 0.0}
+        if len(d_losses) > 1:
+            out["reset_critic_loss"] = d_losses[1].item()
+        return out
 
     def _postprocessor_step(self, data, optimizers, generator) -> dict[str, float]:
         cfg = self.config
@@ -517,5 +520,8 @@ class BibAE(ShowerModel):
         loss = cfg.postprocessor_mse_weight * mse + cfg.hit_mmd_weight * hit
         self.optimize(optimizers["postprocessor"], loss)
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / len(mu)
-        return {"autoencoder_loss": 0.0, "critic_loss": 0.0, "reset_critic_loss": 0.0, "latent_critic_loss": 0.0,
-                "kl": kl.item(), "latent_mmd": 0.0, "postprocessor_loss": loss.item()}
+        out = {"autoencoder_loss": 0.0, "critic_loss": 0.0, "latent_critic_loss": 0.0, "kl": kl.item(),
+               "latent_mmd": 0.0, "postprocessor_loss": loss.item()}
+        if self.reset_critic is not None:
+            out["reset_critic_loss"] = 0.0
+        return out

@@ -101,7 +101,7 @@ class EnergySplit(ShowerModel):
         subs = config.sub_configs()
         family = get_family(config.family)
         self.parts = nn.ModuleList(family(c, geometry, s) for c, s in zip(subs, state["parts"]))
-        self.loss_names = family.loss_names
+        self.loss_names = self.parts[0].loss_names  # an instance may add losses its config switches on
         self.register_buffer("boundaries", torch.tensor(config.boundaries, dtype=torch.float64), persistent=False)
 
     @classmethod
