@@ -103,6 +103,7 @@ class Student(ShowerModel):
     def __init__(self, config: StudentConfig, geometry, state: Mapping[str, Any]) -> None:
         super().__init__(config, geometry, state)
         self.representation = ShowerRepresentation.from_state(state["representation"])
+        self.target_box = self.representation.bounds()  # fixed with the representation: computed once
         n_out = self.representation.n_layers + self.representation.n_voxels
         self.generator_net = MLP(int(state["noise_dim"]) + self.condition_encoder.dim, config.hidden, n_out,
                                  config.activation)
@@ -169,7 +170,7 @@ class Student(ShowerModel):
             t1, t2 = self.teacher.transport(noise, incident_energy, conditions)
             target = torch.cat([t1, t2], 1).to(torch.float32)
             keep = ~torch.isnan(target).any(1)
-            lo, hi = (b.to(target.device) for b in self.representation.bounds())
+            lo, hi = (b.to(target.device) for b in self.target_box)
             target = torch.maximum(torch.minimum(torch.nan_to_num(target, nan=0.0), hi), lo)
         return target, keep
 
