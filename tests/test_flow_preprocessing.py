@@ -97,3 +97,70 @@ def test_layer_energy_ratios_bound_the_response():
     rep = ShowerRepresentation.fit(x, e, SIZES, noise_mev=1e-3, generator=torch.Generator().manual_seed(0))
     u = rep.layer_chain.transforms[0].forward(split_layers(x + 1e-3, SIZES)[0], e)
     assert (u >= 0).all() and (u[:, 0] < 1).all()
+
+
+# ----------------------------------------------------------------------------------
+# The fraction envelope
+# ----------------------------------------------------------------------------------
+def test_envelope_leaves_training_showers_unchanged():
+    """Training showers lie inside their envelope: the round trip is (within the dequantisation
+    noise) the one without it."""
+    x, e = _showers(60, seed=4)
+    plain = ShowerRepresentation.fit(x, e, SIZES, noise_mev=1e-3, generator=torch.Generator().manual_seed(1))
+    capped = ShowerRepresentation.fit(x, e, SIZES, noise_mev=1e-3, generator=torch.Generator().manual_seed(1),
+                                      envelope_bins=4)
+    assert capped.envelope is not None and plain.envelope is None
+    y1, y2, _ = capped.encode(x, e, torch.Generator().manual_seed(2))
+    # other dequantisation noise than the fit's and float32 y₂ may touch a cap: within the 1 keV noise
+    assert torch.allclose(capped.decode(y1, y2, e), plain.decode(y1, y2, e), rtol=1e-3, atol=1e-3)
+
+
+def test_envelope_caps_a_leaked_voxel_and_keeps_the_layer_energy():
+    """An outer voxel that never took more than 1 % of its layer in training is drawn at 50 %:
+    decoding caps it at 1 % and hands the rest to the other voxels in proportion."""
+    g = torch.Generator().manual_seed(3)
+    n = 200
+    e = torch.full((n,), 4096.0, dtype=torch.float64)
+    x = torch.rand(n, sum(SIZES), generator=g, dtype=torch.float64) + 1.0
+    x[:, 4] = 0.005 * x[:, 3:8].sum(1)  # layer 1 (voxels 3..7): voxel 4 holds < 1 %
+    rep = ShowerRepresentation.fit(x, e, SIZES, noise_mev=0.0, threshold_mev=0.0, envelope_bins=8)
+    cap = rep.envelope.max_fraction[0, 4].item()
+    assert 0.004 < cap < 0.008
+    y1, y2, _ = rep.encode(x[:1], e[:1])
+    _, fractions = split_layers(x[:1], SIZES)
+    wild = fractions.clone()
+    wild[0, 4] = 0.5 * wild[0, 3:8].sum()  # a leak: voxel 4 at half of the layer
+    y2_wild = rep.voxel_chain.forward(wild, e[:1]).to(torch.float32)
+    out = rep.decode(y1, y2_wild, e[:1])
+    layer = out[0, 3:8]
+    assert torch.isclose(layer.sum(), x[0, 3:8].sum(), rtol=1e-4)  # the layer keeps its energy
+    assert layer[1] / layer.sum() <= cap * (1 + 1e-6)  # global voxel 4 is the layer's second
+    assert layer[1] / layer.sum() > 0.9 * cap  # capped, not emptied
+    ratio = layer[[0, 2, 3, 4]] / fractions[0, [3, 5, 6, 7]]  # the uncapped voxels scale together
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-3)
+    # every voxel of every layer stays inside its cap
+    frac_out = split_layers(out, SIZES)[1]
+    assert (frac_out <= rep.envelope.max_fraction[0] * (1 + 1e-6)).all()
+
+
+def test_envelope_bins_follow_the_incident_energy():
+    """One bin per distinct energy for DS1-like data, quantile bins for continuous energies; the cap
+    of a shower is its own energy's bin, the nearest one outside the fitted range."""
+    from caloforge.models.flow_parts import FractionEnvelope
+
+    e = torch.tensor([256.0, 256.0, 4096.0, 65536.0], dtype=torch.float64)
+    f = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.2, 0.8], [0.9, 0.1]], dtype=torch.float64)
+    env = FractionEnvelope.fit(f, e, bins=16)
+    assert env.max_fraction.tolist() == [[1.0, 0.5], [0.2, 0.8], [0.9, 0.1]]
+    probe = torch.tensor([100.0, 256.0, 4096.0, 5000.0, 1e7], dtype=torch.float64)
+    assert env.bin_index(probe).tolist() == [0, 0, 1, 1, 2]
+    g = torch.Generator().manual_seed(0)
+    cont = torch.exp(torch.empty(1000, dtype=torch.float64).uniform_(np.log(1e3), np.log(1e6), generator=g))
+    env = FractionEnvelope.fit(torch.rand(1000, 3, generator=g, dtype=torch.float64), cont, bins=8)
+    counts = torch.bincount(env.bin_index(cont), minlength=8)
+    assert len(env.max_fraction) == 8 and counts.min() >= 100  # quantile bins: ~125 showers each
+    # the JSON state never lowers a cap (rounded up) and restores the same bins
+    back = FractionEnvelope.from_state(env.state())
+    assert (back.max_fraction >= env.max_fraction).all()
+    assert torch.allclose(back.max_fraction, env.max_fraction, rtol=1e-5)
+    assert torch.equal(back.bin_index(cont), env.bin_index(cont))

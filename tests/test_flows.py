@@ -181,6 +181,42 @@ def test_caloflow_validation_nll_is_the_exact_likelihood(tmp_path, data):
     assert float((run / "scores.csv").read_text().splitlines()[1].split(",")[2]) == pytest.approx(got, rel=1e-4)
 
 
+def test_caloflow_temperature_and_envelope(tmp_path, data):
+    """The voxel-flow temperature narrows only the voxel latent (layer energies, hence E_tot, keep
+    their spread; ``noise_spec`` says so for deployments); every generated voxel stays inside the
+    fitted envelope of its energy."""
+    from caloforge.preprocessing import split_layers
+
+    run = tmp_path / "run"
+    train(_tiny("caloflow-tiny", max_iterations=10, checkpoint_every=10), data, run, progress=False)
+    gen = load_model(run / "best")
+    model = gen.model
+    assert model.sampling_options == {"temperature": 1.0}
+    e = np.repeat([256.0, 4096.0, 65536.0], 200)
+    full = generate(gen, e, seed=3).showers
+    model.set_sampling(temperature="0.5")
+    spec = model.noise_spec()["std"]
+    assert spec[:5] == [1.0] * 5 and set(spec[5:]) == {0.5}
+    z = model.sample_noise(4000, torch.Generator().manual_seed(0))
+    assert z[:, :5].std().item() == pytest.approx(1.0, rel=0.05)
+    assert z[:, 5:].std().item() == pytest.approx(0.5, rel=0.05)
+    cold = generate(gen, e, seed=3).showers
+    # same latent for the layer flow: the same layer energies, so the same E_tot per shower
+    assert np.allclose(cold.sum(1), full.sum(1), rtol=1e-3)
+    with pytest.raises(ConfigError, match="temperature"):
+        model.set_sampling(temperature=0.0)
+    env = model.representation.envelope
+    assert env is not None
+    cap = env.max_fraction[env.bin_index(torch.as_tensor(e))].numpy()
+    sizes = model.representation.layer_sizes
+    n_layer = np.repeat(sizes, sizes)  # voxels of each voxel's layer
+    for showers in (full, cold):
+        layer_sum = np.repeat(split_layers(torch.as_tensor(showers, dtype=torch.float64), sizes)[0].numpy(), sizes, 1)
+        # the readout threshold zeroes small voxels after the cap: at most n × threshold left the layer
+        most = cap * (layer_sum + n_layer * model.representation.threshold_mev)
+        assert (showers <= most * (1 + 1e-4) + 1e-6).all()
+
+
 # ----------------------------------------------------------------------------------
 # Sampling options
 # ----------------------------------------------------------------------------------

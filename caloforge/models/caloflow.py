@@ -47,6 +47,8 @@ def check_representation_keys(cfg: Any, require) -> None:
     require(cfg.threshold_mev is None or cfg.threshold_mev >= 0, "model.threshold_mev", "empty or ≥ 0 MeV",
             cfg.threshold_mev)
     require(0 < cfg.alpha < 0.5, "model.alpha", "in (0, 0.5)", cfg.alpha)
+    require(isinstance(cfg.envelope_bins, int) and cfg.envelope_bins >= 0, "model.envelope_bins",
+            "an integer ≥ 0 (0: no fraction envelope)", cfg.envelope_bins)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class CaloFlowConfig(ModelConfig):
     noise_mev: float = 1e-3  # uniform dequantisation noise [MeV]; the readout threshold of the reference data
     threshold_mev: float | None = None  # generated voxels below it read 0 (empty: fitted, the data's readout threshold)
     alpha: float = 1e-6  # logit regulariser
+    envelope_bins: int = 32  # cap voxel fractions at their training maximum per E_inc bin (0: off)
     lr: float = 1e-3
     lr_min: float = 1e-5  # cosine decay from lr to lr_min over lr_decay_iterations (0: constant lr)
     lr_decay_iterations: int = 0
@@ -85,7 +88,8 @@ class TwoStageFamily(ShowerModel):
         g = torch.Generator().manual_seed(12345)
         state["representation"] = ShowerRepresentation.fit(
             showers, incident_energy, layer_sizes(geometry), noise_mev=config.noise_mev,
-            threshold_mev=config.threshold_mev, alpha=config.alpha, generator=g).state()
+            threshold_mev=config.threshold_mev, alpha=config.alpha, generator=g,
+            envelope_bins=config.envelope_bins).state()
         return state
 
     @property
@@ -150,6 +154,34 @@ class CaloFlow(TwoStageFamily):
             lp1, lp2 = self._log_probs(c, y1, y2)
             nll = -(lp1.double() + lp2.double() + logdet.to(lp1.device))
         return {"val_nll": nll.mean().item(), "val_nll_layers": -lp1.mean().item()}
+
+    # --- sampling options: the temperature of the voxel flow's latent (Glow's reduced temperature) ---
+    def default_sampling(self) -> dict[str, Any]:
+        return {"temperature": 1.0}
+
+    def check_sampling(self, options: Mapping[str, Any]) -> None:
+        from caloforge.errors import ConfigError
+
+        if not 0 < options["temperature"] <= 1:
+            raise ConfigError(f"sampling option temperature must be in (0, 1], got {options['temperature']}")
+
+    def _noise_std(self) -> Tensor:
+        """Standard deviation of every latent column: 1 for the layer flow, the temperature for the voxel flow.
+        Layer energies, hence E_tot, keep their full spread; a temperature below 1 only draws the
+        voxel pattern from the flow's denser core."""
+        std = torch.ones(self.noise_dim)
+        std[self.n_layers:] = self.sampling_options["temperature"]
+        return std
+
+    def sample_noise(self, n, generator=None, device=None):
+        noise = super().sample_noise(n, generator, device)
+        temperature = self.sampling_options["temperature"]
+        if temperature != 1.0:
+            noise[:, self.n_layers:] *= temperature
+        return noise
+
+    def noise_spec(self) -> dict[str, Any]:
+        return {"distribution": "normal", "mean": [0.0] * self.noise_dim, "std": self._noise_std().tolist()}
 
     def transport(self, noise, incident_energy, conditions):
         c = self._context(incident_energy, conditions)

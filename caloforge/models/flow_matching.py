@@ -63,6 +63,7 @@ class FlowMatchingConfig(ModelConfig):
     noise_mev: float = 1e-3
     threshold_mev: float | None = None  # generated voxels below it read 0 (empty: fitted, the data's readout threshold)
     alpha: float = 1e-6
+    envelope_bins: int = 32  # cap voxel fractions at their training maximum per E_inc bin (0: off)
     lr: float = 1e-3
     lr_min: float = 1e-5
     lr_decay_iterations: int = 0

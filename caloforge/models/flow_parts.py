@@ -19,6 +19,16 @@ The representation follows CaloFlow / CaloINN / CaloDREAM: a shower (N, V) in Me
 4. voxel fractions → logit → standardised: the *voxel vector* y₂ (N, V), modelled
    given the incident energy and y₁.
 
+After sampling, the fractions of a layer are renormalised to sum to one.  That makes a
+flow's leakage into the tail of a nearly-always-empty voxel costly: one outer voxel
+drawn at a large fraction takes its share from the shower core (seen as the outermost
+ring of a 65 GeV photon shower's second layer holding half the layer's energy).  The
+optional *envelope* (``envelope_bins``) is the largest fraction every voxel took in the
+training showers, per incident-energy bin; decoding caps each fraction at it and hands
+the excess to the uncapped voxels in proportion (water-filling, so every layer keeps its
+energy).  Training showers lie inside their envelope, so encoding and decoding them is
+unchanged.
+
 Every step is a :mod:`caloforge.preprocessing` transform with its log-Jacobian, so
 a flow's exact log-likelihood of y₁, y₂ becomes the log-density of (layer energies in
 MeV, dequantised voxel fractions): ``log p = log p(y) + log|∂y/∂x|``.
@@ -40,13 +50,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from caloforge.preprocessing import (Chain, LayerEnergyRatios, Logit, Standardize, merge_layers, split_layers,
                                      transform_from_state, transform_state)
 
-__all__ = ["ShowerRepresentation", "FlowConfig", "conditional_flow", "flow_log_prob", "flow_inverse",
+__all__ = ["ShowerRepresentation", "FractionEnvelope", "FlowConfig", "conditional_flow", "flow_log_prob", "flow_inverse",
            "flow_forward", "MLP", "ACTIVATIONS", "scheduled_step", "check_schedule_keys"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU,
@@ -64,10 +75,11 @@ class ShowerRepresentation:
     """Showers in MeV ↔ (layer vector y₁, voxel vector y₂); see the module docstring."""
 
     def __init__(self, layer_sizes: Sequence[int], layer_chain: Chain, voxel_chain: Chain,
-                 noise_mev: float, threshold_mev: float) -> None:
+                 noise_mev: float, threshold_mev: float, envelope: "FractionEnvelope | None" = None) -> None:
         self.layer_sizes = [int(n) for n in layer_sizes]
         self.layer_chain, self.voxel_chain = layer_chain, voxel_chain
         self.noise_mev, self.threshold_mev = float(noise_mev), float(threshold_mev)
+        self.envelope = envelope
 
     @property
     def n_layers(self) -> int:
@@ -80,11 +92,13 @@ class ShowerRepresentation:
     @classmethod
     def fit(cls, showers: Tensor, incident_energy: Tensor, layer_sizes: Sequence[int], *, noise_mev: float = 1e-3,
             threshold_mev: float | None = None, alpha: float = 1e-6, generator: torch.Generator | None = None,
-            max_showers: int = 200_000) -> "ShowerRepresentation":
-        """Fit the standardisations, the response bound of u₀ and (``threshold_mev=None``)
-        the readout threshold on training showers."""
-        x = showers[:max_showers].to(torch.float64)
-        e = incident_energy[:max_showers].to(torch.float64)
+            max_showers: int = 200_000, envelope_bins: int = 0) -> "ShowerRepresentation":
+        """Fit the standardisations, the response bound of u₀, (``threshold_mev=None``)
+        the readout threshold and (``envelope_bins`` > 0) the fraction envelope on training showers."""
+        step = -(-len(showers) // max_showers) if len(showers) > max_showers else 1
+        # every step-th shower, not the first ones: a file sorted by energy is covered end to end
+        x = showers[::step].to(torch.float64)
+        e = incident_energy[::step].to(torch.float64)
         layer_energy, fractions = split_layers(_dequantise(x, noise_mev, generator), layer_sizes)
         # u₀ = E_tot / (s · E_inc) must stay below 1: s a little above the largest response seen
         if threshold_mev is None:  # the training file's zero suppression (its smallest recorded energy)
@@ -94,7 +108,8 @@ class ShowerRepresentation:
         s = max(1.2 * response, 1e-12)
         layer_chain = Chain([LayerEnergyRatios(s), Logit(alpha), Standardize()]).fit(layer_energy, e)
         voxel_chain = Chain([Logit(alpha), Standardize()]).fit(fractions, e)
-        return cls(layer_sizes, layer_chain, voxel_chain, noise_mev, threshold_mev)
+        envelope = FractionEnvelope.fit(fractions, e, envelope_bins) if envelope_bins > 0 else None
+        return cls(layer_sizes, layer_chain, voxel_chain, noise_mev, threshold_mev, envelope)
 
     def encode(self, showers: Tensor, incident_energy: Tensor,
                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -113,6 +128,8 @@ class ShowerRepresentation:
         e = incident_energy.to(torch.float64)
         layer_energy = self.layer_chain.inverse(y1.to(torch.float64), e)
         fractions = self.voxel_chain.inverse(y2.to(torch.float64), e)
+        if self.envelope is not None:
+            fractions = self.envelope.apply(fractions, e, self.layer_sizes)
         showers = merge_layers(layer_energy, fractions, self.layer_sizes)
         return torch.where(showers < self.threshold_mev, torch.zeros_like(showers), showers)
 
@@ -135,12 +152,89 @@ class ShowerRepresentation:
     def state(self) -> dict[str, Any]:
         return {"layer_sizes": self.layer_sizes, "layer_chain": transform_state(self.layer_chain),
                 "voxel_chain": transform_state(self.voxel_chain), "noise_mev": self.noise_mev,
-                "threshold_mev": self.threshold_mev}
+                "threshold_mev": self.threshold_mev,
+                "envelope": self.envelope.state() if self.envelope is not None else None}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> "ShowerRepresentation":
+        envelope = state.get("envelope")  # absent in models trained before the envelope existed
         return cls(state["layer_sizes"], transform_from_state(state["layer_chain"]),
-                   transform_from_state(state["voxel_chain"]), state["noise_mev"], state["threshold_mev"])
+                   transform_from_state(state["voxel_chain"]), state["noise_mev"], state["threshold_mev"],
+                   FractionEnvelope.from_state(envelope) if envelope else None)
+
+
+class FractionEnvelope:
+    """The largest fraction of its layer each voxel took in training, per incident-energy bin.
+
+    Bins: one per distinct incident energy when the training set has at most ``bins`` of
+    them (the CaloChallenge DS1 energies), otherwise ``bins`` quantile bins of log E_inc.
+    Energies outside the fitted range use the nearest bin; other conditions (angles) are
+    not binned, so the envelope there is the maximum over them.
+
+    >>> f = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7]], dtype=torch.float64)
+    >>> e = torch.tensor([10.0, 10.0, 1000.0, 1000.0], dtype=torch.float64)
+    >>> env = FractionEnvelope.fit(f, e, bins=8)
+    >>> env.max_fraction.tolist()
+    [[0.9, 0.4], [0.3, 0.8]]
+    >>> env.apply(torch.tensor([[0.1, 0.9]], dtype=torch.float64), e[:1], [2]).round(decimals=9).tolist()
+    [[0.6, 0.4]]
+    """
+
+    def __init__(self, log_energy_edges: Sequence[float], max_fraction: Tensor) -> None:
+        self.log_energy_edges = torch.as_tensor(log_energy_edges, dtype=torch.float64).reshape(-1)
+        self.max_fraction = torch.as_tensor(max_fraction, dtype=torch.float64)
+
+    @classmethod
+    def fit(cls, fractions: Tensor, incident_energy: Tensor, bins: int) -> "FractionEnvelope":
+        log_e = incident_energy.to(torch.float64).log()
+        distinct = torch.unique(log_e)
+        if len(distinct) <= bins:  # midpoints between the distinct energies
+            inner = (distinct[1:] + distinct[:-1]) / 2
+        else:
+            inner = torch.quantile(log_e, torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1])
+            inner = torch.unique(inner)
+        index = torch.bucketize(log_e, inner)
+        fractions = fractions.to(torch.float64)
+        overall = fractions.amax(0)  # for a bin no shower fell in (tied quantiles)
+        top = torch.stack([fractions[index == b].amax(0) if (index == b).any() else overall
+                           for b in range(len(inner) + 1)])
+        return cls(inner, top)
+
+    def bin_index(self, incident_energy: Tensor) -> Tensor:
+        # a comparison count rather than bucketize: the same numbers, and it exports to ONNX
+        edges = self.log_energy_edges.to(incident_energy.device)
+        return (incident_energy.to(torch.float64).log()[:, None] > edges[None, :]).sum(1)
+
+    def apply(self, fractions: Tensor, incident_energy: Tensor, layer_sizes: Sequence[int],
+              iterations: int = 48) -> Tensor:
+        """Fractions capped at the envelope, each layer renormalised with the excess spread over
+        the voxels below their cap (c found by bisection in log c: Σ min(c·p, cap) = 1)."""
+        cap = self.max_fraction.to(fractions.device)[self.bin_index(incident_energy)]
+        out = []
+        for p, m in zip(torch.split(fractions.clamp_min(0.0), list(layer_sizes), 1),
+                        torch.split(cap, list(layer_sizes), 1)):
+            p = p / p.sum(1, keepdim=True).clamp_min(1e-300)
+            # c = 1 keeps a layer inside its envelope as it is; at c = max(cap/p) every voxel is capped
+            hi = (m / p.clamp_min(1e-300)).amax(1, keepdim=True).clamp_min(1.0).log()
+            lo = torch.zeros_like(hi)
+            for _ in range(iterations):
+                mid = (lo + hi) / 2
+                below = torch.minimum(p * mid.exp(), m).sum(1, keepdim=True) < 1
+                lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+            out.append(torch.minimum(p * hi.exp(), m))
+        return torch.cat(out, 1)
+
+    def state(self) -> dict[str, Any]:
+        # rounded up to 6 significant digits: the JSON stays short and no cap shrinks
+        top = self.max_fraction.numpy()
+        scale = 10.0 ** (np.floor(np.log10(np.maximum(top, 1e-300))) - 5)
+        rounded = np.where(top > 0, np.ceil(top / scale) * scale, 0.0)
+        return {"log_energy_edges": self.log_energy_edges.tolist(),
+                "max_fraction": [[float(f"{v:.6g}") for v in row] for row in rounded]}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "FractionEnvelope":
+        return cls(state["log_energy_edges"], torch.tensor(state["max_fraction"], dtype=torch.float64))
 
 
 # ----------------------------------------------------------------------------------
