@@ -28,26 +28,28 @@ def main() -> None:
     ap.add_argument("--bins", type=int, default=32)
     args = ap.parse_args()
 
-    from caloforge.geometry import load_geometry
+    from dataclasses import replace
+
+    from caloforge.checkpoint import load_model
     from caloforge.io import read_showers
-    from caloforge.models.base import layer_sizes
-    from caloforge.models.flow_parts import ShowerRepresentation
     from caloforge.train import split_validation
 
-    meta = json.loads((args.checkpoint / "config.json").read_text())
+    model, meta = load_model(args.checkpoint)
     training = meta["training"]
     data, _ = split_validation(read_showers(args.training_file), training["validation_fraction"], training["seed"])
-    m = meta["model"]
-    fitted = ShowerRepresentation.fit(
-        torch.as_tensor(data.showers), torch.as_tensor(data.incident_energy),
-        layer_sizes(load_geometry(m["geometry"])), noise_mev=m["noise_mev"], threshold_mev=m["threshold_mev"],
-        alpha=m["alpha"], generator=torch.Generator().manual_seed(12345), envelope_bins=args.bins)
-    meta["state"]["representation"]["envelope"] = fitted.envelope.state()
+    config = replace(model.config, envelope_bins=args.bins)
+    # the family's own fit, as at the start of training: same subsample, same dequantisation draws
+    fitted = type(model).fit_state(config, torch.as_tensor(data.showers), torch.as_tensor(data.incident_energy),
+                                   {k: torch.as_tensor(v) for k, v in data.conditions.items()}, model.geometry,
+                                   str(args.training_file))
+    envelope = fitted["representation"]["envelope"]
+    meta = json.loads((args.checkpoint / "config.json").read_text())  # the file as saved, to copy with the envelope
+    meta["state"]["representation"]["envelope"] = envelope
     meta["model"]["envelope_bins"] = args.bins
     args.output.mkdir(parents=True, exist_ok=False)
     shutil.copy2(args.checkpoint / "model.safetensors", args.output / "model.safetensors")
     (args.output / "config.json").write_text(json.dumps(meta, indent=1))
-    print(f"{args.output}: envelope of {len(fitted.envelope.max_fraction)} energy bins "
+    print(f"{args.output}: envelope of {len(envelope['max_fraction'])} energy bins "
           f"from {len(data)} training showers")
 
 

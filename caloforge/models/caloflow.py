@@ -34,6 +34,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from caloforge.errors import ConfigError
 from caloforge.models.base import Batch, BatchSource, ModelConfig, ShowerModel, layer_sizes, register
 from caloforge.models.flow_parts import (FlowConfig, ShowerRepresentation, check_schedule_keys, conditional_flow,
                                         flow_inverse, flow_log_prob, scheduled_step)
@@ -160,8 +161,6 @@ class CaloFlow(TwoStageFamily):
         return {"temperature": 1.0}
 
     def check_sampling(self, options: Mapping[str, Any]) -> None:
-        from caloforge.errors import ConfigError
-
         if not 0 < options["temperature"] <= 1:
             raise ConfigError(f"sampling option temperature must be in (0, 1], got {options['temperature']}")
 
@@ -175,10 +174,7 @@ class CaloFlow(TwoStageFamily):
 
     def sample_noise(self, n, generator=None, device=None):
         noise = super().sample_noise(n, generator, device)
-        temperature = self.sampling_options["temperature"]
-        if temperature != 1.0:
-            noise[:, self.n_layers:] *= temperature
-        return noise
+        return noise * self._noise_std().to(noise)  # the draws of T = 1, scaled: × 1.0 is exact
 
     def noise_spec(self) -> dict[str, Any]:
         return {"distribution": "normal", "mean": [0.0] * self.noise_dim, "std": self._noise_std().tolist()}
