@@ -205,23 +205,27 @@ class FractionEnvelope:
         edges = self.log_energy_edges.to(incident_energy.device)
         return (incident_energy.to(torch.float64).log()[:, None] > edges[None, :]).sum(1)
 
-    def apply(self, fractions: Tensor, incident_energy: Tensor, layer_sizes: Sequence[int],
-              iterations: int = 48) -> Tensor:
+    def apply(self, fractions: Tensor, incident_energy: Tensor, layer_sizes: Sequence[int]) -> Tensor:
         """Fractions capped at the envelope, each layer renormalised with the excess spread over
-        the voxels below their cap (c found by bisection in log c: Σ min(c·p, cap) = 1)."""
+        the voxels below their cap: min(c·p, cap) with Σ min(c·p, cap) = 1, solved exactly.
+
+        Σ min(c·p, cap) is increasing and piecewise linear in c, with kinks at tᵢ = capᵢ/pᵢ.
+        With the voxels sorted by t, capping the first k gives c = (1 − Σ_{<k} cap) / Σ_{≥k} p;
+        k is the number of kinks where the sum is still below 1.  No capped voxel: k = 0, c = 1.
+        """
         cap = self.max_fraction.to(fractions.device)[self.bin_index(incident_energy)]
         out = []
         for p, m in zip(torch.split(fractions.clamp_min(0.0), list(layer_sizes), 1),
                         torch.split(cap, list(layer_sizes), 1)):
             p = p / p.sum(1, keepdim=True).clamp_min(1e-300)
-            # c = 1 keeps a layer inside its envelope as it is; at c = max(cap/p) every voxel is capped
-            hi = (m / p.clamp_min(1e-300)).amax(1, keepdim=True).clamp_min(1.0).log()
-            lo = torch.zeros_like(hi)
-            for _ in range(iterations):
-                mid = (lo + hi) / 2
-                below = torch.minimum(p * mid.exp(), m).sum(1, keepdim=True) < 1
-                lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
-            out.append(torch.minimum(p * hi.exp(), m))
+            t, order = (m / p.clamp_min(1e-300)).clamp_max(1e300).sort(1)  # empty voxels (p = 0) last
+            capped = m.gather(1, order).cumsum(1)  # Σ cap of the voxels up to and including each kink
+            free = (1 - p.gather(1, order).cumsum(1)).clamp_min(0.0)  # Σ p of the voxels after it
+            k = (capped + t * free < 1).sum(1, keepdim=True)  # kinks still below 1
+            capped_before = torch.cat([torch.zeros_like(capped[:, :1]), capped], 1).gather(1, k)
+            free_before = torch.cat([torch.ones_like(free[:, :1]), free], 1).gather(1, k)
+            c = ((1 - capped_before) / free_before.clamp_min(1e-300)).clamp_min(1.0)
+            out.append(torch.minimum(p * c, m))
         return torch.cat(out, 1)
 
     def state(self) -> dict[str, Any]:
