@@ -21,6 +21,12 @@ collects every run in ``--output``, so models can be trained in parallel process
         --output runs/flows60
     .venv/bin/python benchmarks/bench_flows.py --table --output runs/flows60
 
+``--sampling CONFIG:KEY=JSON`` adds a row for a generation option of a config beside its
+default (e.g. ``caloflow-photons:temperature=0.8``); choose such options on an independent
+validation file, not on the held-out file of the table.  A run directory that already holds
+``best/`` is evaluated without training (e.g. a model given its envelope by
+``benchmarks/refit_envelope.py``).
+
 Prints one markdown table (and writes ``table.md`` in ``--output``).
 """
 
@@ -201,6 +207,9 @@ def main() -> None:
                     help="the run (a config name in --output) the student distils")
     ap.add_argument("--set", action="append", default=[], metavar="CONFIG:SECTION.KEY=JSON",
                     help="override a config value, e.g. caloflow-photons:model.lr_decay_iterations=20000")
+    ap.add_argument("--sampling", action="append", default=[], metavar="CONFIG:KEY=JSON",
+                    help="also evaluate CONFIG generated with this sampling option, beside its default "
+                         "(repeatable; e.g. caloflow-photons:temperature=0.8)")
     ap.add_argument("--curve-steps", default="1,4,16,64", help="ODE steps evaluated for the flow-matching model")
     ap.add_argument("--classifier-steps", default="16",
                     help="ODE steps whose flow-matching sample also gets the (costly) classifier AUCs")
@@ -243,17 +252,23 @@ def main() -> None:
         if config.startswith("student"):
             label = f"student (of {args.teacher})"
         variants = [(None, label)]
+        for item in args.sampling:
+            name, _, assignment = item.partition(":")
+            key, _, value = assignment.partition("=")
+            if name == config:
+                variants.append(({key: json.loads(value)}, f"{label}, {key} {value}"))
         if config.startswith("flow-matching"):
             variants = [({"steps": s}, f"{label}, {s} Euler steps") for s in curve]
         results = []
         for sampling, name in variants:
-            tag = "default" if sampling is None else f"steps{sampling['steps']}"
+            tag = "default" if sampling is None else "".join(f"{k}{v}" for k, v in sampling.items())
             ev_dir = run / f"eval-{tag}"
             ev_dir.mkdir(exist_ok=True)
             _log(f"generating + evaluating {name}")
             t0 = time.perf_counter()
             gen_path = _generate(run / "best", holdout, ev_dir, sampling)
-            with_classifier = sampling is None or str(sampling["steps"]) in args.classifier_steps.split(",")
+            with_classifier = sampling is None or "steps" not in sampling or (
+                str(sampling["steps"]) in args.classifier_steps.split(","))
             fid = _evaluate(holdout, gen_path, ev_dir, with_classifier, args.classifier_epochs, args.dataset)
             _log(f"  {json.dumps(fid)} ({time.perf_counter() - t0:.0f} s)")
             results.append({"label": name, "config": config, **info, "budget": f"{args.minutes:g} "
