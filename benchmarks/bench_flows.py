@@ -192,6 +192,16 @@ def _collect(out: Path) -> list[dict]:
     return [row for path in found for row in json.loads(path.read_text())]
 
 
+def _assignments(items: list[str]) -> list[tuple[str, str, str]]:
+    """["CONFIG:KEY=JSON", …] (``--set``, ``--sampling``) → [(config, key, JSON text), …]."""
+    out = []
+    for item in items:
+        config, _, assignment = item.partition(":")
+        key, _, value = assignment.partition("=")
+        out.append((config, key, value))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=60.0, help="training budget per model")
@@ -232,9 +242,7 @@ def main() -> None:
         return
     train_file, holdout = _simulate(out, args.scale, args.holdout_scale, args.seed, args.dataset)
     overrides: dict[str, dict] = {}
-    for item in args.set:
-        config, _, assignment = item.partition(":")
-        key, _, value = assignment.partition("=")
+    for config, key, value in _assignments(args.set):
         overrides.setdefault(config, {})[key] = json.loads(value)
     labels = {v: k for k, v in MODELS.items()}
     curve = [int(s) for s in args.curve_steps.split(",") if s]
@@ -251,12 +259,8 @@ def main() -> None:
         label = labels.get(config, config)
         if config.startswith("student"):
             label = f"student (of {args.teacher})"
-        variants = [(None, label)]
-        for item in args.sampling:
-            name, _, assignment = item.partition(":")
-            key, _, value = assignment.partition("=")
-            if name == config:
-                variants.append(({key: json.loads(value)}, f"{label}, {key} {value}"))
+        variants = [(None, label)] + [({key: json.loads(value)}, f"{label}, {key} {value}")
+                                      for name, key, value in _assignments(args.sampling) if name == config]
         if config.startswith("flow-matching"):
             variants = [({"steps": s}, f"{label}, {s} Euler steps") for s in curve]
         results = []
