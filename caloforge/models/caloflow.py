@@ -114,7 +114,7 @@ class TwoStageFamily(ShowerModel):
 
     def decode(self, noise, incident_energy, conditions):
         y1, y2 = self.transport(noise, incident_energy, conditions)
-        return self.representation.decode(y1, y2, incident_energy.to(torch.float64))
+        return self.representation.decode(y1, y2, incident_energy, dtype=torch.float32)
 
     def transport(self, noise: Tensor, incident_energy: Tensor,
                   conditions: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:

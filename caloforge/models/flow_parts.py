@@ -57,8 +57,8 @@ from torch import Tensor, nn
 from caloforge.preprocessing import (Chain, LayerEnergyRatios, Logit, Standardize, merge_layers, split_layers,
                                      transform_from_state, transform_state)
 
-__all__ = ["ShowerRepresentation", "FractionEnvelope", "FlowConfig", "conditional_flow", "flow_log_prob", "flow_inverse",
-           "flow_forward", "MLP", "ACTIVATIONS", "scheduled_step", "check_schedule_keys"]
+__all__ = ["ShowerRepresentation", "FractionEnvelope", "water_fill_newton", "water_fill_sorted", "FlowConfig", "conditional_flow", "flow_log_prob", "flow_inverse",
+           "flow_forward", "MLP", "ACTIVATIONS", "scheduled_step", "check_schedule_keys", "exporting"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU,
                                            "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
@@ -123,15 +123,22 @@ class ShowerRepresentation:
             self.voxel_chain.log_abs_det_jacobian(fractions, e)
         return y1.to(torch.float32), y2.to(torch.float32), logdet
 
-    def decode(self, y1: Tensor, y2: Tensor, incident_energy: Tensor) -> Tensor:
-        """Showers in MeV (float64): inverse transforms, merge, zero below the threshold."""
+    def decode(self, y1: Tensor, y2: Tensor, incident_energy: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+        """Showers in MeV (``dtype``): inverse transforms, merge, zero below the threshold.
+
+        The layer energies are always inverted in float64 (L numbers per shower); the voxel
+        fractions, the envelope and the merge run in ``dtype``.  Generation uses float32 (the
+        files are float32): a voxel then carries float32's relative precision, ~1e-7, at a
+        third of the float64 cost.
+        """
         e = incident_energy.to(torch.float64)
-        layer_energy = self.layer_chain.inverse(y1.to(torch.float64), e)
-        fractions = self.voxel_chain.inverse(y2.to(torch.float64), e)
-        if self.envelope is not None:
-            fractions = self.envelope.apply(fractions, e, self.layer_sizes)
-        showers = merge_layers(layer_energy, fractions, self.layer_sizes)
-        return torch.where(showers < self.threshold_mev, torch.zeros_like(showers), showers)
+        layer_energy = self.layer_chain.inverse(y1.to(torch.float64), e).to(dtype)
+        fractions = self.voxel_chain.inverse(y2.to(dtype), e)
+        if self.envelope is not None:  # capped and normalised per layer
+            showers = self.envelope.apply(fractions, e, self.layer_sizes) * _per_voxel(layer_energy, self.layer_sizes)
+        else:
+            showers = merge_layers(layer_energy, fractions, self.layer_sizes)
+        return showers * (showers >= self.threshold_mev)  # the readout's zero suppression
 
     def bounds(self) -> tuple[Tensor, Tensor]:
         """(lo, hi) of the concatenated (y₁, y₂): beyond them the logit saturates and :meth:`decode`
@@ -161,6 +168,88 @@ class ShowerRepresentation:
         return cls(state["layer_sizes"], transform_from_state(state["layer_chain"]),
                    transform_from_state(state["voxel_chain"]), state["noise_mev"], state["threshold_mev"],
                    FractionEnvelope.from_state(envelope) if envelope else None)
+
+
+def exporting() -> bool:
+    """True while a graph is traced or compiled for export (no data-dependent loops there)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def _layer_sums(x: Tensor, sizes: Sequence[int]) -> Tensor:
+    """(N, V) → (N, L): the sum over each layer's voxels."""
+    return torch.stack([part.sum(1) for part in torch.split(x, list(sizes), 1)], 1)
+
+
+def _per_voxel(per_layer: Tensor, sizes: Sequence[int]) -> Tensor:
+    """(N, L) → (N, V): each layer's value repeated over its voxels (a gather: any batch size in ONNX)."""
+    layer_of_voxel = torch.repeat_interleave(torch.arange(len(sizes), device=per_layer.device),
+                                             torch.as_tensor(list(sizes), device=per_layer.device))
+    return per_layer.index_select(1, layer_of_voxel)
+
+
+def water_fill_newton(p: Tensor, cap: Tensor, layer_sizes: Sequence[int]) -> Tensor:
+    """min(c·p, cap) with c per row and layer such that every layer sums to one.
+
+    ``p`` (N, V) sums to one in each layer; ``cap`` (N, V) sums to at least one.  f(c) =
+    Σ min(c·p, cap) is increasing, concave and piecewise linear, so Newton's method from
+    c = 1 climbs to the root from below: with S = {c·p > cap} capped, c' = (1 − Σ_S cap) /
+    Σ_{not S} p, S only grows, and once S stops growing c is the root: exact, not iterated
+    to a tolerance.  Whole-row operations and no sort; a shower leaves the loop as soon as its
+    S stops growing (DS1-photon student showers: most after one or two rounds, all within five).
+
+    Capping the first voxel pushes the second over its cap, the second round caps it too:
+
+    >>> p = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64)
+    >>> water_fill_newton(p, torch.tensor([[0.4, 0.32, 1.0]], dtype=torch.float64), [3]).round(decimals=9).tolist()
+    [[0.4, 0.32, 0.28]]
+    """
+    over = p > cap
+    rows = over.any(1).nonzero().squeeze(1)  # showers with a voxel over its cap
+    if len(rows) == 0:
+        return p
+    out = p.clone()
+    p, cap, over = (t.index_select(0, rows) for t in (p, cap, over))
+    while len(rows):  # at most V rounds: S grows by at least one voxel per round in every row kept
+        mask = over.to(p.dtype)
+        capped = _layer_sums(cap * mask, layer_sizes)
+        free = _layer_sums(p - p * mask, layer_sizes)
+        # a layer capped all over (free = 0) keeps its caps; bounded so that 0·c stays 0
+        c = ((1 - capped) / free.clamp_min(1e-30)).clamp(1.0, 1e30)
+        scaled = p * _per_voxel(c, layer_sizes)
+        grown = over | (scaled > cap)
+        settled = (grown == over).all(1)  # S stopped growing: c is the root, these rows are done
+        done = settled.nonzero().squeeze(1)
+        out.index_copy_(0, rows.index_select(0, done), torch.where(over.index_select(0, done),
+                                                                   cap.index_select(0, done),
+                                                                   scaled.index_select(0, done)))
+        left = (~settled).nonzero().squeeze(1)  # only the rows still cascading go round again
+        rows, p, cap, over = (t.index_select(0, left) for t in (rows, p, cap, grown))
+    return out
+
+
+def water_fill_sorted(p: Tensor, cap: Tensor, layer_sizes: Sequence[int]) -> Tensor:
+    """The same solution as :func:`water_fill_newton` without a data-dependent loop (for export).
+
+    Σ min(c·p, cap) has its kinks at tᵢ = capᵢ/pᵢ.  With the voxels sorted by t, capping
+    the first k gives c = (1 − Σ_{<k} cap) / Σ_{≥k} p; k is the number of kinks where the
+    sum is still below 1.  No capped voxel: k = 0, c = 1.
+
+    >>> p = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64)
+    >>> water_fill_sorted(p, torch.tensor([[0.4, 0.32, 1.0]], dtype=torch.float64), [3]).round(decimals=9).tolist()
+    [[0.4, 0.32, 0.28]]
+    """
+    out = []
+    for q, m in zip(torch.split(p, list(layer_sizes), 1), torch.split(cap, list(layer_sizes), 1)):
+        t, order = (m / q.clamp_min(1e-30)).clamp_max(1e30).sort(1)  # empty voxels (p = 0) last
+        capped = m.gather(1, order).cumsum(1)  # Σ cap of the voxels up to and including each kink
+        # Σ p from each kink on, summed from the end: 1 − Σ_{<k} p would lose the small remainders
+        rest = torch.cat([q.gather(1, order).flip(1).cumsum(1).flip(1), torch.zeros_like(q[:, :1])], 1)
+        k = (capped + t * rest[:, 1:] < 1).sum(1, keepdim=True)  # kinks still below 1
+        capped_before = torch.cat([torch.zeros_like(capped[:, :1]), capped], 1).gather(1, k)
+        free_before = rest.gather(1, k)
+        c = ((1 - capped_before) / free_before.clamp_min(1e-30)).clamp(1.0, 1e30)
+        out.append(torch.minimum(q * c, m))
+    return torch.cat(out, 1)
 
 
 class FractionEnvelope:
@@ -207,26 +296,16 @@ class FractionEnvelope:
 
     def apply(self, fractions: Tensor, incident_energy: Tensor, layer_sizes: Sequence[int]) -> Tensor:
         """Fractions capped at the envelope, each layer renormalised with the excess spread over
-        the voxels below their cap: min(c·p, cap) with Σ min(c·p, cap) = 1, solved exactly.
-
-        Σ min(c·p, cap) is increasing and piecewise linear in c, with kinks at tᵢ = capᵢ/pᵢ.
-        With the voxels sorted by t, capping the first k gives c = (1 − Σ_{<k} cap) / Σ_{≥k} p;
-        k is the number of kinks where the sum is still below 1.  No capped voxel: k = 0, c = 1.
-        """
-        cap = self.max_fraction.to(fractions.device)[self.bin_index(incident_energy)]
-        out = []
-        for p, m in zip(torch.split(fractions.clamp_min(0.0), list(layer_sizes), 1),
-                        torch.split(cap, list(layer_sizes), 1)):
-            p = p / p.sum(1, keepdim=True).clamp_min(1e-300)
-            t, order = (m / p.clamp_min(1e-300)).clamp_max(1e300).sort(1)  # empty voxels (p = 0) last
-            capped = m.gather(1, order).cumsum(1)  # Σ cap of the voxels up to and including each kink
-            free = (1 - p.gather(1, order).cumsum(1)).clamp_min(0.0)  # Σ p of the voxels after it
-            k = (capped + t * free < 1).sum(1, keepdim=True)  # kinks still below 1
-            capped_before = torch.cat([torch.zeros_like(capped[:, :1]), capped], 1).gather(1, k)
-            free_before = torch.cat([torch.ones_like(free[:, :1]), free], 1).gather(1, k)
-            c = ((1 - capped_before) / free_before.clamp_min(1e-300)).clamp_min(1.0)
-            out.append(torch.minimum(p * c, m))
-        return torch.cat(out, 1)
+        the voxels below their cap: min(c·p, cap) with Σ min(c·p, cap) = 1 per layer, solved
+        exactly in the dtype of ``fractions`` (:func:`water_fill_newton`; an exported graph,
+        which cannot hold a data-dependent loop, uses :func:`water_fill_sorted`)."""
+        sizes = [int(n) for n in layer_sizes]
+        cap = self.max_fraction.to(fractions.device, fractions.dtype)[self.bin_index(incident_energy)]
+        p = fractions.clamp_min(0.0)
+        p = p / _per_voxel(_layer_sums(p, sizes).clamp_min(1e-30), sizes)
+        if exporting():
+            return water_fill_sorted(p, cap, sizes)
+        return water_fill_newton(p, cap, sizes)
 
     def state(self) -> dict[str, Any]:
         # rounded up to 6 significant digits: the JSON stays short and no cap shrinks

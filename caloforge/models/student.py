@@ -156,7 +156,7 @@ class Student(ShowerModel):
 
     def decode(self, noise, incident_energy, conditions):
         y1, y2 = self.forward_representation(noise, incident_energy, conditions)
-        return self.representation.decode(y1, y2, incident_energy.to(torch.float64))
+        return self.representation.decode(y1, y2, incident_energy, dtype=torch.float32)
 
     def _teacher_targets(self, noise: Tensor, incident_energy: Tensor,
                          conditions: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
