@@ -47,6 +47,7 @@ True
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -138,7 +139,7 @@ class ShowerRepresentation:
             showers = self.envelope.apply(fractions, e, self.layer_sizes) * _per_voxel(layer_energy, self.layer_sizes)
         else:
             showers = merge_layers(layer_energy, fractions, self.layer_sizes)
-        return showers * (showers >= self.threshold_mev)  # the readout's zero suppression
+        return showers * _float_mask(torch.ge, showers, self.threshold_mev)  # the readout's zero suppression
 
     def bounds(self) -> tuple[Tensor, Tensor]:
         """(lo, hi) of the concatenated (y₁, y₂): beyond them the logit saturates and :meth:`decode`
@@ -175,6 +176,14 @@ def exporting() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
+def _float_mask(compare, a: Tensor, b) -> Tensor:
+    """compare(a, b) as 0/1 in a's dtype; written straight into a float tensor where not exporting
+    (PyTorch's boolean kernels, any(), bool × float, cost several float passes each on the CPU)."""
+    if exporting():  # exporters reject out=
+        return compare(a, b).to(a.dtype)
+    return compare(a, b, out=torch.empty_like(a))
+
+
 def _layer_sums(x: Tensor, sizes: Sequence[int]) -> Tensor:
     """(N, V) → (N, L): the sum over each layer's voxels."""
     return torch.stack([part.sum(1) for part in torch.split(x, list(sizes), 1)], 1)
@@ -182,9 +191,12 @@ def _layer_sums(x: Tensor, sizes: Sequence[int]) -> Tensor:
 
 def _per_voxel(per_layer: Tensor, sizes: Sequence[int]) -> Tensor:
     """(N, L) → (N, V): each layer's value repeated over its voxels (a gather: any batch size in ONNX)."""
-    layer_of_voxel = torch.repeat_interleave(torch.arange(len(sizes), device=per_layer.device),
-                                             torch.as_tensor(list(sizes), device=per_layer.device))
-    return per_layer.index_select(1, layer_of_voxel)
+    return per_layer.index_select(1, _layer_of_voxel(tuple(int(n) for n in sizes)).to(per_layer.device))
+
+
+@functools.lru_cache(maxsize=64)
+def _layer_of_voxel(sizes: tuple[int, ...]) -> Tensor:
+    return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
 
 
 def water_fill_newton(p: Tensor, cap: Tensor, layer_sizes: Sequence[int]) -> Tensor:
@@ -203,25 +215,25 @@ def water_fill_newton(p: Tensor, cap: Tensor, layer_sizes: Sequence[int]) -> Ten
     >>> water_fill_newton(p, torch.tensor([[0.4, 0.32, 1.0]], dtype=torch.float64), [3]).round(decimals=9).tolist()
     [[0.4, 0.32, 0.28]]
     """
-    over = p > cap
-    rows = over.any(1).nonzero().squeeze(1)  # showers with a voxel over its cap
+    over = _float_mask(torch.gt, p, cap)  # masks are 0/1 floats (see _float_mask)
+    rows = (over.amax(1) > 0).nonzero().squeeze(1)  # showers with a voxel over its cap
     if len(rows) == 0:
         return p
     out = p.clone()
     p, cap, over = (t.index_select(0, rows) for t in (p, cap, over))
     while len(rows):  # at most V rounds: S grows by at least one voxel per round in every row kept
-        mask = over.to(p.dtype)
-        capped = _layer_sums(cap * mask, layer_sizes)
-        free = _layer_sums(p - p * mask, layer_sizes)
+        capped = _layer_sums(cap * over, layer_sizes)
+        free = _layer_sums(torch.addcmul(p, p, over, value=-1.0), layer_sizes)  # p where not capped
         # a layer capped all over (free = 0) keeps its caps; bounded so that 0·c stays 0
         c = ((1 - capped) / free.clamp_min(1e-30)).clamp(1.0, 1e30)
         scaled = p * _per_voxel(c, layer_sizes)
-        grown = over | (scaled > cap)
-        settled = (grown == over).all(1)  # S stopped growing: c is the root, these rows are done
+        grown = torch.maximum(over, _float_mask(torch.gt, scaled, cap))
+        settled = grown.sum(1) == over.sum(1)  # S stopped growing (sums of 0/1: exact): c is the root
         done = settled.nonzero().squeeze(1)
-        out.index_copy_(0, rows.index_select(0, done), torch.where(over.index_select(0, done),
-                                                                   cap.index_select(0, done),
-                                                                   scaled.index_select(0, done)))
+        # lerp with weight 0 or 1 returns scaled or cap exactly
+        out.index_copy_(0, rows.index_select(0, done), torch.lerp(scaled.index_select(0, done),
+                                                                  cap.index_select(0, done),
+                                                                  over.index_select(0, done)))
         left = (~settled).nonzero().squeeze(1)  # only the rows still cascading go round again
         rows, p, cap, over = (t.index_select(0, left) for t in (rows, p, cap, grown))
     return out
