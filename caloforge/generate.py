@@ -136,14 +136,15 @@ _PRECISION = {"onnxruntime": "fp32", "bf16": "bf16"}
 def _sampler(gen: ShowerGenerator, n: int, engine: str):
     """The ONNX Runtime sampler (:mod:`caloforge.engine`) when it applies, else None (PyTorch).
 
-    ``auto``: PyTorch below :data:`FAST_MIN_SHOWERS` showers; fp32 ONNX Runtime from there;
+    ``auto``: PyTorch below :data:`FAST_MIN_SHOWERS` showers and for models whose export is
+    slower (:attr:`~caloforge.models.base.ShowerModel.eager_is_faster`); fp32 ONNX Runtime from there;
     from :data:`BF16_MIN_SHOWERS` bf16 where it applies and passes its physics-level check
     (faster than fp32 ONNX Runtime there), else fp32 (parity 1e-5).  The choice depends on the
     model, the CPU and the size of the whole request, never on timings.
     """
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
-    if engine == "pytorch" or (engine == "auto" and n < FAST_MIN_SHOWERS):
+    if engine == "pytorch" or (engine == "auto" and (n < FAST_MIN_SHOWERS or gen.model.eager_is_faster)):
         return None
     if gen.model.sampling_options:  # the exported graph fixes the options (ODE steps…): stay in PyTorch
         if engine != "auto":

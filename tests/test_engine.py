@@ -136,3 +136,37 @@ def test_physics_check_sees_a_shifted_layer_profile():
     assert check["layer 1 fraction"] > 10 * MAX_SHIFT and check["E_tot/E_inc"] > MAX_SHIFT
     assert max(physics_check(ref, fp32, fp32, e, geo).values()) == 0.0
     assert max(physics_check(ref, fp32, fp32 * (1 + 1e-5), e, geo).values()) <= MAX_SHIFT
+
+
+def test_student_with_an_envelope_stays_in_pytorch_under_auto():
+    """The envelope's exact water-filling is a loop in PyTorch and a costlier sort in the export:
+    ``auto`` keeps such a student in PyTorch at any request size; ``onnxruntime`` still runs the
+    export, with the same showers."""
+    from caloforge.generate import FAST_MIN_SHOWERS, _sampler
+
+    student = tiny_model("student")
+    assert student.representation.envelope is not None and student.eager_is_faster
+    gen = _generator(student)
+    assert _sampler(gen, FAST_MIN_SHOWERS * 3, "auto") is None
+    assert _sampler(gen, FAST_MIN_SHOWERS * 3, "onnxruntime") is not None
+    assert not tiny_model("caloshowergan", 0).eager_is_faster
+    e = np.geomspace(300.0, 4e6, 600)
+    a = generate(gen, e, seed=2, batch_size=300, engine="pytorch").showers
+    b = generate(gen, e, seed=2, batch_size=300, engine="onnxruntime").showers
+    assert a.sum() > 0 and max_relative_deviation(a, b) <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["caloshowergan", "student"])
+def test_sample_in_cache_sized_blocks_gives_the_whole_batch_showers(name, monkeypatch):
+    """``sample`` decodes ``decode_rows`` showers at a time: the same noise, the same showers as one
+    pass over the whole batch (to float32 rounding: a matrix product may block rows differently)."""
+    model = tiny_model(name, 0) if name == "caloshowergan" else tiny_model(name)
+    e = torch.tensor(np.geomspace(300.0, 4e6, 250))
+    whole = model.sample(e, torch.Generator().manual_seed(5))
+    monkeypatch.setattr(type(model), "decode_rows", property(lambda self: 64))
+    calls, decode = [], model.decode
+    monkeypatch.setattr(model, "decode", lambda noise, *a: calls.append(len(noise)) or decode(noise, *a))
+    blocks = model.sample(e, torch.Generator().manual_seed(5))
+    assert calls == [64, 64, 64, 58]
+    assert whole.shape == blocks.shape == (250, model.n_voxels) and whole.sum() > 0
+    assert max_relative_deviation(whole.numpy(), blocks.numpy()) <= 1e-6

@@ -258,6 +258,13 @@ class ShowerModel(nn.Module):
         return {}
 
     @property
+    def eager_is_faster(self) -> bool:
+        """True where this model's exported graph is known to be slower than PyTorch (a
+        data-dependent loop the export replaces with a costlier fixed form): ``generate``'s
+        ``auto`` engine then stays in PyTorch for large requests too."""
+        return False
+
+    @property
     def sampling_options(self) -> dict[str, Any]:
         """The generation options in force: the defaults updated by :meth:`set_sampling`."""
         return {**self.default_sampling(), **self.__dict__.get("_sampling", {})}

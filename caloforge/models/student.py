@@ -154,6 +154,12 @@ class Student(ShowerModel):
         L = self.representation.n_layers
         return y[:, :L], y[:, L:]
 
+    @property
+    def eager_is_faster(self) -> bool:
+        # the envelope's exact water-filling loops in PyTorch; the exported sorted form costs ~2× the
+        # whole eager generation (benchmarks/bench_one_step.py --engine onnxruntime)
+        return self.representation.envelope is not None
+
     def decode(self, noise, incident_energy, conditions):
         y1, y2 = self.forward_representation(noise, incident_energy, conditions)
         return self.representation.decode(y1, y2, incident_energy, dtype=torch.float32)
