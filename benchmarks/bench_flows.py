@@ -259,10 +259,11 @@ def main() -> None:
         label = labels.get(config, config)
         if config.startswith("student"):
             label = f"student (of {args.teacher})"
-        variants = [(None, label)] + [({key: json.loads(value)}, f"{label}, {key} {value}")
-                                      for name, key, value in _assignments(args.sampling) if name == config]
-        if config.startswith("flow-matching"):
-            variants = [({"steps": s}, f"{label}, {s} Euler steps") for s in curve]
+        extra = [({key: json.loads(value)}, f"{label}, {key} {value}")
+                 for name, key, value in _assignments(args.sampling) if name == config]
+        variants = [(None, label)] + extra
+        if config.startswith("flow-matching"):  # the step curve, then any other option at the default steps
+            variants = [({"steps": s}, f"{label}, {s} Euler steps") for s in curve] + extra
         results = []
         for sampling, name in variants:
             tag = "default" if sampling is None else "".join(f"{k}{v}" for k, v in sampling.items())
