@@ -192,9 +192,10 @@ class ShowerModel(nn.Module):
 
     @property
     def decode_rows(self) -> int:
-        """Showers per :meth:`decode` call in :meth:`sample`: ~1.5 MB of float32 voxels (1068 DS1-photon
-        showers).  At batch 10 000 on one core this halved the flow student's cost and cut the
-        CaloShowerGAN generator's by about a third (``benchmarks/bench_one_step.py``)."""
+        """Showers per :meth:`decode` call in :meth:`sample` on a CPU (a GPU decodes the whole batch):
+        ~1.5 MB of float32 voxels (1068 DS1-photon showers).  At batch 10 000 on one core this took
+        the flow student from 3.1× to 1.8× the CaloShowerGAN photon generator's cost; the GANs
+        themselves do not measurably change (``benchmarks/bench_one_step.py --whole-batch``)."""
         return max(64, 393_216 // self.n_voxels)
 
     @property
@@ -325,9 +326,9 @@ class ShowerModel(nn.Module):
         cond = {k: v.to(dev) for k, v in cond.items()}
         self.condition_encoder.check(list(cond), "sample()")
         noise = self.sample_noise(len(energy), generator, dev)
-        rows = self.decode_rows
-        # the same noise, decoded a cache-sized block of showers at a time: every element-wise
+        # on a CPU the same noise is decoded a cache-sized block of showers at a time: every element-wise
         # step of a decoder then reads its block from the core's cache, not the whole batch from memory
+        rows = self.decode_rows if torch.device(dev).type == "cpu" else max(len(energy), 1)
         out = torch.cat([self.decode(noise[i:i + rows], energy[i:i + rows], {k: v[i:i + rows] for k, v in cond.items()})
                          for i in range(0, len(energy), rows)]) if len(energy) > rows else self.decode(noise, energy, cond)
         out = out.to(torch.float32)
