@@ -329,8 +329,12 @@ class ShowerModel(nn.Module):
         # on a CPU the same noise is decoded a cache-sized block of showers at a time: every element-wise
         # step of a decoder then reads its block from the core's cache, not the whole batch from memory
         rows = self.decode_rows if torch.device(dev).type == "cpu" else max(len(energy), 1)
-        out = torch.cat([self.decode(noise[i:i + rows], energy[i:i + rows], {k: v[i:i + rows] for k, v in cond.items()})
-                         for i in range(0, len(energy), rows)]) if len(energy) > rows else self.decode(noise, energy, cond)
+        if len(energy) > rows:
+            out = torch.cat([self.decode(noise[i:i + rows], energy[i:i + rows],
+                                         {k: v[i:i + rows] for k, v in cond.items()})
+                             for i in range(0, len(energy), rows)])
+        else:
+            out = self.decode(noise, energy, cond)
         out = out.to(torch.float32)
         return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).clamp_min_(0.0)
 

@@ -58,8 +58,9 @@ from torch import Tensor, nn
 from caloforge.preprocessing import (Chain, LayerEnergyRatios, Logit, Standardize, merge_layers, split_layers,
                                      transform_from_state, transform_state)
 
-__all__ = ["ShowerRepresentation", "FractionEnvelope", "water_fill_newton", "water_fill_sorted", "FlowConfig", "conditional_flow", "flow_log_prob", "flow_inverse",
-           "flow_forward", "MLP", "ACTIVATIONS", "scheduled_step", "check_schedule_keys", "exporting"]
+__all__ = ["ShowerRepresentation", "FractionEnvelope", "water_fill_newton", "water_fill_sorted", "FlowConfig",
+           "conditional_flow", "flow_log_prob", "flow_inverse", "flow_forward", "MLP", "ACTIVATIONS", "scheduled_step",
+           "check_schedule_keys", "exporting"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU,
                                            "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
