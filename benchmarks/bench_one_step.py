@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 
 import numpy as np
@@ -96,7 +96,7 @@ def main() -> None:
             for batch in batches:
                 n = SHOWERS.get(batch, max(batch, 1000))
                 e = np.exp(rng.uniform(np.log(gen.e_min), np.log(gen.e_max), n))
-                with variant(gen) if variant else _nothing():
+                with variant(gen) if variant else nullcontext():
                     generate(gen, e[: min(n, 2 * batch, 1000)], batch_size=batch, engine=args.engine)  # warm-up
                     t0 = time.perf_counter()
                     generate(gen, e, batch_size=batch, engine=args.engine)
@@ -112,11 +112,6 @@ def main() -> None:
             m = statistics.median(times[(label, b)])
             cells.append(f"{m:.4g} ({m / ref[b]:.2f}×)")
         print(f"| {label} | " + " | ".join(cells) + " |")
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 if __name__ == "__main__":

@@ -35,7 +35,12 @@ import torch
 from torch import Tensor
 
 __all__ = ["Transform", "ScaleByEnergy", "Log", "Logit", "Standardize", "LayerEnergyRatios", "Chain",
-           "transform_state", "transform_from_state", "split_layers", "merge_layers"]
+           "transform_state", "transform_from_state", "split_layers", "merge_layers", "exporting"]
+
+
+def exporting() -> bool:
+    """True while a graph is traced or compiled for export (no data-dependent loops, no ``out=`` there)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def _col(e: Tensor, like: Tensor) -> Tensor:
@@ -125,8 +130,7 @@ class Logit(Transform):
     def inverse(self, y, e):
         # ONNX Runtime's float32 Sigmoid kernel is an approximation (~1e-6 relative, 1e-5 of a
         # shower after the logit's amplification); exported graphs spell it out with Exp instead
-        exporting = torch.jit.is_tracing() or torch.compiler.is_compiling()
-        s = 1 / (1 + torch.exp(-y)) if exporting else torch.sigmoid(y)
+        s = 1 / (1 + torch.exp(-y)) if exporting() else torch.sigmoid(y)
         return ((s - self.alpha) / (1 - 2 * self.alpha)).clamp(0.0, 1.0)
 
     def log_abs_det_jacobian(self, x, e):

@@ -55,12 +55,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from caloforge.preprocessing import (Chain, LayerEnergyRatios, Logit, Standardize, merge_layers, split_layers,
-                                     transform_from_state, transform_state)
+from caloforge.preprocessing import (Chain, LayerEnergyRatios, Logit, Standardize, exporting, merge_layers,
+                                     split_layers, transform_from_state, transform_state)
 
 __all__ = ["ShowerRepresentation", "FractionEnvelope", "water_fill_newton", "water_fill_sorted", "FlowConfig",
            "conditional_flow", "flow_log_prob", "flow_inverse", "flow_forward", "MLP", "ACTIVATIONS", "scheduled_step",
-           "check_schedule_keys", "exporting"]
+           "check_schedule_keys"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU,
                                            "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
@@ -170,11 +170,6 @@ class ShowerRepresentation:
         return cls(state["layer_sizes"], transform_from_state(state["layer_chain"]),
                    transform_from_state(state["voxel_chain"]), state["noise_mev"], state["threshold_mev"],
                    FractionEnvelope.from_state(envelope) if envelope else None)
-
-
-def exporting() -> bool:
-    """True while a graph is traced or compiled for export (no data-dependent loops there)."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def _float_mask(compare, a: Tensor, b) -> Tensor:
