@@ -114,6 +114,42 @@ def test_two_workers_make_one_study_with_pruned_trials_and_a_best_that_generates
     assert summary["best"][0]["number"] == best.number and summary["counts"] == {"COMPLETE": 2, "PRUNED": 2}
 
 
+_POP = """
+import sys, time, warnings
+import optuna
+from caloforge.tuning.storage import open_storage
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+warnings.simplefilter("ignore")
+study = optuna.load_study(study_name="queue", storage=open_storage(sys.argv[1]))
+while time.time() < float(sys.argv[2]):
+    time.sleep(0.001)
+print(" ".join(str(study.ask().number) for _ in range(12)))
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_workers_asking_at_once_never_take_the_same_enqueued_trial(tmp_path, kind):
+    # Optuna pops an enqueued trial by read-check-write; on SQLite that was not atomic, and
+    # 4 workers asking at once took ~25 % of the trials twice (the CI failure of session 8)
+    import time
+
+    import optuna
+
+    from caloforge.tuning.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'study.journal'}"
+    study = optuna.create_study(study_name="queue", storage=open_storage(url))
+    for x in range(48):
+        study.enqueue_trial({"x": float(x)})
+    start = time.time() + 4.0  # every worker has imported and connected before the first ask
+    procs = [subprocess.Popen([sys.executable, "-c", _POP, url, str(start)], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outputs
+    taken = [int(n) for out, _ in outputs for n in out.split()]
+    assert len(taken) == 48 and sorted(taken) == list(range(48)), sorted(taken)
+
+
 def test_seeds_give_mean_and_spread_and_trials_are_resumable_runs(files, tmp_path):
     out = tmp_path / "study"
     lines: list[str] = []

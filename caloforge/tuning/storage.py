@@ -47,6 +47,30 @@ def _journal_path(url: str) -> Path | None:
     return None
 
 
+def _serialise_sqlite_transactions(engine) -> None:
+    """Make every SQLite transaction take the write lock when it begins (``BEGIN IMMEDIATE``).
+
+    Python's sqlite3 driver begins a transaction only at the first write, so Optuna's
+    read-check-write when a worker pops an enqueued trial (``SELECT … FOR UPDATE``, which
+    SQLite ignores) lets two workers both see the trial WAITING and both run it; the second
+    then fails with "Cannot tell a COMPLETE trial" (optuna/optuna#4002, #4621).  With the
+    lock taken at BEGIN, the read and the write of one transaction are atomic.  This is
+    SQLAlchemy's documented recipe for pysqlite; the 60 s busy timeout makes waiting workers
+    queue instead of failing.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _driver_does_not_begin(dbapi_connection, connection_record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while the tables were created predate the listeners
+
+
 def open_storage(url: str):
     """An Optuna storage for ``url``; ConfigError (one line) when it cannot be used."""
     import optuna
@@ -76,9 +100,12 @@ def open_storage(url: str):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # the heartbeat API is marked experimental
-                    return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                                      grace_period=GRACE_S,
-                                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+                    storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                                         grace_period=GRACE_S,
+                                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+                if url.startswith("sqlite:"):
+                    _serialise_sqlite_transactions(storage.engine)
+                return storage
             except ImportError:
                 raise
             except Exception:  # workers starting together race to create the tables: the loser retries
