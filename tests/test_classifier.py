@@ -110,3 +110,18 @@ def test_bad_settings(rng, geo):
         with pytest.raises(ConfigError, match="CUDA"):
             C.classifier_test(ref, ref, device="cuda", epochs=1)
     assert math.isnan(C.roc_auc(np.ones(3), np.arange(3.0)))
+
+
+@pytest.mark.parametrize("percent", [True, False])
+def test_low_level_input_is_the_float64_formula_stored_float32(rng, percent):
+    # prepare_low works a block at a time (memory on DS2/DS3-sized samples); the values must be
+    # those of the whole-array float64 formula, across block edges and for list input
+    n = 5000  # more than two blocks
+    showers = (rng.gamma(0.3, 5.0, (n, 7)) * (rng.random((n, 7)) < 0.5)).astype(np.float32)
+    e = rng.uniform(100.0, 1e6, n)
+    scale = 100.0 if percent else 1.0
+    expected = np.concatenate([np.log10(e)[:, None], scale * showers.astype(np.float64) / e[:, None]], 1)
+    got = C.prepare_low(showers, e, percent=percent)
+    assert got.dtype == np.float32 and got.shape == (n, 8)
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+    np.testing.assert_array_equal(C.prepare_low(showers[:3].tolist(), e[:3].tolist(), percent=percent), got[:3])

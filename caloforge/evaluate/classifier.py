@@ -77,9 +77,16 @@ def prepare_low(showers: np.ndarray, incident_energy: np.ndarray, geometry: Geom
     [[2.0, 5.0, 15.0]]
     """
     e = np.asarray(incident_energy, dtype=np.float64).reshape(-1, 1)
-    s = np.asarray(showers, dtype=np.float64)
     if not normed:
-        return np.concatenate([np.log10(e), (100.0 if percent else 1.0) * s / e], axis=1).astype(np.float32)
+        showers = np.asarray(showers)
+        scale = 100.0 if percent else 1.0
+        out = np.empty((len(showers), showers.shape[1] + 1), dtype=np.float32)
+        out[:, :1] = np.log10(e)
+        for i in range(0, len(showers), 2048):  # float64 arithmetic a block at a time: the same values
+            # without float64 copies of every shower (a DS2/DS3 sample would take several GiB)
+            out[i:i + 2048, 1:] = scale * np.asarray(showers[i:i + 2048], dtype=np.float64) / e[i:i + 2048]
+        return out
+    s = np.asarray(showers, dtype=np.float64)
     if geometry is None:
         raise ConfigError("classifier mode 'low-normed' needs the geometry")
     layer_e = geometry.layer_energy(s)
@@ -228,13 +235,14 @@ def classifier_test_arrays(reference: np.ndarray, generated: np.ndarray, *, seed
     n_train, n_val = int(split[0] * n), int(split[1] * n)
     if n_train < 2 or n_val < 2 or n - n_train - n_val < 2:
         raise DataError(f"classifier test needs more showers: {n} per sample is too few to split")
-    x_ref = np.nan_to_num(x_ref[rng.permutation(len(x_ref))[:n]], posinf=0.0, neginf=0.0)
-    x_gen = np.nan_to_num(x_gen[rng.permutation(len(x_gen))[:n]], posinf=0.0, neginf=0.0)
+    rows_ref, rows_gen = rng.permutation(len(x_ref))[:n], rng.permutation(len(x_gen))[:n]
     cut = [0, n_train, n_train + n_val, n]
 
     def part(k: int) -> tuple[np.ndarray, np.ndarray]:
-        a, b = x_ref[cut[k]:cut[k + 1]], x_gen[cut[k]:cut[k + 1]]
-        return np.concatenate([a, b]), np.concatenate([np.ones(len(a)), np.zeros(len(b))]).astype(np.float32)
+        # each part gathered straight from the inputs: no shuffled copy of the whole samples
+        a, b = rows_ref[cut[k]:cut[k + 1]], rows_gen[cut[k]:cut[k + 1]]
+        x = np.nan_to_num(np.concatenate([x_ref[a], x_gen[b]]), copy=False, posinf=0.0, neginf=0.0)
+        return x, np.concatenate([np.ones(len(a)), np.zeros(len(b))]).astype(np.float32)
 
     dev = _device(device)
     torch.manual_seed(seed)
@@ -244,7 +252,9 @@ def classifier_test_arrays(reference: np.ndarray, generated: np.ndarray, *, seed
         mean, std = xt.mean(axis=0), xt.std(axis=0)
         std = np.where(std > 0, std, 1.0)
         xt, xv, xs = ((x - mean) / std for x in (xt, xv, xs))
-    xt, xv, xs = (x.astype(np_dtype) for x in (xt, xv, xs))
+    # the inputs stay float32 and each batch is widened on the way in: exact (float32 ⊂ float64),
+    # and a float64 copy of a DS2/DS3-sized input matrix would double the classifier's memory
+    torch_dtype = torch.float64 if dtype == "float64" else torch.float32
     yt, yv = yt.astype(np_dtype), yv.astype(np_dtype)
     xt_t, yt_t = torch.from_numpy(xt).to(dev), torch.from_numpy(yt).to(dev)
     xv_t, yv_t = torch.from_numpy(xv).to(dev), torch.from_numpy(yv).to(dev)
@@ -257,7 +267,7 @@ def classifier_test_arrays(reference: np.ndarray, generated: np.ndarray, *, seed
     def logits(x: torch.Tensor) -> torch.Tensor:
         model.eval()
         with torch.no_grad():
-            return torch.cat([model(x[i:i + 8192]).reshape(-1) for i in range(0, len(x), 8192)])
+            return torch.cat([model(x[i:i + 8192].to(torch_dtype)).reshape(-1) for i in range(0, len(x), 8192)])
 
     best_loss, best_state, best_epoch, since_best, epoch = math.inf, None, 0, 0, 0
     best_acc = -math.inf
@@ -267,7 +277,7 @@ def classifier_test_arrays(reference: np.ndarray, generated: np.ndarray, *, seed
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             optimiser.zero_grad()
-            loss = loss_fn(model(xt_t[idx]).reshape(-1), yt_t[idx])
+            loss = loss_fn(model(xt_t[idx].to(torch_dtype)).reshape(-1), yt_t[idx])
             loss.backward()
             optimiser.step()
         val_logits = logits(xv_t)
