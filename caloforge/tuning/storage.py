@@ -103,8 +103,8 @@ def open_storage(url: str):
                     storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
                                          grace_period=GRACE_S,
                                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-                if url.startswith("sqlite:"):
-                    _serialise_sqlite_transactions(storage.engine)
+                if url.startswith("sqlite:") and url.split(":///", 1)[-1] not in ("", ":memory:"):
+                    _serialise_sqlite_transactions(storage.engine)  # a file several workers share
                 return storage
             except ImportError:
                 raise
