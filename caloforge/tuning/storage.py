@@ -90,9 +90,10 @@ def open_storage(url: str):
         raise ConfigError(f"--storage {shown}: expected a database URL (sqlite:///DIR/study.db, "
                           "postgresql://user@host/db) or a journal file (journal:/shared/study.journal)")
     engine_kwargs = {}
-    if url.startswith("sqlite:"):
-        db = url.split(":///", 1)[-1]
-        if db and db != ":memory:" and not Path(db).parent.is_dir():
+    db = url.split(":///", 1)[-1] if url.startswith("sqlite:") else None
+    sqlite_file = db not in (None, "", ":memory:")  # a database file that several workers may share
+    if db is not None:
+        if sqlite_file and not Path(db).parent.is_dir():
             raise ConfigError(f"--storage {shown}: cannot open the database (no directory {Path(db).parent})")
         engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers wait for the write lock
     try:
@@ -103,8 +104,8 @@ def open_storage(url: str):
                     storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
                                          grace_period=GRACE_S,
                                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-                if url.startswith("sqlite:") and url.split(":///", 1)[-1] not in ("", ":memory:"):
-                    _serialise_sqlite_transactions(storage.engine)  # a file several workers share
+                if sqlite_file:
+                    _serialise_sqlite_transactions(storage.engine)
                 return storage
             except ImportError:
                 raise
