@@ -102,8 +102,9 @@ def _n_params(path: Path) -> int:
     from safetensors import safe_open
 
     with safe_open(str(path / "model.safetensors"), framework="pt") as f:
-        return int(sum(np.prod(f.get_slice(k).get_shape()) for k in f.keys() if not k.endswith(("mask", "order",
-                                                                                                "frequencies"))))
+        # trainable weights only: not the fixed masks and orders, not a weight average's copies
+        return int(sum(np.prod(f.get_slice(k).get_shape()) for k in f.keys()
+                       if not k.endswith(("mask", "order", "frequencies")) and not k.startswith("average.")))
 
 
 def _evaluate(holdout: Path, generated: Path, out: Path, classifier: bool = True, epochs: int | None = None,

@@ -183,7 +183,8 @@ class LayerEnergyRatios(Transform):
 
     u₀ = E_tot / (s · E_inc) and u_i = E_{i−1} / Σ_{j≥i−1} E_j for i = 1 … L−1: the
     total response, then what each layer takes of what the deeper layers still hold.
-    ``s`` (``max_response``) bounds u₀ ≤ 1 for calibrated files (E_tot/E_inc ≈ 1).
+    ``s`` (``max_response``) bounds u₀ ≤ 1 for calibrated files (E_tot/E_inc ≈ 1); a shower
+    beyond it is encoded at u₀ = 1 (its total read as s · E_inc), never as a NaN.
     """
 
     name = "layer_energy_ratios"
@@ -194,7 +195,7 @@ class LayerEnergyRatios(Transform):
     def forward(self, x, e):
         x = x.clamp_min(0.0)
         remaining = torch.flip(torch.cumsum(torch.flip(x, [1]), 1), [1])  # Σ_{j≥i} E_j
-        u0 = remaining[:, :1] / (self.max_response * _col(e, x))
+        u0 = (remaining[:, :1] / (self.max_response * _col(e, x))).clamp_max(1.0)
         ratios = x[:, :-1] / remaining[:, :-1].clamp_min(self.eps)
         return torch.cat([u0, ratios], dim=1)
 

@@ -101,6 +101,23 @@ def test_layer_energy_ratios_bound_the_response():
     assert (u >= 0).all() and (u[:, 0] < 1).all()
 
 
+
+def test_response_bound_sees_every_shower_of_a_subsampled_fit_and_clamps_beyond():
+    """The standardisations may be fitted on a subsample, the response bound never: a rare
+    high-response shower outside the subsample once made u₀ > 1 and the training loss NaN."""
+    x, e = _showers(400, seed=5)
+    x[7] *= 4 * (x.sum(1) / e).max().item() * e[7].item() / x[7].sum().item()  # 4× the largest response
+    rep = ShowerRepresentation.fit(x, e, SIZES, max_showers=40, generator=torch.Generator().manual_seed(0))
+    assert rep.layer_chain.transforms[0].max_response >= (x.sum(1) / e).max().item()  # not only rows 0, 10, …
+    y1, y2, logdet = rep.encode(x, e, torch.Generator().manual_seed(1))
+    assert torch.isfinite(y1).all() and torch.isfinite(y2).all() and torch.isfinite(logdet).all()
+    # a shower above any fitted bound is read at the bound, finite, not as a NaN
+    s = rep.layer_chain.transforms[0].max_response
+    hot = x[:1] * 2 * s * e[0].item() / x[0].sum().item()  # twice the bound
+    y1, _, logdet = rep.encode(hot, e[:1])
+    assert torch.isfinite(y1).all() and torch.isfinite(logdet).all()
+    assert rep.decode(y1, rep.encode(hot, e[:1])[1], e[:1]).sum().item() == pytest.approx(s * e[0].item(), rel=1e-3)
+
 # ----------------------------------------------------------------------------------
 # The fraction envelope
 # ----------------------------------------------------------------------------------

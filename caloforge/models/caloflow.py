@@ -28,6 +28,7 @@ fractions); ``training.select_by: val_nll`` picks ``best`` by it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -36,8 +37,9 @@ from torch import Tensor
 
 from caloforge.errors import ConfigError
 from caloforge.models.base import Batch, BatchSource, ModelConfig, ShowerModel, layer_sizes, register
-from caloforge.models.flow_parts import (FlowConfig, ShowerRepresentation, check_schedule_keys, conditional_flow,
-                                        flow_inverse, flow_log_prob, scheduled_step)
+from caloforge.models.flow_parts import (FlowConfig, ShowerRepresentation, WeightAverage, check_average_key,
+                                        check_schedule_keys, conditional_flow, flow_inverse, flow_log_prob,
+                                        scheduled_step)
 
 __all__ = ["CaloFlowConfig", "CaloFlow", "FlowConfig", "check_representation_keys"]
 
@@ -67,6 +69,7 @@ class CaloFlowConfig(ModelConfig):
     lr_min: float = 1e-5  # cosine decay from lr to lr_min over lr_decay_iterations (0: constant lr)
     lr_decay_iterations: int = 0
     grad_clip: float = 10.0
+    ema_decay: float = 0.0  # sample and validate with an average of the weights (0: off; e.g. 0.999)
 
     def check(self, require, source: str) -> None:
         super().check(require, source)
@@ -74,14 +77,37 @@ class CaloFlowConfig(ModelConfig):
         self.voxel_flow.check(require, "model.voxel_flow")
         check_representation_keys(self, require)
         check_schedule_keys(self, require)
+        check_average_key(self, require)
 
 
 class TwoStageFamily(ShowerModel):
-    """What the two-stage families share: the representation, the context, the optimiser, decoding."""
+    """What the two-stage families share: the representation, the context, the optimiser, decoding,
+    and the weight average (``model.ema_decay``) of the networks named in :attr:`averaged`."""
+
+    averaged: tuple[str, ...] = ()  # the networks that sampling and validation read through :meth:`sampling_net`
 
     def __init__(self, config, geometry, state: Mapping[str, Any]) -> None:
         super().__init__(config, geometry, state)
         self.representation = ShowerRepresentation.from_state(state["representation"])
+        self.average: WeightAverage | None = None
+
+    def _start_average(self) -> None:
+        """Called by a family's ``__init__`` once its networks exist."""
+        if self.config.ema_decay > 0:
+            self.average = WeightAverage({name: getattr(self, name) for name in self.averaged}, self.config.ema_decay)
+
+    def sampling_net(self, name: str):
+        """The network ``name`` as sampling uses it: its weight average where there is one."""
+        net = getattr(self, name)
+        return self.average[name] if self.average is not None and net is not None else net
+
+    def _step(self, loss: Tensor, optimizers) -> None:
+        """One scheduled optimiser step, then the weight average follows."""
+        optimizer = optimizers["model"]
+        scheduled_step(self, optimizer, loss, self.config)
+        if self.average is not None:
+            step = next((int(st["step"]) for st in optimizer.state.values() if "step" in st), 0)
+            self.average.update({name: getattr(self, name) for name in self.averaged}, step)
 
     @classmethod
     def fit_state(cls, config, showers, incident_energy, conditions, geometry, source):
@@ -110,7 +136,8 @@ class TwoStageFamily(ShowerModel):
         return self._context(batch.incident_energy, batch.conditions), y1, y2, logdet
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"model": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+        frozen = {id(p) for p in self.average.parameters()} if self.average is not None else set()
+        return {"model": torch.optim.Adam([p for p in self.parameters() if id(p) not in frozen], lr=self.config.lr)}
 
     def decode(self, noise, incident_energy, conditions):
         y1, y2 = self.transport(noise, incident_energy, conditions)
@@ -128,22 +155,25 @@ class CaloFlow(TwoStageFamily):
 
     Config = CaloFlowConfig
     loss_names = ("nll", "nll_layers", "nll_voxels")
+    averaged = ("layer_flow", "voxel_flow")
 
     def __init__(self, config: CaloFlowConfig, geometry, state: Mapping[str, Any]) -> None:
         super().__init__(config, geometry, state)
         c, L, V = self.condition_encoder.dim, self.representation.n_layers, self.representation.n_voxels
         self.layer_flow = conditional_flow(L, c, config.layer_flow, seed=1)
         self.voxel_flow = conditional_flow(V, c + L, config.voxel_flow, seed=2)
+        self._start_average()
 
-    def _log_probs(self, c: Tensor, y1: Tensor, y2: Tensor) -> tuple[Tensor, Tensor]:
-        return flow_log_prob(self.layer_flow, y1, c), flow_log_prob(self.voxel_flow, y2, torch.cat([c, y1], 1))
+    def _log_probs(self, c: Tensor, y1: Tensor, y2: Tensor, averaged: bool = False) -> tuple[Tensor, Tensor]:
+        net = self.sampling_net if averaged else functools.partial(getattr, self)
+        return flow_log_prob(net("layer_flow"), y1, c), flow_log_prob(net("voxel_flow"), y2, torch.cat([c, y1], 1))
 
     def training_step(self, data: BatchSource, optimizers, generator) -> dict[str, float]:
         c, y1, y2, _ = self._encode(data.next(), generator)
         lp1, lp2 = self._log_probs(c, y1, y2)
         # per-dimension scale keeps the learning rate meaningful for any geometry
         loss = -(lp1.mean() + lp2.mean()) / (y1.shape[1] + y2.shape[1])
-        scheduled_step(self, optimizers["model"], loss, self.config)
+        self._step(loss, optimizers)
         return {"nll": -(lp1 + lp2).mean().item(), "nll_layers": -lp1.mean().item(),
                 "nll_voxels": -lp2.mean().item()}
 
@@ -152,7 +182,7 @@ class CaloFlow(TwoStageFamily):
         g = torch.Generator(device=batch.showers.device).manual_seed(0)  # the same dequantisation every time
         with torch.no_grad():
             c, y1, y2, logdet = self._encode(batch, g)
-            lp1, lp2 = self._log_probs(c, y1, y2)
+            lp1, lp2 = self._log_probs(c, y1, y2, averaged=True)
             nll = -(lp1.double() + lp2.double() + logdet.to(lp1.device))
         return {"val_nll": nll.mean().item(), "val_nll_layers": -lp1.mean().item()}
 
@@ -183,6 +213,6 @@ class CaloFlow(TwoStageFamily):
         c = self._context(incident_energy, conditions)
         L = self.n_layers
         noise = noise.to(torch.float32)
-        y1 = flow_inverse(self.layer_flow, noise[:, :L], c)
-        y2 = flow_inverse(self.voxel_flow, noise[:, L:], torch.cat([c, y1], 1))
+        y1 = flow_inverse(self.sampling_net("layer_flow"), noise[:, :L], c)
+        y2 = flow_inverse(self.sampling_net("voxel_flow"), noise[:, L:], torch.cat([c, y1], 1))
         return y1, y2

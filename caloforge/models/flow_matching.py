@@ -40,8 +40,8 @@ from torch import Tensor, nn
 from caloforge.errors import ConfigError
 from caloforge.models.base import Batch, BatchSource, ModelConfig, register
 from caloforge.models.caloflow import TwoStageFamily, check_representation_keys
-from caloforge.models.flow_parts import (ACTIVATIONS, MLP, FlowConfig, check_schedule_keys, conditional_flow,
-                                        flow_inverse, flow_log_prob, scheduled_step)
+from caloforge.models.flow_parts import (ACTIVATIONS, MLP, FlowConfig, check_average_key, check_schedule_keys,
+                                        conditional_flow, flow_inverse, flow_log_prob)
 
 __all__ = ["FlowMatchingConfig", "FlowMatching", "VelocityField", "SOLVERS", "integrate"]
 
@@ -68,6 +68,7 @@ class FlowMatchingConfig(ModelConfig):
     lr_min: float = 1e-5
     lr_decay_iterations: int = 0
     grad_clip: float = 10.0
+    ema_decay: float = 0.0  # sample and validate with an average of the weights (0: off; e.g. 0.999)
 
     def check(self, require, source: str) -> None:
         super().check(require, source)
@@ -81,6 +82,7 @@ class FlowMatchingConfig(ModelConfig):
         require(self.solver in SOLVERS, "model.solver", f"one of {', '.join(SOLVERS)}", self.solver)
         check_representation_keys(self, require)
         check_schedule_keys(self, require)
+        check_average_key(self, require)
 
 
 class VelocityField(nn.Module):
@@ -120,6 +122,7 @@ class FlowMatching(TwoStageFamily):
 
     Config = FlowMatchingConfig
     loss_names = ("loss", "cfm", "nll_layers")
+    averaged = ("layer_flow", "velocity")
 
     def __init__(self, config: FlowMatchingConfig, geometry, state: Mapping[str, Any]) -> None:
         super().__init__(config, geometry, state)
@@ -130,6 +133,7 @@ class FlowMatching(TwoStageFamily):
         else:
             self.layer_flow = None
             self.velocity = VelocityField(L + V, c, config.hidden, config.activation, config.time_frequencies)
+        self._start_average()
 
     # --- sampling options ------------------------------------------------------------------
     def default_sampling(self) -> dict[str, Any]:
@@ -147,11 +151,12 @@ class FlowMatching(TwoStageFamily):
             return torch.cat([y1, y2], 1), c
         return y2, torch.cat([c, y1], 1)
 
-    def _cfm_loss(self, x1: Tensor, context: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _cfm_loss(self, x1: Tensor, context: Tensor, generator: torch.Generator | None,
+                  velocity: nn.Module | None = None) -> Tensor:
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
         t = torch.rand(len(x1), 1, generator=generator, device=x1.device)
         xt = (1 - t) * x0 + t * x1
-        return (self.velocity(xt, t, context) - (x1 - x0)).square().mean()
+        return ((velocity or self.velocity)(xt, t, context) - (x1 - x0)).square().mean()
 
     def training_step(self, data: BatchSource, optimizers, generator) -> dict[str, float]:
         c, y1, y2, _ = self._encode(data.next(), generator)
@@ -159,7 +164,7 @@ class FlowMatching(TwoStageFamily):
         cfm = self._cfm_loss(x1, context, generator)
         nll_layers = -flow_log_prob(self.layer_flow, y1, c).mean() if self.layer_flow is not None else cfm * 0
         loss = cfm + nll_layers / y1.shape[1]
-        scheduled_step(self, optimizers["model"], loss, self.config)
+        self._step(loss, optimizers)
         return {"loss": loss.item(), "cfm": cfm.item(), "nll_layers": nll_layers.item()}
 
     def validation_metrics(self, batch: Batch) -> dict[str, float]:
@@ -167,9 +172,9 @@ class FlowMatching(TwoStageFamily):
         with torch.no_grad():
             c, y1, y2, _ = self._encode(batch, g)
             x1, context = self._target_and_context(c, y1, y2)
-            out = {"val_cfm": self._cfm_loss(x1, context, g).item()}
+            out = {"val_cfm": self._cfm_loss(x1, context, g, self.sampling_net("velocity")).item()}
             if self.layer_flow is not None:
-                out["val_nll_layers"] = -flow_log_prob(self.layer_flow, y1, c).mean().item()
+                out["val_nll_layers"] = -flow_log_prob(self.sampling_net("layer_flow"), y1, c).mean().item()
         return out
 
     # --- sampling ----------------------------------------------------------------------------
@@ -178,10 +183,11 @@ class FlowMatching(TwoStageFamily):
         L = self.n_layers
         noise = noise.to(torch.float32)
         opts = self.sampling_options
+        velocity = self.sampling_net("velocity")
         if self.layer_flow is None:
-            x = integrate(lambda t, x: self.velocity(x, t, c), noise, opts["steps"], opts["solver"])
+            x = integrate(lambda t, x: velocity(x, t, c), noise, opts["steps"], opts["solver"])
             return x[:, :L], x[:, L:]
-        y1 = flow_inverse(self.layer_flow, noise[:, :L], c)
+        y1 = flow_inverse(self.sampling_net("layer_flow"), noise[:, :L], c)
         context = torch.cat([c, y1], 1)
-        y2 = integrate(lambda t, x: self.velocity(x, t, context), noise[:, L:], opts["steps"], opts["solver"])
+        y2 = integrate(lambda t, x: velocity(x, t, context), noise[:, L:], opts["steps"], opts["solver"])
         return y1, y2
