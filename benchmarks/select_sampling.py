@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
@@ -30,28 +34,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1, help="generation seed")
     args = ap.parse_args()
 
-    import torch
+    from screening import load_validation, low_level_auc, sample_like
 
-    from caloforge.evaluate import calochallenge
-    from caloforge.evaluate.classifier import classifier_test
-    from caloforge.generate import generate, load_model
-    from caloforge.io import read_showers
+    from caloforge.generate import load_model
 
-    torch.set_num_threads(1)
-    reference = read_showers(args.validation)
+    reference = load_validation(args.validation)
     gen = load_model(args.model)
-    settings = calochallenge.classifier_settings({"epochs": args.epochs, "dtype": args.dtype})
     scores = {}
     for text in args.values.split(","):
-        value = json.loads(text)
         t0 = time.perf_counter()
-        sample = generate(gen, reference.incident_energy, conditions=reference.conditions or None, seed=args.seed,
-                          sampling={args.option: value})
-        result = classifier_test((reference.incident_energy, reference.showers),
-                                 (sample.incident_energy, sample.showers), mode="low", seed=0, percent=False,
-                                 **settings)
-        scores[text] = result["auc"]
-        print(f"{args.option}={text}: screening AUC low {result['auc']:.3f} ({time.perf_counter() - t0:.0f} s)",
+        generated = sample_like(gen, reference, seed=args.seed, sampling={args.option: json.loads(text)})
+        scores[text] = low_level_auc(reference, generated, epochs=args.epochs, dtype=args.dtype)["auc"]
+        print(f"{args.option}={text}: screening AUC low {scores[text]:.3f} ({time.perf_counter() - t0:.0f} s)",
               flush=True)
     best = min(scores, key=scores.get)
     print(f"best on {args.validation}: {args.option}={best} (AUC {scores[best]:.3f})")
