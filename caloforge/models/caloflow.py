@@ -39,7 +39,7 @@ from caloforge.errors import ConfigError
 from caloforge.models.base import Batch, BatchSource, ModelConfig, ShowerModel, layer_sizes, register
 from caloforge.models.flow_parts import (FlowConfig, ShowerRepresentation, WeightAverage, check_average_key,
                                         check_schedule_keys, conditional_flow, flow_inverse, flow_log_prob,
-                                        scheduled_step)
+                                        optimizer_steps, scheduled_step)
 
 __all__ = ["CaloFlowConfig", "CaloFlow", "FlowConfig", "check_representation_keys"]
 
@@ -106,8 +106,7 @@ class TwoStageFamily(ShowerModel):
         optimizer = optimizers["model"]
         scheduled_step(self, optimizer, loss, self.config)
         if self.average is not None:
-            step = next((int(st["step"]) for st in optimizer.state.values() if "step" in st), 0)
-            self.average.update({name: getattr(self, name) for name in self.averaged}, step)
+            self.average.update({name: getattr(self, name) for name in self.averaged}, optimizer_steps(optimizer))
 
     @classmethod
     def fit_state(cls, config, showers, incident_energy, conditions, geometry, source):

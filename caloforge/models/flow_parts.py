@@ -61,7 +61,7 @@ from caloforge.preprocessing import (Chain, LayerEnergyRatios, Logit, Standardiz
 
 __all__ = ["ShowerRepresentation", "FractionEnvelope", "water_fill_newton", "water_fill_sorted", "FlowConfig",
            "conditional_flow", "flow_log_prob", "flow_inverse", "flow_forward", "MLP", "ACTIVATIONS", "scheduled_step",
-           "check_schedule_keys", "WeightAverage", "check_average_key"]
+           "check_schedule_keys", "optimizer_steps", "WeightAverage", "check_average_key"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU,
                                            "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
@@ -425,11 +425,15 @@ def scheduled_step(model, optimizer: torch.optim.Optimizer, loss: Tensor, cfg: A
     import math
 
     if cfg.lr_decay_iterations > 0:
-        step = next((int(st["step"]) for st in optimizer.state.values() if "step" in st), 0)
-        done = min(step / cfg.lr_decay_iterations, 1.0)
+        done = min(optimizer_steps(optimizer) / cfg.lr_decay_iterations, 1.0)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * done))
     model.optimize(_ClipThenStep(optimizer, cfg.grad_clip) if cfg.grad_clip > 0 else optimizer, loss)
+
+
+def optimizer_steps(optimizer: torch.optim.Optimizer) -> int:
+    """Steps the optimiser has taken (Adam's own counter: restored on resume, so schedules resume exactly)."""
+    return next((int(st["step"]) for st in optimizer.state.values() if "step" in st), 0)
 
 
 class _ClipThenStep:

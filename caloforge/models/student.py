@@ -34,7 +34,8 @@ from torch import Tensor, nn
 from caloforge.conditions import ConditionEncoder
 from caloforge.errors import ConfigError, DataError
 from caloforge.models.base import Batch, BatchSource, ModelConfig, ShowerModel, register
-from caloforge.models.flow_parts import ACTIVATIONS, MLP, ShowerRepresentation, check_schedule_keys, scheduled_step
+from caloforge.models.flow_parts import (ACTIVATIONS, MLP, ShowerRepresentation, check_schedule_keys, optimizer_steps,
+                                        scheduled_step)
 
 __all__ = ["StudentConfig", "Student", "load_teacher"]
 
@@ -220,9 +221,7 @@ class Student(ShowerModel):
         if cfg.pool_size == 0:
             loss = self._distill_loss(data.next(), generator)
         else:
-            opt = optimizers["model"]
-            step = next((int(st["step"]) for st in opt.state.values() if "step" in st), 0)
-            noise, energy, cond, target = self._pool(data, step // cfg.pool_refresh)
+            noise, energy, cond, target = self._pool(data, optimizer_steps(optimizers["model"]) // cfg.pool_refresh)
             pick = torch.randint(len(energy), (data.batch_size,), generator=generator, device=self.device)
             s1, s2 = self.forward_representation(noise[pick], energy[pick], {k: v[pick] for k, v in cond.items()})
             loss = (torch.cat([s1, s2], 1) - target[pick]).square().mean()
