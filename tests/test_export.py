@@ -61,7 +61,9 @@ TINY["atlas_gan"] = [{"geometry": "atlas-4layer", "latent_dim": 8, "generator_hi
 TINY["caloflow"] = [{"layer_flow": {"transform": "spline", "transforms": 2, "hidden": [16], "bins": 4},
                      "voxel_flow": {"transform": "affine", "transforms": 2, "hidden": [32]}}]
 TINY["flow_matching"] = [{"layer_flow": {"transform": "spline", "transforms": 2, "hidden": [16], "bins": 4},
-                          "hidden": [64, 64], "steps": 4}]
+                          "hidden": [64, 64], "steps": 4},
+                         {"layer_flow": {"transform": "spline", "transforms": 2, "hidden": [16], "bins": 4},
+                          "hidden": [64, 64], "steps": 4, "radial_split": True}]  # r–α layers split into rings
 TINY["student"] = [{"teacher": "<tiny flow_matching teacher>", "teacher_steps": 4, "pool_size": 64, "hidden": [32]}]
 
 # the families caloforge ships (tests may register toy families of their own in the same process)

@@ -9,19 +9,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from caloforge.models.flow_parts import ShowerRepresentation
-from caloforge.preprocessing import (Chain, LayerEnergyRatios, Log, Logit, ScaleByEnergy, Standardize,
+from caloforge.preprocessing import (Chain, LayerEnergyRatios, Log, Logit, RadialSplit, ScaleByEnergy, Standardize,
                                      split_layers, transform_from_state, transform_state)
 
 SIZES = [3, 5, 2]
 
 
-def _showers(n: int = 40, seed: int = 0, empty: float = 0.4) -> tuple[torch.Tensor, torch.Tensor]:
+def _showers(n: int = 40, seed: int = 0, empty: float = 0.4, sizes=SIZES) -> tuple[torch.Tensor, torch.Tensor]:
     """Showers with empty voxels (zero-suppressed below 1 keV) and whole empty layers, like the data."""
     g = torch.Generator().manual_seed(seed)
     e = torch.exp(torch.empty(n, dtype=torch.float64).uniform_(np.log(256.0), np.log(4e6), generator=g))
-    x = torch.rand(n, sum(SIZES), generator=g, dtype=torch.float64) * e[:, None] * 0.02
+    x = torch.rand(n, sum(sizes), generator=g, dtype=torch.float64) * e[:, None] * 0.02
     x[torch.rand(x.shape, generator=g) < empty] = 0.0
-    x[:3, -SIZES[-1]:] = 0.0  # a whole empty layer
+    x[:3, -sizes[-1]:] = 0.0  # a whole empty layer
     x[x < 1e-3] = 0.0
     return x, e
 
@@ -91,6 +91,56 @@ def test_representation_log_jacobian_matches_autograd():
                                   rep.voxel_chain.forward(r[None, L:], e[i:i + 1])], 1)[0], z[i]))[1]
         for i in range(len(z))])
     assert torch.allclose(logdet, ref, rtol=1e-8, atol=1e-6)
+
+
+def test_radial_split_gives_the_ring_profile_and_inverts():
+    """Ring fractions are the α-sums of each ring, the α fractions of a ring sum to one, the
+    inverse restores the voxels, and the log-Jacobian is that of the free coordinates."""
+    sizes, rings = [3, 12, 2], [0, 4, 0]  # the middle layer: 3 α × 4 r (α-major)
+    x, e = _showers(8, seed=6, empty=0.3, sizes=sizes)
+    _, f = split_layers(x + 1e-3, sizes)
+    t = RadialSplit(sizes, rings)
+    y = t.forward(f, e)
+    assert y.shape == (8, sum(sizes) + 4) and t.added == 4
+    grid = f[:, 3:15].reshape(8, 3, 4)
+    assert torch.allclose(y[:, 3:7], grid.sum(1))  # the radial profile
+    assert torch.allclose(y[:, 7:19].reshape(8, 3, 4).sum(1), torch.ones(8, 4, dtype=torch.float64))
+    assert torch.equal(y[:, :3], f[:, :3]) and torch.equal(y[:, -2:], f[:, -2:])  # other layers untouched
+    assert torch.allclose(t.inverse(y, e), f, rtol=1e-12, atol=1e-15)
+    # the inverse normalises both levels: a scaled ring profile or ring decodes to the same voxels
+    scaled = y.clone()
+    scaled[:, 3:7] *= 2.5
+    scaled[:, 7:19:4] *= 3.0  # ring 0's α fractions
+    assert torch.allclose(t.inverse(scaled, e), f, rtol=1e-12, atol=1e-15)
+    assert torch.equal(transform_from_state(transform_state(t)).forward(f, e), y)
+
+    def free(r):  # per ring: its total and all but its last α fraction (a square map of the layer)
+        g = r.reshape(3, 4)
+        return torch.cat([torch.cat([g[:, k].sum()[None], (g[:, k] / g[:, k].sum())[:-1]]) for k in range(4)])
+
+    ref = torch.stack([torch.linalg.slogdet(torch.autograd.functional.jacobian(free, row[3:15]))[1] for row in f])
+    assert torch.allclose(t.log_abs_det_jacobian(f, e), ref, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="do not divide"):
+        RadialSplit([3, 12], [0, 5])
+
+
+def test_representation_with_rings_round_trips_and_bounds():
+    """``rings`` adds one column per ring to y₂; decoding still restores the showers and their zeros."""
+    sizes, rings = [3, 12, 2], [0, 4, 0]
+    x, e = _showers(40, seed=7, empty=0.4, sizes=sizes)
+    g = torch.Generator().manual_seed(2)
+    rep = ShowerRepresentation.fit(x, e, sizes, noise_mev=1e-3, generator=g, rings=rings, envelope_bins=8)
+    y1, y2, logdet = rep.encode(x, e, g)
+    assert rep.n_features == 17 + 4 and y2.shape == (40, 21) and torch.isfinite(logdet).all()
+    back = rep.decode(y1, y2, e)
+    assert torch.equal(back == 0, x == 0)
+    assert torch.allclose(back, x, atol=1e-3 * max(sizes), rtol=1e-4)
+    lo, hi = rep.bounds()
+    assert lo.shape == hi.shape == (3 + 21,) and (lo < hi).all()
+    again = ShowerRepresentation.from_state(rep.state())
+    assert again.n_features == 21
+    a, b = (r.encode(x, e, torch.Generator().manual_seed(5)) for r in (again, rep))
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
 
 
 def test_layer_energy_ratios_bound_the_response():

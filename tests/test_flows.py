@@ -130,13 +130,19 @@ def test_flow_matching_samples_converge_with_steps(teacher_run):
 # ----------------------------------------------------------------------------------
 # Train → checkpoint → resume → generate, like the GAN
 # ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["caloflow-tiny", "flow-matching-tiny"])
-def test_train_resume_generate_round_trip(tmp_path, data, name):
-    full = train(_tiny(name), data, tmp_path / "full", progress=False)
+@pytest.mark.parametrize("name, radial", [("caloflow-tiny", False), ("flow-matching-tiny", False),
+                                          ("flow-matching-tiny", True)])
+def test_train_resume_generate_round_trip(tmp_path, data, name, radial):
+    def cfg(**training):
+        c = _tiny(name, **training)
+        c["model"]["radial_split"] = radial  # r–α layers 1 and 2 as 16 + 19 ring fractions + α within rings
+        return c
+
+    full = train(cfg(), data, tmp_path / "full", progress=False)
     assert full.stopped == "completed" and full.iterations == 20
-    half = train(_tiny(name), data, tmp_path / "half", progress=False, max_iterations=10)
+    half = train(cfg(), data, tmp_path / "half", progress=False, max_iterations=10)
     assert half.iterations == 10
-    resumed = train(_tiny(name), data, tmp_path / "half", progress=False, resume=True)
+    resumed = train(cfg(), data, tmp_path / "half", progress=False, resume=True)
     assert resumed.iterations == 20
     a = load_file(tmp_path / "full" / "checkpoints" / "iter-0000020" / "model.safetensors")
     b = load_file(tmp_path / "half" / "checkpoints" / "iter-0000020" / "model.safetensors")
@@ -147,7 +153,7 @@ def test_train_resume_generate_round_trip(tmp_path, data, name):
     assert all(math.isfinite(float(v)) for r in rows[1:] for v in r[1:-1])
     assert float(rows[2][col]) < float(rows[1][col])  # the held-out loss falls as it trains
     meta = json.loads((tmp_path / "full" / "best" / "config.json").read_text())
-    assert meta["family"] == load_config(name).model.name and meta["noise_dim"] == 5 + 368
+    assert meta["family"] == load_config(name).model.name and meta["noise_dim"] == 5 + 368 + (35 if radial else 0)
     gen = load_model(tmp_path / "full" / "best")
     out = generate(gen, np.array([256.0, 4096.0, 65536.0] * 5), seed=7)
     again = generate(gen, np.array([256.0, 4096.0, 65536.0] * 5), seed=7)
@@ -427,7 +433,8 @@ def test_student_survives_a_teacher_with_wild_outputs(tmp_path, data, monkeypatc
 @pytest.mark.parametrize("geometry", ["ds1-pions", "ds2", "calogan"])
 def test_flow_families_work_for_any_geometry(geometry):
     """One training step and sampling on DS1 pions (7 layers), DS2 (45 × 144 voxels), CaloGAN (3 layers);
-    flow matching also with one velocity field for layers and voxels together (``layer_model: joint``)."""
+    flow matching also with one velocity field for layers and voxels together (``layer_model: joint``)
+    and radially split r–α layers (none on the Cartesian CaloGAN grid)."""
     from caloforge.geometry import load_geometry
     from caloforge.models.base import BatchSource, fit
 
@@ -437,7 +444,7 @@ def test_flow_families_work_for_any_geometry(geometry):
     showers = torch.rand(8, geo.n_voxels, generator=g) * (e[:, None] / geo.n_voxels).float()
     showers[showers < 0.3 * showers.mean()] = 0.0
     for name, extra in (("caloflow-tiny", {}), ("flow-matching-tiny", {}),
-                        ("flow-matching-tiny", {"layer_model": "joint"})):
+                        ("flow-matching-tiny", {"layer_model": "joint", "radial_split": True})):
         cfg = load_config(name).model
         cfg.geometry = geometry
         for key, value in extra.items():

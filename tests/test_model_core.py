@@ -182,10 +182,16 @@ def test_kinetic_energy_condition_refuses_energies_below_the_mass(tmp_path):
 # ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["v1-caloshowergan", "v1-caloshowergan-split"])
 def test_caloforge_0_1_checkpoints_generate_the_same_showers(name):
-    """Written by caloforge 0.1 (tests/data), upgraded on load: the same showers for the same seed."""
+    """Written by caloforge 0.1 (tests/data), upgraded on load: the same showers for the same seed.
+
+    The same noise and the same weights; the float32 kernels of CPUs with and without AVX-512
+    round differently in the last bits (2026-11-24: up to 8e-6 relative on an AVX2-only EPYC),
+    so the voxels are compared to float32 precision and the empty voxels exactly."""
     gen = load_model(DATA / name)
-    out = generate(gen, np.array([1000.0, 8000.0, 65536.0]), seed=3)
-    assert np.array_equal(out.showers, np.load(DATA / name / "expected_seed3.npy"))
+    out = generate(gen, np.array([1000.0, 8000.0, 65536.0]), seed=3).showers
+    expected = np.load(DATA / name / "expected_seed3.npy")
+    assert np.array_equal(out == 0, expected == 0) and (expected > 0).sum() > 100
+    np.testing.assert_allclose(out, expected, rtol=5e-5, atol=1e-6)
 
 
 def test_a_0_1_checkpoint_cannot_be_resumed_and_says_so(tmp_path):

@@ -39,7 +39,7 @@ from caloforge.errors import ConfigError
 from caloforge.models.base import Batch, BatchSource, ModelConfig, ShowerModel, layer_sizes, register
 from caloforge.models.flow_parts import (FlowConfig, ShowerRepresentation, WeightAverage, check_average_key,
                                         check_schedule_keys, conditional_flow, flow_inverse, flow_log_prob,
-                                        optimizer_steps, scheduled_step)
+                                        optimizer_steps, radial_rings, scheduled_step)
 
 __all__ = ["CaloFlowConfig", "CaloFlow", "FlowConfig", "check_representation_keys"]
 
@@ -52,6 +52,7 @@ def check_representation_keys(cfg: Any, require) -> None:
     require(0 < cfg.alpha < 0.5, "model.alpha", "in (0, 0.5)", cfg.alpha)
     require(isinstance(cfg.envelope_bins, int) and cfg.envelope_bins >= 0, "model.envelope_bins",
             "an integer ≥ 0 (0: no fraction envelope)", cfg.envelope_bins)
+    require(isinstance(cfg.radial_split, bool), "model.radial_split", "true or false", cfg.radial_split)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class CaloFlowConfig(ModelConfig):
     threshold_mev: float | None = None  # generated voxels below it read 0 (empty: fitted, the data's readout threshold)
     alpha: float = 1e-6  # logit regulariser
     envelope_bins: int = 32  # cap voxel fractions at their training maximum per E_inc bin (0: off)
+    radial_split: bool = False  # r–α layers as ring fractions + α fractions within each ring
     lr: float = 1e-3
     lr_min: float = 1e-5  # cosine decay from lr to lr_min over lr_decay_iterations (0: constant lr)
     lr_decay_iterations: int = 0
@@ -115,7 +117,8 @@ class TwoStageFamily(ShowerModel):
         state["representation"] = ShowerRepresentation.fit(
             showers, incident_energy, layer_sizes(geometry), noise_mev=config.noise_mev,
             threshold_mev=config.threshold_mev, alpha=config.alpha, generator=g,
-            envelope_bins=config.envelope_bins).state()
+            envelope_bins=config.envelope_bins,
+            rings=radial_rings(geometry) if config.radial_split else None).state()
         return state
 
     @property
@@ -124,7 +127,7 @@ class TwoStageFamily(ShowerModel):
 
     @property
     def noise_dim(self) -> int:
-        return self.representation.n_layers + self.representation.n_voxels
+        return self.representation.n_layers + self.representation.n_features
 
     def _context(self, incident_energy: Tensor, conditions: Mapping[str, Tensor]) -> Tensor:
         return self.condition_encoder.encode(incident_energy, conditions).to(self.device)
@@ -158,7 +161,7 @@ class CaloFlow(TwoStageFamily):
 
     def __init__(self, config: CaloFlowConfig, geometry, state: Mapping[str, Any]) -> None:
         super().__init__(config, geometry, state)
-        c, L, V = self.condition_encoder.dim, self.representation.n_layers, self.representation.n_voxels
+        c, L, V = self.condition_encoder.dim, self.representation.n_layers, self.representation.n_features
         self.layer_flow = conditional_flow(L, c, config.layer_flow, seed=1)
         self.voxel_flow = conditional_flow(V, c + L, config.voxel_flow, seed=2)
         self._start_average()

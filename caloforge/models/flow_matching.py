@@ -64,6 +64,7 @@ class FlowMatchingConfig(ModelConfig):
     threshold_mev: float | None = None  # generated voxels below it read 0 (empty: fitted, the data's readout threshold)
     alpha: float = 1e-6
     envelope_bins: int = 32  # cap voxel fractions at their training maximum per E_inc bin (0: off)
+    radial_split: bool = False  # r–α layers as ring fractions + α fractions within each ring
     lr: float = 1e-3
     lr_min: float = 1e-5
     lr_decay_iterations: int = 0
@@ -126,7 +127,7 @@ class FlowMatching(TwoStageFamily):
 
     def __init__(self, config: FlowMatchingConfig, geometry, state: Mapping[str, Any]) -> None:
         super().__init__(config, geometry, state)
-        c, L, V = self.condition_encoder.dim, self.representation.n_layers, self.representation.n_voxels
+        c, L, V = self.condition_encoder.dim, self.representation.n_layers, self.representation.n_features
         if config.layer_model == "flow":
             self.layer_flow = conditional_flow(L, c, config.layer_flow, seed=1)
             self.velocity = VelocityField(V, c + L, config.hidden, config.activation, config.time_frequencies)

@@ -17,7 +17,10 @@ The representation follows CaloFlow / CaloINN / CaloDREAM: a shower (N, V) in Me
    (:class:`~caloforge.preprocessing.LayerEnergyRatios`) → logit → standardised:
    the *layer vector* y₁ (N, L), modelled given the incident energy;
 4. voxel fractions → logit → standardised: the *voxel vector* y₂ (N, V), modelled
-   given the incident energy and y₁.
+   given the incident energy and y₁.  With ``rings`` (``model.radial_split``), the
+   fractions of every r–α layer are first split into the layer's ring fractions and the
+   α fractions within each ring (:class:`~caloforge.preprocessing.RadialSplit`): y₂ then
+   has V + R columns (:attr:`ShowerRepresentation.n_features`), the radial profile among them.
 
 After sampling, the fractions of a layer are renormalised to sum to one.  That makes a
 flow's leakage into the tail of a nearly-always-empty voxel costly: one outer voxel
@@ -56,10 +59,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from caloforge.preprocessing import (Chain, LayerEnergyRatios, Logit, Standardize, exporting, merge_layers,
-                                     split_layers, transform_from_state, transform_state)
+from caloforge.preprocessing import (Chain, LayerEnergyRatios, Logit, RadialSplit, Standardize, exporting,
+                                     merge_layers, split_layers, transform_from_state, transform_state)
 
-__all__ = ["ShowerRepresentation", "FractionEnvelope", "water_fill_newton", "water_fill_sorted", "FlowConfig",
+__all__ = ["ShowerRepresentation", "radial_rings", "FractionEnvelope", "water_fill_newton", "water_fill_sorted", "FlowConfig",
            "conditional_flow", "flow_log_prob", "flow_inverse", "flow_forward", "MLP", "ACTIVATIONS", "scheduled_step",
            "check_schedule_keys", "optimizer_steps", "WeightAverage", "check_average_key"]
 
@@ -92,12 +95,19 @@ class ShowerRepresentation:
     def n_voxels(self) -> int:
         return sum(self.layer_sizes)
 
+    @property
+    def n_features(self) -> int:
+        """Columns of the voxel vector y₂: the voxels, plus one per ring where layers are split radially."""
+        return self.n_voxels + sum(t.added for t in self.voxel_chain.transforms if isinstance(t, RadialSplit))
+
     @classmethod
     def fit(cls, showers: Tensor, incident_energy: Tensor, layer_sizes: Sequence[int], *, noise_mev: float = 1e-3,
             threshold_mev: float | None = None, alpha: float = 1e-6, generator: torch.Generator | None = None,
-            max_showers: int = 200_000, envelope_bins: int = 0) -> "ShowerRepresentation":
+            max_showers: int = 200_000, envelope_bins: int = 0,
+            rings: Sequence[int] | None = None) -> "ShowerRepresentation":
         """Fit the standardisations, the response bound of u₀, (``threshold_mev=None``)
-        the readout threshold and (``envelope_bins`` > 0) the fraction envelope on training showers."""
+        the readout threshold and (``envelope_bins`` > 0) the fraction envelope on training showers;
+        ``rings`` (n_r per layer, 0 for none: :func:`radial_rings`) splits r–α layers radially."""
         step = -(-len(showers) // max_showers) if len(showers) > max_showers else 1
         # every step-th shower, not the first ones: a file sorted by energy is covered end to end
         x = showers[::step].to(torch.float64)
@@ -114,7 +124,8 @@ class ShowerRepresentation:
                         for i in range(0, len(showers), 65536)), default=1.0)
         s = max(1.2 * response, 1e-12)
         layer_chain = Chain([LayerEnergyRatios(s), Logit(alpha), Standardize()]).fit(layer_energy, e)
-        voxel_chain = Chain([Logit(alpha), Standardize()]).fit(fractions, e)
+        radial = [RadialSplit(layer_sizes, rings)] if rings is not None and any(rings) else []
+        voxel_chain = Chain(radial + [Logit(alpha), Standardize()]).fit(fractions, e)
         envelope = FractionEnvelope.fit(fractions, e, envelope_bins) if envelope_bins > 0 else None
         return cls(layer_sizes, layer_chain, voxel_chain, noise_mev, threshold_mev, envelope)
 
@@ -155,7 +166,7 @@ class ShowerRepresentation:
         clamped to this box (the student) so such outliers do not swamp the loss.
         """
         lo, hi = [], []
-        for chain, n in ((self.layer_chain, self.n_layers), (self.voxel_chain, self.n_voxels)):
+        for chain, n in ((self.layer_chain, self.n_layers), (self.voxel_chain, self.n_features)):
             first = next(i for i, t in enumerate(chain.transforms) if isinstance(t, Logit))
             tail = Chain(chain.transforms[first:])  # Logit, Standardize: increasing in every coordinate
             one = torch.ones(1, dtype=torch.float64)
@@ -175,6 +186,13 @@ class ShowerRepresentation:
         return cls(state["layer_sizes"], transform_from_state(state["layer_chain"]),
                    transform_from_state(state["voxel_chain"]), state["noise_mev"], state["threshold_mev"],
                    FractionEnvelope.from_state(envelope) if envelope else None)
+
+
+def radial_rings(geometry) -> list[int]:
+    """n_r of every read-out layer that has both several rings and several α bins, else 0
+    (the ``rings`` of :meth:`ShowerRepresentation.fit`; Cartesian layers are never split)."""
+    return [layer.n_r if layer.kind == "polar" and layer.n_r > 1 and layer.n_alpha > 1 else 0
+            for layer in geometry.layers if layer.n_voxels]
 
 
 def _response(showers: Tensor, incident_energy: Tensor) -> float:

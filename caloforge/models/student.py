@@ -105,7 +105,7 @@ class Student(ShowerModel):
         super().__init__(config, geometry, state)
         self.representation = ShowerRepresentation.from_state(state["representation"])
         self.target_box = self.representation.bounds()  # fixed with the representation: computed once
-        n_out = self.representation.n_layers + self.representation.n_voxels
+        n_out = self.representation.n_layers + self.representation.n_features
         self.generator_net = MLP(int(state["noise_dim"]) + self.condition_encoder.dim, config.hidden, n_out,
                                  config.activation)
         # a per-coordinate gain from the noise to the output, 1 at the start: the ODE moves each
