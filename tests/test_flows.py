@@ -367,13 +367,19 @@ def test_student_resume_is_bit_identical_and_needs_a_teacher(tmp_path, teacher_r
         train(_student_cfg(gan_run), data, tmp_path / "bad2", progress=False)
 
 
-def test_student_of_a_caloflow_teacher(tmp_path, data):
-    """A caloflow teacher works too: its one-pass inverse is the map to distil."""
-    train(_tiny("caloflow-tiny", max_iterations=10, checkpoint_every=10), data, tmp_path / "cf", progress=False)
-    res = train(_student_cfg(tmp_path / "cf", max_iterations=10, checkpoint_every=10), data, tmp_path / "st",
+@pytest.mark.parametrize("teacher", ["caloflow-tiny", "flow-matching-tiny"])
+def test_student_of_a_caloflow_or_radially_split_teacher(tmp_path, data, teacher):
+    """A caloflow teacher works too (its one-pass inverse is the map to distil), and so does a
+    teacher whose representation splits the r–α layers into rings (35 more output columns)."""
+    cfg = _tiny(teacher, max_iterations=10, checkpoint_every=10)
+    cfg["model"]["radial_split"] = teacher.startswith("flow-matching")
+    train(cfg, data, tmp_path / "teacher", progress=False)
+    res = train(_student_cfg(tmp_path / "teacher", max_iterations=10, checkpoint_every=10), data, tmp_path / "st",
                 progress=False)
-    out = generate(load_model(res.best_checkpoint), np.full(5, 1000.0), seed=0)
-    assert np.isfinite(out.showers).all() and (out.showers >= 0).all()
+    student = load_model(res.best_checkpoint)
+    assert student.model.generator_net[-1].out_features == 5 + 368 + (35 if cfg["model"]["radial_split"] else 0)
+    out = generate(student, np.full(5, 1000.0), seed=0)
+    assert out.showers.shape == (5, 368) and np.isfinite(out.showers).all() and (out.showers >= 0).all()
 
 
 def test_representation_bounds_change_no_shower(data):
