@@ -382,6 +382,23 @@ def test_student_of_a_caloflow_or_radially_split_teacher(tmp_path, data, teacher
     assert out.showers.shape == (5, 368) and np.isfinite(out.showers).all() and (out.showers >= 0).all()
 
 
+def test_shipped_student_stays_the_size_of_the_gan_photon_generator(tmp_path, data):
+    """student-photons distilled from the shipped flow-matching-photons (radially split: 408
+    outputs) stays within the CaloShowerGAN photon generator's 0.26 M parameters (issue 11)."""
+    from caloforge.checkpoint import write_checkpoint
+    from caloforge.models.base import fit
+
+    teacher_cfg = load_config("flow-matching-photons").model
+    assert teacher_cfg.radial_split
+    e = torch.as_tensor(data.incident_energy)
+    write_checkpoint(tmp_path / "teacher", fit(teacher_cfg, torch.as_tensor(data.showers), e, {}))
+    cfg = load_config("student-photons").model
+    cfg.teacher = str(tmp_path / "teacher")
+    student = fit(cfg, torch.as_tensor(data.showers), e, {})
+    assert student.generator_net[-1].out_features == 5 + 368 + 16 + 19
+    assert sum(p.numel() for p in student.parameters() if p.requires_grad) <= 0.26e6
+
+
 def test_representation_bounds_change_no_shower(data):
     """Clamping (y₁, y₂) to the decode box leaves every decoded shower as it was (to float32
     rounding of the box edges), and the box is tight."""
