@@ -267,18 +267,17 @@ class RadialSplit(Transform):
         return torch.cat(out, 1)
 
     def inverse(self, y, e):
-        out, start = [], 0
-        for size, n_r in zip(self.layer_sizes, self.rings):
+        out = []
+        widths = [size + n_r for size, n_r in zip(self.layer_sizes, self.rings)]  # forward's column blocks
+        for part, size, n_r in zip(torch.split(y, widths, 1), self.layer_sizes, self.rings):
             if n_r:
-                ring = y[:, start:start + n_r].clamp_min(0.0)
+                ring = part[:, :n_r].clamp_min(0.0)
                 ring = ring / ring.sum(1, keepdim=True).clamp_min(self.eps)
-                grid = y[:, start + n_r:start + n_r + size].clamp_min(0.0).reshape(-1, size // n_r, n_r)
+                grid = part[:, n_r:].clamp_min(0.0).reshape(-1, size // n_r, n_r)
                 grid = grid / grid.sum(1, keepdim=True).clamp_min(self.eps)
                 out.append((grid * ring[:, None, :]).reshape(-1, size))
-                start += n_r + size
             else:
-                out.append(y[:, start:start + size])
-                start += size
+                out.append(part)
         return torch.cat(out, 1)
 
     def log_abs_det_jacobian(self, x, e):
