@@ -16,7 +16,8 @@ Sampling integrates the ODE with torchdiffeq's fixed-step solvers; the number of
 and the solver are generation options (``caloforge generate --sampling steps=8``,
 :meth:`~caloforge.models.base.ShowerModel.set_sampling`).  ``val_cfm`` (the
 flow-matching loss on held-out showers at fixed noise) and, with a layer flow, its exact
-``val_nll_layers`` are logged for every checkpoint.
+``val_nll_layers`` are logged for every checkpoint, and ``val_loss``, the training
+objective on the held-out showers (``training.select_by: val_loss`` picks ``best`` by it).
 
 >>> import torch
 >>> from caloforge.models.base import fit
@@ -174,8 +175,10 @@ class FlowMatching(TwoStageFamily):
             c, y1, y2, _ = self._encode(batch, g)
             x1, context = self._target_and_context(c, y1, y2)
             out = {"val_cfm": self._cfm_loss(x1, context, g, self.sampling_net("velocity")).item()}
+            out["val_loss"] = out["val_cfm"]
             if self.layer_flow is not None:
                 out["val_nll_layers"] = -flow_log_prob(self.sampling_net("layer_flow"), y1, c).mean().item()
+                out["val_loss"] += out["val_nll_layers"] / y1.shape[1]  # the training objective, held out
         return out
 
     # --- sampling ----------------------------------------------------------------------------
