@@ -493,6 +493,10 @@ def test_shipped_flow_configs_load(name):
         assert cfg.training.select_by == "val_nll"
     if name == "flow-matching-photons":  # E_tot χ² on 10 000 showers is too noisy to pick by (session 11/12)
         assert cfg.training.select_by == "val_loss"
+        assert (cfg.model.steps, cfg.model.solver) == (4, "euler")  # the sampler the full protocol measured
+    if name == "student-photons":  # the student distils the sampler its teacher ships with
+        teacher = load_config("flow-matching-photons").model
+        assert (cfg.model.teacher_steps, cfg.model.teacher_solver) == (teacher.steps, teacher.solver)
     if name == "caloflow-pions":  # the photon flows on the pion grid, conditioned on the pion's incident energy
         photons = load_config("caloflow-photons").model
         assert cfg.model.particle == "pion" and cfg.model.layer_flow == photons.layer_flow
