@@ -153,19 +153,23 @@ class FlowMatching(TwoStageFamily):
             return torch.cat([y1, y2], 1), c
         return y2, torch.cat([c, y1], 1)
 
-    def _cfm_loss(self, x1: Tensor, context: Tensor, generator: torch.Generator | None,
-                  velocity: nn.Module | None = None) -> Tensor:
+    def _cfm_loss(self, x1: Tensor, context: Tensor, generator: torch.Generator | None, velocity: nn.Module) -> Tensor:
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
         t = torch.rand(len(x1), 1, generator=generator, device=x1.device)
         xt = (1 - t) * x0 + t * x1
-        return ((velocity or self.velocity)(xt, t, context) - (x1 - x0)).square().mean()
+        return (velocity(xt, t, context) - (x1 - x0)).square().mean()
+
+    def _objective(self, c: Tensor, y1: Tensor, y2: Tensor, generator: torch.Generator | None,
+                   velocity: nn.Module, layer_flow: nn.Module | None) -> tuple[Tensor, Tensor, Tensor]:
+        """The training objective (velocity loss + layer-flow NLL per layer) and its two terms."""
+        x1, context = self._target_and_context(c, y1, y2)
+        cfm = self._cfm_loss(x1, context, generator, velocity)
+        nll_layers = -flow_log_prob(layer_flow, y1, c).mean() if layer_flow is not None else cfm * 0
+        return cfm + nll_layers / y1.shape[1], cfm, nll_layers
 
     def training_step(self, data: BatchSource, optimizers, generator) -> dict[str, float]:
         c, y1, y2, _ = self._encode(data.next(), generator)
-        x1, context = self._target_and_context(c, y1, y2)
-        cfm = self._cfm_loss(x1, context, generator)
-        nll_layers = -flow_log_prob(self.layer_flow, y1, c).mean() if self.layer_flow is not None else cfm * 0
-        loss = cfm + nll_layers / y1.shape[1]
+        loss, cfm, nll_layers = self._objective(c, y1, y2, generator, self.velocity, self.layer_flow)
         self._step(loss, optimizers)
         return {"loss": loss.item(), "cfm": cfm.item(), "nll_layers": nll_layers.item()}
 
@@ -173,12 +177,11 @@ class FlowMatching(TwoStageFamily):
         g = torch.Generator(device=batch.showers.device).manual_seed(0)
         with torch.no_grad():
             c, y1, y2, _ = self._encode(batch, g)
-            x1, context = self._target_and_context(c, y1, y2)
-            out = {"val_cfm": self._cfm_loss(x1, context, g, self.sampling_net("velocity")).item()}
-            out["val_loss"] = out["val_cfm"]
-            if self.layer_flow is not None:
-                out["val_nll_layers"] = -flow_log_prob(self.sampling_net("layer_flow"), y1, c).mean().item()
-                out["val_loss"] += out["val_nll_layers"] / y1.shape[1]  # the training objective, held out
+            layer_flow = self.sampling_net("layer_flow") if self.layer_flow is not None else None
+            loss, cfm, nll_layers = self._objective(c, y1, y2, g, self.sampling_net("velocity"), layer_flow)
+        out = {"val_cfm": cfm.item(), "val_loss": loss.item()}
+        if layer_flow is not None:
+            out["val_nll_layers"] = nll_layers.item()
         return out
 
     # --- sampling ----------------------------------------------------------------------------
