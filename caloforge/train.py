@@ -65,6 +65,8 @@ RESUMABLE_CHANGES = {"training.max_iterations", "training.max_time", "training.b
                      "training.keep_checkpoints", "description"}
 # keys newer than some run directories: a run without them was trained in memory
 ADDED_KEYS = {"training.stream", "training.stream_pool_mb"}
+# keys newer than some run directories, with the value that does what such a run did: it may resume with it
+ADDED_DEFAULTS = {"model.layer_weight": 1.0}
 
 
 @dataclass
@@ -255,6 +257,8 @@ def _check_resumable(run_dir: Path, run_info: dict) -> None:
     for key in sorted(set(a) | set(b)):
         if key in ADDED_KEYS and key not in a:
             continue  # a run started before the key existed: see _train (it resumes in memory)
+        if key not in a and key in ADDED_DEFAULTS and b.get(key) == ADDED_DEFAULTS[key]:
+            continue
         if key not in RESUMABLE_CHANGES and a.get(key) != b.get(key):
             raise ConfigError(f"{run_dir}: cannot resume, config key {key} was {a.get(key)!r}, now {b.get(key)!r}")
     for part in ("data", "validation"):

@@ -370,6 +370,51 @@ def test_student_resume_is_bit_identical_and_needs_a_teacher(tmp_path, teacher_r
         train(_student_cfg(gan_run), data, tmp_path / "bad2", progress=False)
 
 
+def test_student_layer_weight_counts_layer_coordinates_more():
+    """``model.layer_weight`` w: each of the L layer coordinates counts w voxel coordinates in the
+    regression; w = 1 is the plain mean over (y₁ ‖ y₂)."""
+    from types import SimpleNamespace
+
+    from caloforge.models.student import Student
+
+    g = torch.Generator().manual_seed(0)
+    s1, s2, target = torch.randn(64, 5, generator=g), torch.randn(64, 40, generator=g), torch.randn(64, 45, generator=g)
+
+    def loss(w, a=s1, b=s2):
+        return Student._regression(SimpleNamespace(config=SimpleNamespace(layer_weight=w)), a, b, target)
+
+    torch.testing.assert_close(loss(1.0), (torch.cat([s1, s2], 1) - target).square().mean())
+    # a layer error alone costs w/(5w + 40) of its square; a voxel error alone 1/(5w + 40)
+    layer_off, voxel_off = target[:, :5].clone(), target[:, 5:].clone()
+    layer_off[:, 0] += 1.0
+    voxel_off[:, 0] += 1.0
+    for w in (1.0, 8.0, 40.0):
+        torch.testing.assert_close(loss(w, layer_off, target[:, 5:]), torch.tensor(w / (5 * w + 40)))
+        torch.testing.assert_close(loss(w, target[:, :5], voxel_off), torch.tensor(1 / (5 * w + 40)))
+
+
+def test_student_layer_weight_config_and_resume_of_older_runs(tmp_path, teacher_run, data):
+    """A bad weight is a one-line config error; a student run written before the key existed
+    resumes with the default (which is what it trained with), not with another weight."""
+    bad = _student_cfg(teacher_run)
+    bad["model"]["layer_weight"] = 0
+    with pytest.raises(ConfigError, match="model.layer_weight"):
+        train(bad, data, tmp_path / "bad", progress=False)
+    cfg = _student_cfg(teacher_run, max_iterations=10, checkpoint_every=10)
+    train(cfg, data, tmp_path / "old", progress=False)
+    run_json = tmp_path / "old" / "run.json"
+    info = json.loads(run_json.read_text())
+    del info["config"]["model"]["layer_weight"]  # as caloforge 0.2 wrote it
+    run_json.write_text(json.dumps(info))
+    heavier = _student_cfg(teacher_run, max_iterations=20, checkpoint_every=10)
+    heavier["model"]["layer_weight"] = 40.0
+    with pytest.raises(ConfigError, match="layer_weight"):
+        train(heavier, data, tmp_path / "old", progress=False, resume=True)
+    res = train(_student_cfg(teacher_run, max_iterations=20, checkpoint_every=10), data, tmp_path / "old",
+                progress=False, resume=True)
+    assert res.stopped == "completed"
+
+
 @pytest.mark.parametrize("teacher", ["caloflow-tiny", "flow-matching-tiny"])
 def test_student_of_a_caloflow_or_radially_split_teacher(tmp_path, data, teacher):
     """A caloflow teacher works too (its one-pass inverse is the map to distil), and so does a

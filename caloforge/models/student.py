@@ -52,6 +52,9 @@ class StudentConfig(ModelConfig):
     pool_refresh: int = 100  # iterations between pool refreshes
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     activation: str = "silu"
+    # weight of each layer coordinate (y₁) against one voxel coordinate (y₂) in the regression: with 1
+    # the few layer coordinates are ~1 % of the loss and the student averages the total-energy spread
+    layer_weight: float = 1.0
     lr: float = 1e-3
     lr_min: float = 1e-5
     lr_decay_iterations: int = 0
@@ -66,6 +69,7 @@ class StudentConfig(ModelConfig):
                 "euler, midpoint or rk4", self.teacher_solver)
         require(self.pool_size >= 0, "model.pool_size", "≥ 0", self.pool_size)
         require(self.pool_refresh > 0, "model.pool_refresh", "a positive integer", self.pool_refresh)
+        require(self.layer_weight > 0, "model.layer_weight", "a positive number", self.layer_weight)
         require(len(self.hidden) > 0 and all(h > 0 for h in self.hidden), "model.hidden",
                 "a non-empty list of positive integers", self.hidden)
         require(self.activation in ACTIVATIONS, "model.activation", f"one of {', '.join(ACTIVATIONS)}",
@@ -181,11 +185,19 @@ class Student(ShowerModel):
             target = torch.maximum(torch.minimum(torch.nan_to_num(target, nan=0.0), hi), lo)
         return target, keep
 
+    def _regression(self, s1: Tensor, s2: Tensor, target: Tensor) -> Tensor:
+        """Mean squared error over (y₁ ‖ y₂), each layer coordinate counting ``layer_weight``
+        voxel coordinates (with 1: the plain mean)."""
+        L, w = s1.shape[1], float(self.config.layer_weight)
+        layers = (s1 - target[:, :L]).square().sum(1)
+        voxels = (s2 - target[:, L:]).square().sum(1)
+        return (w * layers + voxels).mean() / (w * L + s2.shape[1])
+
     def _distill_loss(self, batch: Batch, generator: torch.Generator | None) -> Tensor:
         noise = self.sample_noise(len(batch), generator)
         target, keep = self._teacher_targets(noise, batch.incident_energy, batch.conditions)
         s1, s2 = self.forward_representation(noise, batch.incident_energy, batch.conditions)
-        return (torch.cat([s1, s2], 1) - target)[keep].square().mean()
+        return self._regression(s1[keep], s2[keep], target[keep])
 
     def _pool(self, data: BatchSource, cycle: int) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]:
         """(noise, energies, conditions, teacher representation) of refresh cycle ``cycle``.
@@ -224,7 +236,7 @@ class Student(ShowerModel):
             noise, energy, cond, target = self._pool(data, optimizer_steps(optimizers["model"]) // cfg.pool_refresh)
             pick = torch.randint(len(energy), (data.batch_size,), generator=generator, device=self.device)
             s1, s2 = self.forward_representation(noise[pick], energy[pick], {k: v[pick] for k, v in cond.items()})
-            loss = (torch.cat([s1, s2], 1) - target[pick]).square().mean()
+            loss = self._regression(s1, s2, target[pick])
         scheduled_step(self, optimizers["model"], loss, cfg)
         return {"distill": loss.item()}
 
