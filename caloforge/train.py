@@ -65,8 +65,6 @@ RESUMABLE_CHANGES = {"training.max_iterations", "training.max_time", "training.b
                      "training.keep_checkpoints", "description"}
 # keys newer than some run directories: a run without them was trained in memory
 ADDED_KEYS = {"training.stream", "training.stream_pool_mb"}
-# keys newer than some run directories, with the value that does what such a run did: it may resume with it
-ADDED_DEFAULTS = {"model.layer_weight": 1.0}
 
 
 @dataclass
@@ -253,12 +251,14 @@ def _best(history: list[dict], select_by: str) -> tuple[int | None, float]:
 # ----------------------------------------------------------------------------------
 def _check_resumable(run_dir: Path, run_info: dict) -> None:
     old = json.loads((run_dir / "run.json").read_text())
-    a, b = flatten(old.get("config", {})), flatten(run_info["config"])
+    written, b = flatten(old.get("config", {})), flatten(run_info["config"])
+    try:  # a run written before a key existed ran with what is now its default, as its checkpoints load
+        a = flatten(load_config(old.get("config", {})).to_dict())
+    except ConfigError:
+        a = written
     for key in sorted(set(a) | set(b)):
-        if key in ADDED_KEYS and key not in a:
+        if key in ADDED_KEYS and key not in written:
             continue  # a run started before the key existed: see _train (it resumes in memory)
-        if key not in a and key in ADDED_DEFAULTS and b.get(key) == ADDED_DEFAULTS[key]:
-            continue
         if key not in RESUMABLE_CHANGES and a.get(key) != b.get(key):
             raise ConfigError(f"{run_dir}: cannot resume, config key {key} was {a.get(key)!r}, now {b.get(key)!r}")
     for part in ("data", "validation"):
