@@ -499,6 +499,7 @@ def _train_loop(cfg, tc, train_data, val_data, train_print, source, run_dir, res
         nonlocal best_iteration, best_score, history
         noise_states = dist.all_gather_object(ckpt.rng_state(noise_rng))
         path = run_dir / "checkpoints" / ckpt.checkpoint_name(it)
+        model.before_checkpoint(batches)  # every rank: the same weights, the same refit
         if main:
             scores = _score(model, val_data, tc.seed + 3, dev)
             if tc.select_by not in scores:

@@ -64,7 +64,9 @@ TINY["flow_matching"] = [{"layer_flow": {"transform": "spline", "transforms": 2,
                           "hidden": [64, 64], "steps": 4},
                          {"layer_flow": {"transform": "spline", "transforms": 2, "hidden": [16], "bins": 4},
                           "hidden": [64, 64], "steps": 4, "radial_split": True}]  # r–α layers split into rings
-TINY["student"] = [{"teacher": "<tiny flow_matching teacher>", "teacher_steps": 4, "pool_size": 64, "hidden": [32]}]
+TINY["student"] = [{"teacher": "<tiny flow_matching teacher>", "teacher_steps": 4, "pool_size": 64, "hidden": [32]},
+                   {"teacher": "<tiny flow_matching teacher>", "teacher_steps": 4, "pool_size": 64, "hidden": [32],
+                    "calibration_bins": 8, "calibration_knots": 9}]  # with the marginal map (per-E_inc gathers)
 
 # the families caloforge ships (tests may register toy families of their own in the same process)
 SHIPPED = [name for name in families() if get_family(name).__module__.startswith("caloforge.")]
@@ -110,6 +112,11 @@ def tiny_model(name: str, index: int = 0):
     showers = torch.as_tensor(rng.random((n, n_vox)), dtype=torch.float32) * energy[:, None].float() / n_vox
     torch.manual_seed(index)
     model = fit(cfg, showers, energy, conditions)
+    if getattr(model, "calibration", None) is not None:  # a fitted, far-from-identity marginal map
+        g = torch.Generator().manual_seed(index)
+        source = torch.randn(4000, model.calibration.knot_value.shape[1], generator=g)
+        e = energy[torch.randint(n, (4000,), generator=g)]
+        model.calibration.fit_(source, 0.5 * source.abs() ** 1.5 * torch.sign(source) - 0.3, e)
     for m in model.modules():  # eval-mode batch norm must use these, not the batch's statistics
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.running_mean.normal_(0.0, 0.3)

@@ -243,6 +243,12 @@ class ShowerModel(nn.Module):
         """Extra checkpoint scores on validation showers (e.g. ``val_nll``); none by default."""
         return {}
 
+    def before_checkpoint(self, data: "BatchSource") -> None:
+        """Refit what depends on the current weights but is no part of the training (e.g. the student's
+        marginal map) before a checkpoint is scored and written; ``data``: the training rows.
+        Nothing by default; it must be deterministic and draw from no shared generator, so a
+        resumed run stays bit-identical."""
+
     @property
     def complete(self) -> bool:
         """Whether the model is in its final form (a multi-stage family is not before its last stage):

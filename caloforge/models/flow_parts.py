@@ -62,7 +62,8 @@ from torch import Tensor, nn
 from caloforge.preprocessing import (Chain, LayerEnergyRatios, Logit, RadialSplit, Standardize, exporting,
                                      merge_layers, split_layers, transform_from_state, transform_state)
 
-__all__ = ["ShowerRepresentation", "radial_rings", "FractionEnvelope", "water_fill_newton", "water_fill_sorted", "FlowConfig",
+__all__ = ["ShowerRepresentation", "radial_rings", "FractionEnvelope", "energy_bin_edges", "energy_bin_index",
+           "water_fill_newton", "water_fill_sorted", "FlowConfig",
            "conditional_flow", "flow_log_prob", "flow_inverse", "flow_forward", "MLP", "ACTIVATIONS", "scheduled_step",
            "check_schedule_keys", "optimizer_steps", "WeightAverage", "check_average_key"]
 
@@ -288,6 +289,29 @@ def water_fill_sorted(p: Tensor, cap: Tensor, layer_sizes: Sequence[int]) -> Ten
     return torch.cat(out, 1)
 
 
+def energy_bin_edges(incident_energy: Tensor, bins: int) -> Tensor:
+    """Inner edges in log E_inc (float64) of at most ``bins`` bins: one bin per distinct energy when
+    the training set has at most ``bins`` of them (the CaloChallenge DS1 energies), otherwise quantile
+    bins of log E_inc.
+
+    >>> energy_bin_edges(torch.tensor([256.0, 256.0, 1024.0]), bins=8).exp().round().tolist()
+    [512.0]
+    """
+    log_e = incident_energy.to(torch.float64).reshape(-1).log()
+    distinct = torch.unique(log_e)
+    if len(distinct) <= bins:  # midpoints between the distinct energies
+        return (distinct[1:] + distinct[:-1]) / 2
+    return torch.unique(torch.quantile(log_e, torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1]))
+
+
+def energy_bin_index(incident_energy: Tensor, log_energy_edges: Tensor) -> Tensor:
+    """The bin of each incident energy (N,) under :func:`energy_bin_edges`; energies outside the
+    fitted range fall in the first or last bin."""
+    # a comparison count rather than bucketize: the same numbers, and it exports to ONNX
+    edges = log_energy_edges.to(incident_energy.device)
+    return (incident_energy.to(torch.float64).reshape(-1).log()[:, None] > edges[None, :]).sum(1)
+
+
 class FractionEnvelope:
     """The largest fraction of its layer each voxel took in training, per incident-energy bin.
 
@@ -311,14 +335,8 @@ class FractionEnvelope:
 
     @classmethod
     def fit(cls, fractions: Tensor, incident_energy: Tensor, bins: int) -> "FractionEnvelope":
-        log_e = incident_energy.to(torch.float64).log()
-        distinct = torch.unique(log_e)
-        if len(distinct) <= bins:  # midpoints between the distinct energies
-            inner = (distinct[1:] + distinct[:-1]) / 2
-        else:
-            inner = torch.quantile(log_e, torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1])
-            inner = torch.unique(inner)
-        index = torch.bucketize(log_e, inner)
+        inner = energy_bin_edges(incident_energy, bins)
+        index = torch.bucketize(incident_energy.to(torch.float64).log(), inner)
         fractions = fractions.to(torch.float64)
         overall = fractions.amax(0)  # for a bin no shower fell in (tied quantiles)
         top = torch.stack([fractions[index == b].amax(0) if (index == b).any() else overall
@@ -326,9 +344,7 @@ class FractionEnvelope:
         return cls(inner, top)
 
     def bin_index(self, incident_energy: Tensor) -> Tensor:
-        # a comparison count rather than bucketize: the same numbers, and it exports to ONNX
-        edges = self.log_energy_edges.to(incident_energy.device)
-        return (incident_energy.to(torch.float64).log()[:, None] > edges[None, :]).sum(1)
+        return energy_bin_index(incident_energy, self.log_energy_edges)
 
     def apply(self, fractions: Tensor, incident_energy: Tensor, layer_sizes: Sequence[int]) -> Tensor:
         """Fractions capped at the envelope, each layer renormalised with the excess spread over

@@ -20,6 +20,14 @@ its own checkpoint: generation needs only the student's directory.  The teacher 
 loaded (safetensors + JSON, :func:`caloforge.checkpoint.load_model`) when training
 starts or resumes.  ``val_distill`` is the regression loss on held-out conditions at
 fixed noise.
+
+With ``calibration_bins`` > 0 the student's outputs pass through a :class:`~caloforge.models.marginal_map.MarginalMap`
+before decoding: per incident-energy bin and output coordinate, the monotone map that carries the
+student's marginal onto the teacher's.  A regression student is under-dispersed where its MLP cannot
+follow the teacher (every coordinate's spread ~5 % short, the empty-voxel mode of the sparse layers
+smeared); the map restores the marginals without touching the noise → shower ordering.  It is refitted
+before every checkpoint (:meth:`Student.before_checkpoint`) on a fixed set of ``calibration_size``
+teacher pairs, so each checkpoint carries the map of its own weights; the regression itself never sees it.
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ from torch import Tensor, nn
 from caloforge.conditions import ConditionEncoder
 from caloforge.errors import ConfigError, DataError
 from caloforge.models.base import Batch, BatchSource, ModelConfig, ShowerModel, register
-from caloforge.models.flow_parts import (ACTIVATIONS, MLP, ShowerRepresentation, check_schedule_keys, optimizer_steps,
-                                        scheduled_step)
+from caloforge.models.flow_parts import (ACTIVATIONS, MLP, ShowerRepresentation, check_schedule_keys,
+                                        energy_bin_edges, optimizer_steps, scheduled_step)
+from caloforge.models.marginal_map import MarginalMap
 
 __all__ = ["StudentConfig", "Student", "load_teacher"]
 
@@ -55,6 +64,10 @@ class StudentConfig(ModelConfig):
     # weight of each layer coordinate (y₁) against one voxel coordinate (y₂) in the regression: with 1
     # the few layer coordinates are ~1 % of the loss and the student averages the total-energy spread
     layer_weight: float = 1.0
+    # the marginal map of the outputs onto the teacher's, per incident-energy bin (0: off, the raw regression)
+    calibration_bins: int = 0
+    calibration_knots: int = 33  # uniform knots of each coordinate's piecewise-linear map
+    calibration_size: int = 32768  # teacher pairs it is fitted on (drawn once, refitted at every checkpoint)
     lr: float = 1e-3
     lr_min: float = 1e-5
     lr_decay_iterations: int = 0
@@ -70,6 +83,10 @@ class StudentConfig(ModelConfig):
         require(self.pool_size >= 0, "model.pool_size", "≥ 0", self.pool_size)
         require(self.pool_refresh > 0, "model.pool_refresh", "a positive integer", self.pool_refresh)
         require(self.layer_weight > 0, "model.layer_weight", "a positive number", self.layer_weight)
+        require(self.calibration_bins >= 0, "model.calibration_bins", "an integer ≥ 0 (0: no marginal map)",
+                self.calibration_bins)
+        require(self.calibration_knots >= 2, "model.calibration_knots", "an integer ≥ 2", self.calibration_knots)
+        require(self.calibration_size >= 2, "model.calibration_size", "an integer ≥ 2", self.calibration_size)
         require(len(self.hidden) > 0 and all(h > 0 for h in self.hidden), "model.hidden",
                 "a non-empty list of positive integers", self.hidden)
         require(self.activation in ACTIVATIONS, "model.activation", f"one of {', '.join(ACTIVATIONS)}",
@@ -115,6 +132,9 @@ class Student(ShowerModel):
         # a per-coordinate gain from the noise to the output, 1 at the start: the ODE moves each
         # coordinate from its noise value, so the MLP (narrower than the noise) learns the correction
         self.noise_gain = nn.Parameter(torch.ones(n_out)) if int(state["noise_dim"]) == n_out else None
+        calibration = state.get("calibration")  # absent in students trained before the marginal map existed
+        self.calibration = MarginalMap(torch.tensor(calibration["log_energy_edges"], dtype=torch.float64), n_out,
+                                       config.calibration_knots, *self.target_box) if calibration else None
 
     @classmethod
     def fit_state(cls, config, showers, incident_energy, conditions, geometry, source):
@@ -125,9 +145,13 @@ class Student(ShowerModel):
         if want.names != teacher.condition_encoder.names:
             raise ConfigError(f"{source}: model.conditions {', '.join(want.names)} differ from the teacher's "
                               f"{', '.join(teacher.condition_encoder.names)}")
-        return {"conditions": teacher.fitted["conditions"], "representation": teacher.fitted["representation"],
-                "noise_dim": teacher.noise_dim,
-                "teacher": {"path": str(config.teacher), "family": teacher.family}}
+        state = {"conditions": teacher.fitted["conditions"], "representation": teacher.fitted["representation"],
+                 "noise_dim": teacher.noise_dim,
+                 "teacher": {"path": str(config.teacher), "family": teacher.family}}
+        if config.calibration_bins > 0:
+            state["calibration"] = {"log_energy_edges": energy_bin_edges(incident_energy,
+                                                                         config.calibration_bins).tolist()}
+        return state
 
     # the teacher is not a submodule: its weights stay out of the student's checkpoint
     @property
@@ -149,13 +173,18 @@ class Student(ShowerModel):
     def _context(self, incident_energy: Tensor, conditions: Mapping[str, Tensor]) -> Tensor:
         return self.condition_encoder.encode(incident_energy, conditions).to(self.device)
 
-    def forward_representation(self, noise: Tensor, incident_energy: Tensor,
-                               conditions: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """One MLP pass: (y₁, y₂)."""
+    def _raw(self, noise: Tensor, incident_energy: Tensor, conditions: Mapping[str, Tensor]) -> Tensor:
+        """One MLP pass: (y₁ ‖ y₂) as regressed onto the teacher, before the marginal map."""
         noise = noise.to(torch.float32)
         y = self.generator_net(torch.cat([noise, self._context(incident_energy, conditions)], 1))
         if self.noise_gain is not None:
             y = y + self.noise_gain * noise
+        return y
+
+    def forward_representation(self, noise: Tensor, incident_energy: Tensor,
+                               conditions: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(y₁, y₂) of one MLP pass, raw (what the regression trains); :meth:`decode` adds the marginal map."""
+        y = self._raw(noise, incident_energy, conditions)
         L = self.representation.n_layers
         return y[:, :L], y[:, L:]
 
@@ -166,8 +195,11 @@ class Student(ShowerModel):
         return self.representation.envelope is not None
 
     def decode(self, noise, incident_energy, conditions):
-        y1, y2 = self.forward_representation(noise, incident_energy, conditions)
-        return self.representation.decode(y1, y2, incident_energy, dtype=torch.float32)
+        y = self._raw(noise, incident_energy, conditions)
+        if self.calibration is not None:
+            y = self.calibration(y, incident_energy)
+        L = self.representation.n_layers
+        return self.representation.decode(y[:, :L], y[:, L:], incident_energy, dtype=torch.float32)
 
     def _teacher_targets(self, noise: Tensor, incident_energy: Tensor,
                          conditions: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -208,9 +240,16 @@ class Student(ShowerModel):
         cached = self.__dict__.get("_pool_cache")
         if cached is not None and cached[0] == cycle:
             return cached[1]
+        pool = self._teacher_pairs(data, self.config.pool_size, 1_000_003 * (cycle + 1))
+        self.__dict__["_pool_cache"] = (cycle, pool)
+        return pool
+
+    def _teacher_pairs(self, data: BatchSource, n: int, seed: int) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]:
+        """(noise, energies, conditions, teacher representation) of ``n`` training rows drawn with ``seed``
+        (rows whose teacher output has a NaN left out)."""
         dev = self.device
-        g = torch.Generator(device=dev).manual_seed(1_000_003 * (cycle + 1))
-        rows = torch.randint(len(data), (self.config.pool_size,), generator=g, device=dev)
+        g = torch.Generator(device=dev).manual_seed(seed)
+        rows = torch.randint(len(data), (n,), generator=g, device=dev)
         if data.index is not None:
             rows = data.index.to(dev)[rows]
         rows = rows.to(data.incident_energy.device)
@@ -224,9 +263,22 @@ class Student(ShowerModel):
             targets.append(target)
             keeps.append(keep)
         keep = torch.cat(keeps)
-        pool = (noise[keep], energy[keep], {k: v[keep] for k, v in cond.items()}, torch.cat(targets)[keep])
-        self.__dict__["_pool_cache"] = (cycle, pool)
-        return pool
+        return noise[keep], energy[keep], {k: v[keep] for k, v in cond.items()}, torch.cat(targets)[keep]
+
+    @torch.no_grad()
+    def before_checkpoint(self, data: BatchSource) -> None:
+        """Refit the marginal map to the current weights on the fixed calibration pairs."""
+        if self.calibration is None:
+            return
+        pairs = self.__dict__.get("_calibration_pairs")
+        if pairs is None:  # drawn once per process from a fixed seed: a resumed run redraws the same pairs
+            pairs = self._teacher_pairs(data, self.config.calibration_size, 2_718_281)
+            self.__dict__["_calibration_pairs"] = pairs
+        noise, energy, cond, target = pairs
+        raw = torch.cat([self._raw(noise[lo:lo + 4096], energy[lo:lo + 4096],
+                                   {k: v[lo:lo + 4096] for k, v in cond.items()})
+                         for lo in range(0, len(energy), 4096)])
+        self.calibration.fit_(raw, target, energy)
 
     def training_step(self, data: BatchSource, optimizers, generator) -> dict[str, float]:
         cfg = self.config
