@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -164,8 +164,13 @@ def _cpp_timings(program: Path, model, batches: Sequence[int], threads: int, rep
 def bench(model, *, paths: Iterable[str] = PATHS, batches: Sequence[int] = BATCHES, threads: int = 1,
           repeats: int = 5, energy: float | None = None, cpp_program: str | Path | None = None,
           seed: int = 0, showers_per_repeat: int = SHOWERS_PER_REPEAT,
+          sampling: Mapping[str, Any] | None = None,
           log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Time every path of ``model`` (a checkpoint/run directory or a ShowerGenerator); JSON-able result."""
+    """Time every path of ``model`` (a checkpoint/run directory or a ShowerGenerator); JSON-able result.
+
+    ``sampling`` sets the family's generation options first (``{"steps": 4}``: the ODE steps a
+    flow-matching model is timed at; :meth:`~caloforge.models.base.ShowerModel.set_sampling`), for
+    every path: the exported graphs are traced with them."""
     from caloforge.export import example_inputs, export_model, onnx_session
     from caloforge.generate import ShowerGenerator, generate, load_model
 
@@ -179,6 +184,8 @@ def bench(model, *, paths: Iterable[str] = PATHS, batches: Sequence[int] = BATCH
         raise ConfigError("--threads and --repeats must be ≥ 1")
     gen = model if isinstance(model, ShowerGenerator) else load_model(model)
     net = gen.model.to("cpu").eval()
+    if sampling:  # unknown options or values are a ConfigError
+        net.set_sampling(**dict(sampling))
     if energy is None:
         energy = float(np.sqrt(gen.e_min * gen.e_max))
     _, cond_example = example_inputs(net, 1, seed)
@@ -277,7 +284,8 @@ def bench(model, *, paths: Iterable[str] = PATHS, batches: Sequence[int] = BATCH
                 "path": str(gen.path), "family": gen.config.get("name"), "geometry": gen.geometry,
                 "n_voxels": gen.n_voxels, "parameters": int(sum(p.numel() for p in net.parameters())),
                 "deployed_parameters": deployed,
-                "conditions": dict(zip(net.condition_names, conditions))},
+                "conditions": dict(zip(net.condition_names, conditions)),
+                "sampling": {**net.default_sampling(), **net.sampling_options}},
             "protocol": {"batches": [int(b) for b in batches], "repeats": repeats, "warmup_calls": WARMUP_CALLS,
                          "showers_per_repeat": f"max(batch, {showers_per_repeat})", "statistic": "median",
                          "timed": "noise draw + sampling network (conditions given)"},

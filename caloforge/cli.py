@@ -754,6 +754,8 @@ def bench_cmd(
     cpp_program: Optional[Path] = typer.Option(None, "--cpp-program", help="The built C++ example (default: "
                                                "build/cpp/caloforge_generate)."),
     json_out: Optional[Path] = typer.Option(None, "--json", "-o", help="Also write the full report as JSON."),
+    sampling: Optional[list[str]] = typer.Option(None, "--sampling", help="Generation option KEY=VALUE, "
+                                                 "repeatable, for every path (e.g. steps=4 for an ODE model)."),
 ) -> None:
     """Time generation with the CaloChallenge protocol (ms per shower at batch 1, 100, 10 000; warm-up
     excluded; median of repeats) for the PyTorch, ONNX Runtime and C++ paths, next to the published
@@ -763,8 +765,9 @@ def bench_cmd(
 
     from caloforge.bench import bench, format_table
     from caloforge.errors import ConfigError
-    from caloforge.generate import parse_energies
+    from caloforge.generate import parse_energies, parse_sampling
 
+    options = parse_sampling(sampling or [])
     try:
         batch_list = [int(b) for b in batches.split(",") if b.strip()]
     except ValueError:
@@ -778,12 +781,13 @@ def bench_cmd(
     if json_out is not None and (json_out.is_dir() or not (json_out.parent if str(json_out.parent) else Path(".")).is_dir()):
         raise ConfigError(f"{json_out}: cannot be written (not a file in an existing directory)")
     report = bench(model, paths=[p.strip() for p in paths.split(",") if p.strip()], batches=batch_list,
-                   threads=threads, repeats=repeats, energy=e, cpp_program=cpp_program,
+                   threads=threads, repeats=repeats, energy=e, cpp_program=cpp_program, sampling=options,
                    log=lambda s: err_console.print(f"[dim]{s}[/]"))
     m = report["model"]
     size = f"{m['deployed_parameters']:,} deployed" if m.get("deployed_parameters") else f"{m['parameters']:,}"
-    table = Table(title=f"ms per shower, wall (process CPU): {m['family']} on {m['geometry']} ({size} parameters), "
-                  f"median of {repeats}", box=box.SIMPLE_HEAD, pad_edge=False)
+    opts = "".join(f", {k} {v}" for k, v in m["sampling"].items())  # e.g. the ODE steps timed
+    table = Table(title=f"ms per shower, wall (process CPU): {m['family']} on {m['geometry']} ({size} parameters"
+                  f"{opts}), median of {repeats}", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ["model", "path", "device"] + [f"batch {b}" for b in batch_list]:
         table.add_column(col, justify="left" if col in ("model", "path", "device") else "right", no_wrap=True)
     for row in format_table(report):

@@ -88,3 +88,27 @@ def test_bench_times_bf16_only_when_it_passes_its_check(run_dir, monkeypatch):
     report = bench(run_dir, paths=["bf16"], batches=[1, 3], repeats=1, showers_per_repeat=3)
     assert {(r["path"], r["batch"]) for r in report["results"]} == {("bf16", 1), ("bf16", 3)}
     assert "E_tot/E_inc" in report["checks"]["bf16"]
+
+
+def test_cli_bench_times_an_ode_model_at_the_requested_steps(tmp_path):
+    """``--sampling steps=N`` reaches every path (the exported graph is traced with it) and the report
+    says what was timed; an option the family lacks is a one-line error, exit code 2."""
+    from caloforge.checkpoint import point_best, write_checkpoint
+    from tests.test_export import tiny_model
+
+    run = tmp_path / "fm"
+    point_best(run, write_checkpoint(run / "checkpoints" / "iter-0000001", tiny_model("flow_matching"),
+                                     meta={"iteration": 1}))
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--model", str(run), "--batches", "1,5", "--repeats", "1",
+                                      "--paths", "pytorch,generate,onnxruntime", "--sampling", "steps=2",
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "steps 2" in " ".join(result.output.split())  # the table title names what was timed (rich may wrap it)
+    report = json.loads(out.read_text())
+    assert report["model"]["sampling"]["steps"] == 2
+    assert {r["path"] for r in report["results"]} == {"pytorch", "generate", "onnxruntime"}
+    gan = CliRunner().invoke(app, ["bench", "--model", str(run.parent / "nowhere"), "--sampling", "steps"])
+    assert gan.exit_code == 2 and "KEY=VALUE" in gan.output
+    bad = CliRunner().invoke(app, ["bench", "--model", str(run), "--sampling", "temperature=0.5"])
+    assert bad.exit_code == 2 and "temperature" in bad.output and "Traceback" not in bad.output

@@ -525,6 +525,10 @@ def test_shipped_student_stays_the_size_of_the_gan_photon_generator(tmp_path, da
     student = fit(cfg, torch.as_tensor(data.showers), e, {})
     assert student.generator_net[-1].out_features == 5 + 368 + 16 + 19
     assert sum(p.numel() for p in student.parameters() if p.requires_grad) <= 0.26e6
+    # it ships with the marginal map: one bin per DS1 energy, no trainable parameter
+    assert student.calibration is not None
+    assert len(student.calibration.log_energy_edges) + 1 == len(np.unique(data.incident_energy))
+    assert not any(p.requires_grad for p in student.calibration.parameters())
 
 
 def test_representation_bounds_change_no_shower(data):
