@@ -6,7 +6,7 @@ coordinate is a little under-dispersed and its tails and modes (the empty-voxel 
 layer) are smeared.  :class:`MarginalMap` undoes that marginal distortion after the fact: for each
 output coordinate j and incident-energy bin b it is the quantile map x ↦ F_target⁻¹(F_source(x))
 fitted on pairs drawn for the same conditions, stored as a piecewise-linear function on a uniform
-grid over the source's range (so applying it is arithmetic and two gathers, and it exports to ONNX).
+grid over the source's range (so applying it is arithmetic and four gathers, and it exports to ONNX).
 Being monotone per coordinate it keeps the source's ordering, and with it the map's dependence on
 the noise; only the marginals change.
 
