@@ -285,7 +285,7 @@ def bench(model, *, paths: Iterable[str] = PATHS, batches: Sequence[int] = BATCH
                 "n_voxels": gen.n_voxels, "parameters": int(sum(p.numel() for p in net.parameters())),
                 "deployed_parameters": deployed,
                 "conditions": dict(zip(net.condition_names, conditions)),
-                "sampling": {**net.default_sampling(), **net.sampling_options}},
+                "sampling": dict(net.sampling_options)},  # the defaults updated by --sampling
             "protocol": {"batches": [int(b) for b in batches], "repeats": repeats, "warmup_calls": WARMUP_CALLS,
                          "showers_per_repeat": f"max(batch, {showers_per_repeat})", "statistic": "median",
                          "timed": "noise draw + sampling network (conditions given)"},

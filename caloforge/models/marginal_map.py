@@ -114,13 +114,25 @@ class MarginalMap(nn.Module):
     def fit_(self, source: Tensor, target: Tensor, incident_energy: Tensor, levels: int = 257) -> None:
         """Fit every bin's maps on paired rows (source, target: (N, D), same conditions row by row)
         by matching ``levels`` quantiles; a bin with fewer than 2 rows keeps its map."""
-        b = energy_bin_index(incident_energy, self.log_energy_edges).to(source.device)
-        q = torch.linspace(0.0, 1.0, levels, dtype=torch.float64, device=source.device)
-        grid = torch.linspace(0.0, 1.0, self.knots, dtype=torch.float64, device=source.device)
-        for k in range(self.knot_value.shape[0]):
-            rows = b == k
-            if int(rows.sum()) < 2:
+        self.fit_quantiles_(self.quantiles(source, incident_energy, levels),
+                            self.quantiles(target, incident_energy, levels))
+
+    @torch.no_grad()
+    def quantiles(self, x: Tensor, incident_energy: Tensor, levels: int = 257) -> list[Tensor | None]:
+        """Per bin, the (D, ``levels``) quantiles of the rows of x (N, D) in it; None for a bin with
+        fewer than 2 rows.  A target that does not change between fits is sorted once this way."""
+        b = energy_bin_index(incident_energy, self.log_energy_edges).to(x.device)
+        q = torch.linspace(0.0, 1.0, levels, dtype=torch.float64, device=x.device)
+        return [_quantiles(x[b == k], q) if int((b == k).sum()) >= 2 else None
+                for k in range(self.knot_value.shape[0])]
+
+    @torch.no_grad()
+    def fit_quantiles_(self, source: list[Tensor | None], target: list[Tensor | None]) -> None:
+        """Fit every bin's maps from per-bin quantiles (:meth:`quantiles`, same levels); a bin
+        without them keeps its map."""
+        for k, (xs, ys) in enumerate(zip(source, target)):
+            if xs is None or ys is None:
                 continue
-            xs, ys = _quantiles(source[rows], q), _quantiles(target[rows], q)  # (D, levels)
+            grid = torch.linspace(0.0, 1.0, self.knots, dtype=torch.float64, device=xs.device)
             lo, hi = xs[:, 0], xs[:, -1]
             self._set(k, lo, hi, _interp(lo[:, None] + (hi - lo)[:, None] * grid[None, :], xs, ys))

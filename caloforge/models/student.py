@@ -270,15 +270,17 @@ class Student(ShowerModel):
         """Refit the marginal map to the current weights on the fixed calibration pairs."""
         if self.calibration is None:
             return
-        pairs = self.__dict__.get("_calibration_pairs")
-        if pairs is None:  # drawn once per process from a fixed seed: a resumed run redraws the same pairs
-            pairs = self._teacher_pairs(data, self.config.calibration_size, 2_718_281)
-            self.__dict__["_calibration_pairs"] = pairs
-        noise, energy, cond, target = pairs
+        cached = self.__dict__.get("_calibration_pairs")
+        if cached is None:  # drawn once per process from a fixed seed: a resumed run redraws the same pairs
+            noise, energy, cond, target = self._teacher_pairs(data, self.config.calibration_size, 2_718_281)
+            # the teacher's side never changes: its quantiles are computed once, not at every refit
+            cached = (noise, energy, cond, self.calibration.quantiles(target, energy))
+            self.__dict__["_calibration_pairs"] = cached
+        noise, energy, cond, target_quantiles = cached
         raw = torch.cat([self._raw(noise[lo:lo + 4096], energy[lo:lo + 4096],
                                    {k: v[lo:lo + 4096] for k, v in cond.items()})
                          for lo in range(0, len(energy), 4096)])
-        self.calibration.fit_(raw, target, energy)
+        self.calibration.fit_quantiles_(self.calibration.quantiles(raw, energy), target_quantiles)
 
     def training_step(self, data: BatchSource, optimizers, generator) -> dict[str, float]:
         cfg = self.config
