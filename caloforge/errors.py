@@ -23,3 +23,7 @@ class ConfigError(CaloforgeError, ValueError):
 
 class OutputError(CaloforgeError, OSError):
     """An output path cannot be written: a directory, no permission, a full disk."""
+
+
+class EngineError(ConfigError):
+    """An external simulation engine (Geant4) cannot be built, started, or stopped unexpectedly."""
