@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# the local CPU build of torch first: an unpinned torch pulls GBs of CUDA packages
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# the geant4 extra brings the Geant4 libraries of simulate --engine geant4 (its tests need them)
+	$(PY) -m pip install --quiet -e '.[dev,geant4]'
 	touch $(STAMP)
 
 install: $(STAMP)

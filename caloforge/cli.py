@@ -171,8 +171,14 @@ def simulate_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed → identical file)."),
     workers: int = typer.Option(0, "--workers", "-j", help="Worker processes (0 = all cores)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    engine: str = typer.Option("gflash", "--engine", help="gflash (the parametrised simulator, fast) or geant4 "
+                               "(real Geant4 transport in the geometry's sampling structure; compiled on first "
+                               "use, see caloforge geant4 info)."),
+    cut: float = typer.Option(0.7, "--cut", help="With --engine geant4: the production cut in mm."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Write only shard K/N (K = 1 … N) of the plan, for N "
+                                        "batch jobs with the same arguments; join them with caloforge merge."),
 ) -> None:
-    """Simulate reference showers (parametrised GFlash EM + hadronic model) into a CaloChallenge file."""
+    """Simulate reference showers (parametrised GFlash-type model, or Geant4) into a CaloChallenge file."""
     from caloforge.errors import ConfigError
     from caloforge.io import check_output_file
     from caloforge.simulate import EnergySpec, get_preset, parse_angle, parse_range, write_plan
@@ -217,9 +223,68 @@ def simulate_cmd(
             raise ConfigError(f"--energy-range needs LOW:HIGH, got {energy_range!r}")
         parts = [make_part(particle, spec, n, theta=angle(theta), phi=azimuth(phi))]
         geo, attrs, derived = geometry, {}, {}
-    count = write_plan(output, geo, parts, seed=seed, workers=workers or None, progress=not quiet, attrs=attrs,
-                       energy_scale=energy_scale, derived=derived)
-    console.print(f"wrote {count} showers to {output}")
+    from caloforge.geometry import load_geometry
+    from caloforge.production import Shard
+    from caloforge.simulate.api import setup_engine
+
+    part = Shard.parse(shard) if shard is not None else None
+    geometry_obj = load_geometry(geo)
+    setup = setup_engine(geometry_obj, parts, engine, energy_scale or None, cut_mm=cut)
+    count = write_plan(output, geometry_obj, parts, seed=seed, workers=workers or None, progress=not quiet,
+                       attrs=attrs, energy_scale=energy_scale, derived=derived, engine=setup, shard=part)
+    of = f" (shard {part})" if part is not None else ""
+    console.print(f"wrote {count} showers to {output}{of}")
+
+
+# --- geant4: the compiled application behind simulate --engine geant4 -----------------
+geant4_app = typer.Typer(help="The Geant4 application behind simulate --engine geant4: build it, say what it "
+                         "uses, measure sampling fractions.", no_args_is_help=True)
+app.add_typer(geant4_app, name="geant4")
+
+
+@geant4_app.command("build")
+@user_errors
+def geant4_build_cmd(rebuild: bool = typer.Option(False, "--rebuild", help="Compile again even if cached.")) -> None:
+    """Compile the Geant4 application now (otherwise: on first use) into the cache."""
+    from caloforge.geant4.build import ensure_built
+
+    build = ensure_built(rebuild=rebuild, progress=True)
+    console.print(f"{build.executable}")
+    for key, value in build.info.items():
+        console.print(f"  {key}: {value}")
+
+
+@geant4_app.command("info")
+@user_errors
+def geant4_info_cmd() -> None:
+    """Which Geant4, headers, compiler and physics list simulate --engine geant4 would use."""
+    from caloforge.geant4.build import find_geant4
+
+    install = find_geant4()
+    for key, value in vars(install).items():
+        console.print(f"{key}: {value}")
+
+
+@geant4_app.command("calibrate")
+@user_errors
+def geant4_calibrate_cmd(
+    geometry: str = typer.Option(..., "--geometry", "-g", help="Geometry preset, .xml or .yaml."),
+    cut: float = typer.Option(0.7, "--cut", help="Production cut in mm."),
+) -> None:
+    """Measure (or read from the cache) each layer's sampling fraction with Geant4 electrons."""
+    from caloforge.geant4.engine import sampling_fractions
+    from caloforge.geometry import load_geometry
+
+    geo = load_geometry(geometry)
+    fractions = sampling_fractions(geo, cut_mm=cut)
+    table = Table(box=box.SIMPLE)
+    for col in ("layer", "name", "structure", "sampling fraction"):
+        table.add_column(col)
+    for layer, f in zip(geo.layers, fractions):
+        if layer.sampling is not None and layer.thickness > 0:
+            slabs = " + ".join(f"{s.thickness:g} mm {s.material}{'*' if s.active else ''}" for s in layer.sampling.slabs)
+            table.add_row(str(layer.id), layer.name, f"{layer.sampling.repeats} × ({slabs})", f"{f:.5f}")
+    console.print(table)
 
 
 # --- simulate-paper (issue 12: the CaloGAN and ATLAS GAN data sets) ------------------

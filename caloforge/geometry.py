@@ -28,6 +28,8 @@ Example
 from __future__ import annotations
 
 import math
+import numbers
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -41,6 +43,8 @@ from caloforge.errors import GeometryError
 
 __all__ = [
     "Material",
+    "Slab",
+    "Sampling",
     "Layer",
     "Geometry",
     "MATERIALS",
@@ -91,6 +95,76 @@ MATERIALS: dict[str, Material] = {
 }
 
 
+_G4_MATERIAL = re.compile(r"^G4_[A-Za-z0-9_-]+$")
+READOUT_FRAMES = ("detector", "particle")
+
+
+@dataclass(frozen=True)
+class Slab:
+    """One flat slab of a sampling structure: a Geant4 NIST material and its thickness.
+
+    ``active`` slabs are read out (the sensitive medium); the others are absorber,
+    support or gaps.  Lengths in mm.
+    """
+
+    material: str  # Geant4 NIST name, e.g. "G4_W", "G4_Si", "G4_Pb", "G4_lAr", "G4_Galactic"
+    thickness: float
+    active: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.material, str) or not _G4_MATERIAL.match(self.material):
+            raise GeometryError(f"slab material must be a Geant4 NIST name like G4_W, not {self.material!r}")
+        if (isinstance(self.thickness, bool) or not isinstance(self.thickness, numbers.Real)
+                or not math.isfinite(self.thickness) or self.thickness <= 0):
+            raise GeometryError(f"slab {self.material}: thickness must be a positive number of mm, "
+                                f"got {self.thickness!r}")
+        if not isinstance(self.active, bool):
+            raise GeometryError(f"slab {self.material}: active must be true or false, got {self.active!r}")
+        object.__setattr__(self, "thickness", float(self.thickness))
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The physical structure of a readout layer: one sampling cell (front to back) × ``repeats``.
+
+    Used by the Geant4 engine; the effective :class:`Material` of the layer stays what
+    the parametrised engines use.
+    """
+
+    slabs: tuple[Slab, ...]
+    repeats: int = 1
+
+    def __post_init__(self) -> None:
+        slabs = tuple(self.slabs) if isinstance(self.slabs, (list, tuple)) else None
+        if not slabs or not all(isinstance(s, Slab) for s in slabs):
+            raise GeometryError("a sampling structure needs a non-empty list of slabs")
+        object.__setattr__(self, "slabs", slabs)
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, numbers.Integral) or self.repeats < 1:
+            raise GeometryError(f"sampling repeats must be an integer >= 1, got {self.repeats!r}")
+        object.__setattr__(self, "repeats", int(self.repeats))
+        if not any(s.active for s in slabs):
+            raise GeometryError("a sampling structure needs at least one active slab")
+
+    @property
+    def cell_thickness(self) -> float:
+        """Thickness of one cell [mm]."""
+        return math.fsum(s.thickness for s in self.slabs)
+
+    @property
+    def thickness(self) -> float:
+        """Total thickness, ``repeats`` cells [mm]."""
+        return self.repeats * self.cell_thickness
+
+    def describe(self) -> str:
+        """Short text, e.g. ``2 × (1.4 G4_W + 0.3 G4_Si*)`` (``*`` marks active slabs)."""
+        cell = " + ".join(f"{s.thickness:g} {s.material}{'*' if s.active else ''}" for s in self.slabs)
+        return f"{self.repeats} × ({cell})" if self.repeats > 1 else cell
+
+    def to_dict(self) -> dict:
+        return {"repeats": self.repeats,
+                "slabs": [{"material": s.material, "thickness": s.thickness, "active": s.active} for s in self.slabs]}
+
+
 @dataclass(frozen=True)
 class Layer:
     """One readout layer.
@@ -114,6 +188,9 @@ class Layer:
         polar layers: radial bin edges [mm] and number of α bins.
     nx, ny, cell_x, cell_y:
         Cartesian layers: grid size and cell pitch [mm]; the grid is centred on the axis.
+    sampling:
+        the physical slabs the layer is made of (for the Geant4 engine), or None;
+        their total thickness equals ``thickness``.
     """
 
     id: int
@@ -130,6 +207,7 @@ class Layer:
     ny: int = 0
     cell_x: float = 0.0
     cell_y: float = 0.0
+    sampling: Sampling | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("polar", "cartesian"):
@@ -147,6 +225,19 @@ class Layer:
         else:
             if self.nx < 1 or self.ny < 1 or self.cell_x <= 0 or self.cell_y <= 0:
                 raise GeometryError(f"layer {self.id}: Cartesian layers need nx, ny >= 1 and positive cell sizes")
+        if self.sampling is not None:
+            if not isinstance(self.sampling, Sampling):
+                raise GeometryError(f"{self.label}: sampling must be a Sampling, not {type(self.sampling).__name__}")
+            if abs(self.sampling.thickness - self.thickness) > 1e-6:
+                raise GeometryError(
+                    f"{self.label}: the sampling structure is {self.sampling.thickness:.6g} mm thick "
+                    f"({self.sampling.describe()}), but the layer is {self.thickness:.6g} mm"
+                )
+
+    @property
+    def label(self) -> str:
+        """``layer 3 (EMB2)``: how messages name the layer."""
+        return f"layer {self.id} ({self.name})" if self.name else f"layer {self.id}"
 
     @property
     def n_r(self) -> int:
@@ -230,6 +321,12 @@ class Geometry:
 
     ``upstream_X0`` is material (in radiation lengths) that the particle crosses
     before the first layer and whose deposits are not read out.
+
+    For the Geant4 engine: ``upstream`` is the same dead material as physical slabs,
+    placed back to back directly in front of the first layer; ``half_width`` is the
+    transverse half size of every slab [mm]; ``readout_frame`` says whether the cells
+    are fixed in the detector (``"detector"``) or follow the particle's entry point and
+    direction (``"particle"``, the CaloChallenge convention).
     """
 
     name: str
@@ -238,8 +335,23 @@ class Geometry:
     description: str = ""
     particle: str = ""  # the particle the binning was made for, if any (CaloChallenge XML)
     source: str = field(default="", compare=False)
+    upstream: tuple[Slab, ...] = ()
+    half_width: float = 1000.0
+    readout_frame: Literal["detector", "particle"] = "detector"
 
     def __post_init__(self) -> None:
+        if isinstance(self.upstream, list):
+            object.__setattr__(self, "upstream", tuple(self.upstream))
+        if not isinstance(self.upstream, tuple) or not all(isinstance(s, Slab) for s in self.upstream):
+            raise GeometryError(f"geometry {self.name!r}: upstream must be a list of slabs")
+        if (isinstance(self.half_width, bool) or not isinstance(self.half_width, numbers.Real)
+                or not math.isfinite(self.half_width) or self.half_width <= 0):
+            raise GeometryError(f"geometry {self.name!r}: half_width must be a positive number of mm, "
+                                f"got {self.half_width!r}")
+        object.__setattr__(self, "half_width", float(self.half_width))
+        if self.readout_frame not in READOUT_FRAMES:
+            raise GeometryError(f"geometry {self.name!r}: readout_frame must be 'detector' or 'particle', "
+                                f"not {self.readout_frame!r}")
         if not self.layers:
             raise GeometryError(f"geometry {self.name!r} has no layers")
         if self.n_voxels == 0:
@@ -345,6 +457,18 @@ class Geometry:
             prefix = f"{where}: " if where else ""
             raise GeometryError(f"{prefix}{n} voxels per shower, but geometry {self.name!r} has {self.n_voxels}")
 
+    def require_sampling(self) -> None:
+        """GeometryError unless every layer with material has a :class:`Sampling` structure.
+
+        Zero-thickness placeholder layers need none.
+        """
+        for layer in self.layers:
+            if layer.thickness > 0 and layer.sampling is None:
+                raise GeometryError(
+                    f"geometry {self.name!r}: {layer.label} has no sampling structure: declare `sampling:` "
+                    f"(absorber and active slabs) to simulate it with Geant4"
+                )
+
     # ----- description --------------------------------------------------------------
     def describe(self) -> list[dict]:
         """One row per layer: what ``caloforge geometry`` prints."""
@@ -369,6 +493,7 @@ class Geometry:
                     "lambda_I": layer.thickness / layer.material.lambda_I,
                     "material": layer.material.name,
                     "sampling_fraction": layer.sampling_fraction,
+                    "sampling": layer.sampling.describe() if layer.sampling is not None else "",
                 }
             )
         return rows
@@ -392,6 +517,8 @@ class Geometry:
                 d.update(r_edges=list(layer.r_edges), n_alpha=layer.n_alpha)
             else:
                 d.update(nx=layer.nx, ny=layer.ny, cell_x=layer.cell_x, cell_y=layer.cell_y)
+            if layer.sampling is not None:
+                d["sampling"] = layer.sampling.to_dict()
             out_layers.append(d)
         return {
             "name": self.name,
@@ -403,6 +530,10 @@ class Geometry:
                 for k, m in materials.items()
             },
             "layers": out_layers,
+            "upstream": [{"material": s.material, "thickness": s.thickness, "active": s.active}
+                         for s in self.upstream],
+            "half_width": self.half_width,
+            "readout_frame": self.readout_frame,
         }
 
 
@@ -491,6 +622,58 @@ def _binning_file(fname: str) -> Path:
 # ----------------------------------------------------------------------------------
 # Presets
 # ----------------------------------------------------------------------------------
+# Physical sampling structures (for the Geant4 engine).  Each readout layer keeps the
+# thickness of its effective-material description above; the slabs below fill it.
+# Materials are Geant4 NIST names; "*" in Sampling.describe() marks the active slabs.
+
+
+def _fill(thickness: float, cell: Sequence[Slab]) -> Sampling:
+    """The nominal ``cell`` repeated to fill ``thickness`` exactly.
+
+    The number of cells is the nearest integer to thickness / cell; every slab is then
+    scaled by the same factor (within a few per cent of 1), so the material ratios,
+    hence the X0 per mm and the sampling fraction, stay those of the nominal cell.
+    """
+    nominal = math.fsum(s.thickness for s in cell)
+    n = max(1, round(thickness / nominal))
+    scale = thickness / (n * nominal)
+    return Sampling(slabs=tuple(replace(s, thickness=s.thickness * scale) for s in cell), repeats=n)
+
+
+# --- ATLAS barrel at |η| < 0.8, flattened ------------------------------------------
+# The real EM barrel is an accordion: lead absorbers folded in zig-zags so that the
+# sampling is uniform in φ, with the particle crossing absorbers and gaps obliquely;
+# the path length inside each sampling layer differs from its radial depth.  Here every
+# layer is a stack of flat slabs at normal incidence, which has the accordion's volume
+# fractions, hence the same X0 per mm on average, but not its local zig-zag structure.
+# Facts (ATLAS LAr TDR, CERN/LHCC 96-41; ATLAS detector paper, JINST 3 S08003):
+#   absorber at |η| < 0.8: 1.53 mm Pb clad with 0.2 mm stainless steel on each side
+#   (G4_Fe stands in for the steel: the NIST name G4_STAINLESS-STEEL is not a plain name;
+#   the 0.15 mm of glue is left out); the 4.5 mm between absorbers is two 2.1 mm LAr drift
+#   gaps on either side of the Cu/kapton readout electrode (~0.3 mm, here all G4_KAPTON).
+#   Cell 6.43 mm → 0.3265 X0, i.e. X0_eff ≈ 19.7 mm (the effective atlas-lar-pb uses 19.5):
+#   strips 84 mm ≈ 4.3 X0, middle 312 mm ≈ 15.8 X0, back 39 mm ≈ 2.0 X0, as ATLAS quotes.
+_ATLAS_EM_CELL = (
+    Slab("G4_Fe", 0.2), Slab("G4_Pb", 1.53), Slab("G4_Fe", 0.2),
+    Slab("G4_lAr", 2.1, active=True), Slab("G4_KAPTON", 0.3), Slab("G4_lAr", 2.1, active=True),
+)
+# Presampler: an 11 mm LAr layer read out by electrodes (parallel to the particle in the
+# real detector); modelled as 1 mm of passive electrode/support (G4_KAPTON for the FR4)
+# in front of 10 mm of active LAr.  The cryostat and solenoid in front are `upstream`.
+_ATLAS_PRESAMPLER_CELL = (Slab("G4_KAPTON", 1.0), Slab("G4_lAr", 10.0, active=True))
+# Tile calorimeter: steel / plastic scintillator, 14 mm : 3 mm per period (volume ratio
+# 4.7 : 1, ATLAS Tile TDR CERN/LHCC 96-42).  The real tiles are planes perpendicular to the
+# beam, so a particle at η ≈ 0.2 runs almost along them; here they are flat slabs across
+# its path with the same steel : scintillator ratio.
+_ATLAS_TILE_CELL = (Slab("G4_Fe", 14.0), Slab("G4_POLYSTYRENE", 3.0, active=True))
+# In front of the presampler at η ≈ 0.2: inner cryostat wall + solenoid ≈ 2 X0, modelled
+# as 2 X0 of aluminium (X0(Al) = 88.97 mm, PDG).  The outer cryostat between EMB3 and
+# Tile is not modelled (vacuum), nor is anything between the presampler and the strips.
+_ATLAS_UPSTREAM = (Slab("G4_Al", 2 * 88.97),)
+_ATLAS_NOTE = ("; Geant4: flat Pb/LAr and Fe/scintillator slabs at normal incidence instead of the accordion "
+               "and the tiles (same material per mm on average), 2 X0 of Al upstream")
+
+
 def _atlas_ds1_stack(n_layers: int) -> list[dict]:
     """ATLAS barrel at |η| ≈ 0.2: presampler, EMB1-3, (empty end-cap ids), Tile A/BC/D."""
     lar, ps, tile = MATERIALS["atlas-lar-pb"], MATERIALS["atlas-presampler"], MATERIALS["atlas-tile-fe-scint"]
@@ -505,6 +688,9 @@ def _atlas_ds1_stack(n_layers: int) -> list[dict]:
         13: dict(name="TileBar1", z_front=1110.0, thickness=850.0, material=tile, sampling_fraction=0.034, sampling_term=0.28),
         14: dict(name="TileBar2", z_front=1960.0, thickness=370.0, material=tile, sampling_fraction=0.034, sampling_term=0.28),
     }
+    cells = {ps.name: _ATLAS_PRESAMPLER_CELL, lar.name: _ATLAS_EM_CELL, tile.name: _ATLAS_TILE_CELL}
+    for spec in barrel.values():
+        spec["sampling"] = _fill(spec["thickness"], cells[spec["material"].name])
     stack = []
     z = 0.0
     for lid in range(n_layers):
@@ -527,13 +713,16 @@ def _atlas_ds1_stack(n_layers: int) -> list[dict]:
 def _ds1(particle: str) -> Geometry:
     path = _binning_file(f"binning_dataset_1_{particle}.xml")
     n_layers = len(_read_xml_layers(path)[1])
-    return geometry_from_xml(
+    geo = geometry_from_xml(
         path,
         name=f"ds1-{particle}",
         stack=_atlas_ds1_stack(n_layers),
         upstream_X0=2.0,
-        description=f"CaloChallenge dataset 1 ({particle}): ATLAS barrel at |η|≈0.2, LAr/Pb EM + Fe/scint Tile",
+        description=f"CaloChallenge dataset 1 ({particle}): ATLAS barrel at |η|≈0.2, LAr/Pb EM + Fe/scint Tile"
+                    + _ATLAS_NOTE,
     )
+    # the outermost radial bins of the ds1 binning reach r = 2000 mm: slabs as wide as that
+    return replace(geo, upstream=_ATLAS_UPSTREAM, half_width=2000.0)
 
 
 def _ds23(number: int) -> Geometry:
@@ -542,19 +731,29 @@ def _ds23(number: int) -> Geometry:
     n_layers = len(_read_xml_layers(path)[1])
     # each readout layer = 2 × (1.4 mm W + 0.3 mm Si): 3.4 mm; the sampling fraction is the
     # CaloChallenge's own (its files are the Si energy divided by 0.033)
+    # Physical structure: Geant4's Par04 example, the detector of CaloChallenge datasets 2/3
+    # (CaloChallenge 2022 dataset description; Geant4 examples/extended/parameterisations/Par04):
+    # a cylinder of inner radius 80 cm made of 90 sub-layers alternating 1.4 mm W (absorber)
+    # and 0.3 mm Si (active), read out in 45 layers of two sub-layers each, in the particle's
+    # frame.  45 × 2 × (1.4/3.504 + 0.3/93.7) ≈ 36.2 X0.  Flat slabs approximate the cylinder.
+    cell = Sampling(slabs=(Slab("G4_W", 1.4), Slab("G4_Si", 0.3, active=True)), repeats=2)
     stack = [
-        dict(name=f"L{i}", z_front=3.4 * i, thickness=3.4, material=mat, sampling_fraction=0.033, sampling_term=0.17)
+        dict(name=f"L{i}", z_front=3.4 * i, thickness=3.4, material=mat, sampling_fraction=0.033, sampling_term=0.17,
+             sampling=cell)
         for i in range(n_layers)
     ]
-    return geometry_from_xml(
+    geo = geometry_from_xml(
         path,
         name=f"ds{number}",
         stack=stack,
-        description=f"CaloChallenge dataset {number}: 45 Si-W layers (1.4 mm W / 0.3 mm Si pairs), electrons",
+        description=f"CaloChallenge dataset {number}: 45 Si-W layers (1.4 mm W / 0.3 mm Si pairs), electrons; "
+                    f"Geant4: flat slabs approximate Par04's cylinder (inner radius 80 cm)",
     )
+    return replace(geo, readout_frame="particle")
 
 
-def _cartesian(name: str, specs: Sequence[dict], description: str, upstream_X0: float = 0.0) -> Geometry:
+def _cartesian(name: str, specs: Sequence[dict], description: str, upstream_X0: float = 0.0,
+               **geometry_fields) -> Geometry:
     layers = []
     z = 0.0
     for i, spec in enumerate(specs):
@@ -564,7 +763,20 @@ def _cartesian(name: str, specs: Sequence[dict], description: str, upstream_X0: 
             spec["material"] = MATERIALS[spec["material"]]
         layers.append(Layer(id=i, kind="cartesian", **spec))
         z = spec["z_front"] + spec["thickness"]
-    return Geometry(name=name, layers=tuple(layers), upstream_X0=upstream_X0, description=description)
+    return Geometry(name=name, layers=tuple(layers), upstream_X0=upstream_X0, description=description,
+                    **geometry_fields)
+
+
+# CaloGAN's GEANT4 detector (Paganini, de Oliveira, Nachman, PRL 120 (2018) 042003 and
+# PRD 97 (2018) 014021): a 480 mm cube of lead absorber and liquid-argon active medium,
+# 2 mm Pb + 4 mm LAr per sampling cell, read out in layers 90 / 347 / 43 mm deep.
+# 90 mm = 15 cells exactly; 347 and 43 mm are not multiples of 6 mm, so those layers hold
+# 58 cells of 5.983 mm and 7 cells of 6.143 mm, Pb : LAr kept at 1 : 2 (_fill: < 2.5 % off
+# the nominal 2 / 4 mm, same X0 per mm and sampling fraction).  A partial last cell would
+# need the whole layer spelt out slab by slab (116 slabs), more than the Geant4
+# application's 64 slabs per cell.
+# Cell: 2/5.612 + 4/140 = 0.385 X0 → 30.8 X0 in all (the effective calogan-pb-lar: 480/15.6).
+_CALOGAN_CELL = (Slab("G4_Pb", 2.0), Slab("G4_lAr", 4.0, active=True))
 
 
 def _calogan() -> Geometry:
@@ -573,11 +785,15 @@ def _calogan() -> Geometry:
     return _cartesian(
         "calogan",
         [
-            dict(name="layer_0", thickness=90.0, nx=96, ny=3, cell_x=5.0, cell_y=160.0, **common),
-            dict(name="layer_1", thickness=347.0, nx=12, ny=12, cell_x=40.0, cell_y=40.0, **common),
-            dict(name="layer_2", thickness=43.0, nx=6, ny=12, cell_x=80.0, cell_y=40.0, **common),
+            dict(name="layer_0", thickness=90.0, nx=96, ny=3, cell_x=5.0, cell_y=160.0,
+                 sampling=_fill(90.0, _CALOGAN_CELL), **common),
+            dict(name="layer_1", thickness=347.0, nx=12, ny=12, cell_x=40.0, cell_y=40.0,
+                 sampling=_fill(347.0, _CALOGAN_CELL), **common),
+            dict(name="layer_2", thickness=43.0, nx=6, ny=12, cell_x=80.0, cell_y=40.0,
+                 sampling=_fill(43.0, _CALOGAN_CELL), **common),
         ],
         "CaloGAN 3-layer LAr/Pb sampling calorimeter (3×96, 12×12, 12×6 cells)",
+        half_width=240.0,  # the 480 mm cube: showers leak out of its sides as in CaloGAN
     )
 
 
@@ -588,29 +804,58 @@ def _atlas_4layer() -> Geometry:
         "atlas-4layer",
         [
             dict(name="presampler", z_front=0.0, thickness=11.0, nx=7, ny=3, cell_x=37.5, cell_y=150.0,
-                 material=ps, sampling_fraction=0.25, sampling_term=0.3),
+                 material=ps, sampling_fraction=0.25, sampling_term=0.3,
+                 sampling=_fill(11.0, _ATLAS_PRESAMPLER_CELL)),
             dict(name="strips", z_front=40.0, thickness=84.0, nx=56, ny=3, cell_x=4.6875, cell_y=150.0,
-                 material=lar, sampling_fraction=0.18, sampling_term=0.10),
+                 material=lar, sampling_fraction=0.18, sampling_term=0.10, sampling=_fill(84.0, _ATLAS_EM_CELL)),
             dict(name="middle", thickness=312.0, nx=7, ny=7, cell_x=37.5, cell_y=37.5,
-                 material=lar, sampling_fraction=0.18, sampling_term=0.10),
+                 material=lar, sampling_fraction=0.18, sampling_term=0.10, sampling=_fill(312.0, _ATLAS_EM_CELL)),
             dict(name="back", thickness=39.0, nx=4, ny=7, cell_x=75.0, cell_y=37.5,
-                 material=lar, sampling_fraction=0.18, sampling_term=0.10),
+                 material=lar, sampling_fraction=0.18, sampling_term=0.10, sampling=_fill(39.0, _ATLAS_EM_CELL)),
         ],
-        "ATLAS-like EM barrel: presampler 7×3, strips 56×3, middle 7×7, back 4×7 (266 cells)",
+        "ATLAS-like EM barrel: presampler 7×3, strips 56×3, middle 7×7, back 4×7 (266 cells)" + _ATLAS_NOTE,
         upstream_X0=2.0,
+        upstream=_ATLAS_UPSTREAM,
     )
+
+
+# 3DGAN's CLIC ECAL (Khattak, Vallecorsa et al., ACAT 2019: "1.5 m inner radius, 5 mm × 5 mm
+# segmentation: 25 tungsten absorber layers + silicon sensors").  The paper gives no
+# thicknesses; the CLIC detector model with those numbers (CLIC NDM ECAL barrel, CERN twiki
+# CLIC/ClicNDM_ECal: inner r 1500 mm, 5.1 mm Si pads, 25 layers: 17 × 2.4 mm W then
+# 8 × 4.8 mm W, ≈ 23 X0) sets the absorbers; 0.5 mm Si sensors as in CLICdet (CLICdp-Note-2017-001).
+# The preset keeps its 25 uniform 5 mm readout layers, so:
+#   front 17 layers: 2.4 W + 0.5 Si* + 0.2 G4_KAPTON (PCB) + 0.1 G4_Cu (traces) + 1.8 G4_AIR (gap)
+#   back 8 layers:   4.4 W + 0.5 Si* + 0.1 G4_KAPTON — the W is 4.4 mm, not 4.8, to fit 5 mm.
+# Total W 76 mm (as CLICdet's 40 × 1.9 mm); ≈ 22.0 X0 (the effective clic-w-si says 25).
+_CLIC_FRONT = (Slab("G4_W", 2.4), Slab("G4_Si", 0.5, active=True), Slab("G4_KAPTON", 0.2), Slab("G4_Cu", 0.1),
+               Slab("G4_AIR", 1.8))
+_CLIC_BACK = (Slab("G4_W", 4.4), Slab("G4_Si", 0.5, active=True), Slab("G4_KAPTON", 0.1))
+
+
+def _clic_layers(n: int) -> list[dict]:
+    return [
+        dict(name=f"L{i}", thickness=5.0, nx=n, ny=n, cell_x=5.0, cell_y=5.0,
+             material="clic-w-si", sampling_fraction=0.013, sampling_term=0.17,
+             sampling=Sampling(slabs=_CLIC_FRONT if i < 17 else _CLIC_BACK))
+        for i in range(25)
+    ]
 
 
 def _clic() -> Geometry:
     return _cartesian(
         "clic",
-        [
-            dict(name=f"L{i}", thickness=5.0, nx=25, ny=25, cell_x=5.0, cell_y=5.0,
-                 material="clic-w-si", sampling_fraction=0.013, sampling_term=0.17)
-            for i in range(25)
-        ],
+        _clic_layers(25),
         "CLIC-like Si-W ECAL: 25 layers of 25×25 cells, 5 mm pitch (≈25 X0)",
     )
+
+
+# BIB-AE's ILD Si-W ECAL (McKeown et al. 2023: "30 layers of alternating active (Si) and
+# passive (W) material, 5×5 mm² silicon cells").  ILD's ECAL model (ILD LoI / DBD, ILD_l5):
+# 20 layers with 2.1 mm W, then 10 with 4.2 mm W, 0.5 mm Si sensors; the rest of each
+# readout layer (1.3 mm) is the slab's PCB, copper and air: 0.8 mm G4_KAPTON (FR4 stand-in),
+# 0.1 mm G4_Cu, 0.4 mm G4_AIR.  3.9 = 2.1 + 1.8 and 6.0 = 4.2 + 1.8 mm; ≈ 24.4 X0.
+_ILD_SERVICES = (Slab("G4_Si", 0.5, active=True), Slab("G4_KAPTON", 0.8), Slab("G4_Cu", 0.1), Slab("G4_AIR", 0.4))
 
 
 def _ild() -> Geometry:
@@ -628,6 +873,7 @@ def _ild() -> Geometry:
                 material="ild-w-si-front" if front else "ild-w-si-back",
                 sampling_fraction=0.012 if front else 0.007,
                 sampling_term=0.17,
+                sampling=Sampling(slabs=(Slab("G4_W", 2.1 if front else 4.2), *_ILD_SERVICES)),
             )
         )
     return _cartesian("ild", specs, "ILD-like Si-W ECAL: 30 layers of 30×30 cells, 5 mm pitch (≈24 X0)")
@@ -638,11 +884,7 @@ def _clic_angled() -> Geometry:
     # wider transverse window, 51 × 51 cells of 5 mm, over the same 25 layers
     return _cartesian(
         "clic-angled",
-        [
-            dict(name=f"L{i}", thickness=5.0, nx=51, ny=51, cell_x=5.0, cell_y=5.0,
-                 material="clic-w-si", sampling_fraction=0.013, sampling_term=0.17)
-            for i in range(25)
-        ],
+        _clic_layers(51),
         "CLIC-like Si-W ECAL for inclined showers: 25 layers of 51×51 cells, 5 mm pitch (≈25 X0)",
     )
 
@@ -723,7 +965,62 @@ def _layer_spec(where: str, raw: dict) -> dict:
     if spec.get("nx", 0) * spec.get("ny", 0) > _MAX_LAYER_BINS or spec.get("n_alpha", 1) * len(
             spec.get("r_edges", ())) > _MAX_LAYER_BINS:
         raise GeometryError(f"{where}: more than {_MAX_LAYER_BINS} voxels in one layer")
+    if spec.get("sampling") is not None:
+        spec["sampling"] = _sampling_spec(where, spec["sampling"])
     return spec
+
+
+_SLAB_KEYS = {"material", "thickness", "active"}
+_MAX_SLABS = 100_000  # slabs in one cell / repeats of a layer: beyond this a typo
+
+
+def _slab_spec(where: str, raw) -> Slab:
+    """One ``{material: G4_W, thickness: 1.4, active: false}`` mapping → :class:`Slab`."""
+    if not isinstance(raw, dict):
+        raise GeometryError(f"{where}: a slab must be a mapping like {{material: G4_W, thickness: 1.4}}, got {raw!r}")
+    unknown = set(raw) - _SLAB_KEYS
+    if unknown:
+        raise GeometryError(f"{where}: unknown slab key(s) {sorted(unknown)} (use material, thickness, active)")
+    for key in ("material", "thickness"):
+        if key not in raw:
+            raise GeometryError(f"{where}: every slab needs '{key}'")
+    material = raw["material"]
+    if not isinstance(material, str) or not _G4_MATERIAL.match(material):
+        raise GeometryError(f"{where}: slab material must be a Geant4 NIST name like G4_W, not {material!r}")
+    thickness = _number(where, "slab thickness", raw["thickness"], positive=True)
+    active = raw.get("active", False)
+    if not isinstance(active, bool):
+        raise GeometryError(f"{where}: slab active must be true or false, got {active!r}")
+    return Slab(material=material, thickness=thickness, active=active)
+
+
+def _slab_list(where: str, raw, key: str) -> tuple[Slab, ...]:
+    if not isinstance(raw, list) or len(raw) > _MAX_SLABS:
+        raise GeometryError(f"{where}: {key} must be a list of slabs ({{material, thickness, active}}), got {raw!r}")
+    return tuple(_slab_spec(where, item) for item in raw)
+
+
+def _sampling_spec(where: str, raw) -> Sampling:
+    """``{repeats: 2, slabs: [...]}`` → :class:`Sampling` (errors name ``where``)."""
+    if isinstance(raw, Sampling):
+        return raw
+    if not isinstance(raw, dict):
+        raise GeometryError(f"{where}: sampling must be a mapping {{repeats: N, slabs: [...]}}, got {raw!r}")
+    unknown = set(raw) - {"repeats", "slabs"}
+    if unknown:
+        raise GeometryError(f"{where}: unknown sampling key(s) {sorted(unknown)} (use repeats, slabs)")
+    if "slabs" not in raw:
+        raise GeometryError(f"{where}: sampling needs 'slabs'")
+    slabs = _slab_list(where, raw["slabs"], "sampling slabs")
+    if not slabs:
+        raise GeometryError(f"{where}: sampling slabs must not be empty")
+    repeats = _number(where, "sampling repeats", raw.get("repeats", 1), integer=True)
+    if repeats < 1 or repeats > _MAX_SLABS:
+        raise GeometryError(f"{where}: sampling repeats must be an integer from 1 to {_MAX_SLABS}, got {repeats}")
+    try:
+        return Sampling(slabs=slabs, repeats=repeats)
+    except GeometryError as exc:
+        raise GeometryError(f"{where}: {exc}") from None
 
 
 def geometry_from_dict(data: dict, where: str = "geometry") -> Geometry:
@@ -731,11 +1028,16 @@ def geometry_from_dict(data: dict, where: str = "geometry") -> Geometry:
 
     Layers may omit ``z_front`` (stacked one after another) and ``id`` (numbered in
     order); materials are given by name from :data:`MATERIALS` or defined in a
-    ``materials:`` block.
+    ``materials:`` block.  For the Geant4 engine a layer may declare its physical
+    ``sampling:`` structure (``{repeats: N, slabs: [{material: G4_W, thickness: 1.4},
+    {material: G4_Si, thickness: 0.3, active: true}]}``, N cells summing to the layer's
+    thickness), and the geometry its ``upstream:`` slabs, ``half_width`` [mm] and
+    ``readout_frame`` (``detector`` or ``particle``).
     """
     if not isinstance(data, dict):
         raise GeometryError(f"{where}: expected a mapping at the top level")
-    unknown = set(data) - {"name", "description", "particle", "upstream_X0", "materials", "layers"}
+    unknown = set(data) - {"name", "description", "particle", "upstream_X0", "materials", "layers",
+                           "upstream", "half_width", "readout_frame"}
     if unknown:
         raise GeometryError(f"{where}: unknown key(s) {sorted(unknown)}")
     materials = dict(MATERIALS)
@@ -780,6 +1082,11 @@ def geometry_from_dict(data: dict, where: str = "geometry") -> Geometry:
             raise GeometryError(f"{where}: {exc}") from None
         layers.append(layer)
         z = layer.z_front + layer.thickness
+    upstream = _slab_list(f"{where}: upstream", data.get("upstream") or [], "upstream")
+    half_width = _number(where, "half_width", data.get("half_width", 1000.0), positive=True)
+    readout_frame = data.get("readout_frame", "detector")
+    if readout_frame not in READOUT_FRAMES:
+        raise GeometryError(f"{where}: readout_frame must be 'detector' or 'particle', not {readout_frame!r}")
     try:
         return Geometry(
             name=_text(where, "name", data.get("name")) or "custom",
@@ -788,6 +1095,9 @@ def geometry_from_dict(data: dict, where: str = "geometry") -> Geometry:
             description=_text(where, "description", data.get("description")),
             particle=_text(where, "particle", data.get("particle")),
             source=where,
+            upstream=upstream,
+            half_width=half_width,
+            readout_frame=readout_frame,
         )
     except GeometryError as exc:
         raise GeometryError(exc.args[0] if str(exc).startswith(where) else f"{where}: {exc}") from None
@@ -802,6 +1112,21 @@ def geometry_from_yaml(path: str | Path) -> Geometry:
         layers:
           - {thickness: 3.5, material: clic-w-si, nx: 10, ny: 10, cell_x: 5, cell_y: 5}
           - {thickness: 3.5, material: clic-w-si, r_edges: [0, 5, 10, 20], n_alpha: 8}
+
+    With the physical structure the Geant4 engine needs::
+
+        name: my-siw
+        upstream: [{material: G4_Al, thickness: 10}]
+        layers:
+          - thickness: 3.4
+            material: w-si-calochallenge
+            nx: 10
+            ny: 10
+            cell_x: 5
+            cell_y: 5
+            sampling:
+              repeats: 2
+              slabs: [{material: G4_W, thickness: 1.4}, {material: G4_Si, thickness: 0.3, active: true}]
     """
     import yaml
 

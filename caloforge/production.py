@@ -41,6 +41,8 @@ __all__ = ["Shard", "shard_rows", "request_digest", "model_digest", "generate_pr
 
 # attributes that every part of one production must share (checked by merge_shards)
 PROVENANCE_KEYS = ("model_sha256", "geometry", "seed", "batch_size", "n_total", "request_sha256", "shard_count")
+# the same for shards of a simulation (caloforge simulate --shard K/N)
+SIMULATION_PROVENANCE_KEYS = ("plan_sha256", "engine", "geometry", "seed", "energy_scale", "n_total", "shard_count")
 _SHARD_KEYS = ("shard_index", "shard_count", "first_row")
 
 
@@ -164,6 +166,24 @@ def generate_production(model, path: str | Path, incident_energy, *,
     return Path(path), hi - lo
 
 
+def simulation_shard(tasks: Sequence, shard: Shard, plan_sha256: str) -> tuple[list, dict]:
+    """Shard ``shard`` of a simulation plan's blocks: ``(its blocks, file attributes)``.
+
+    A shard is a contiguous range of whole blocks (shard K of B blocks: ⌊(K−1)·B/N⌋ …
+    ⌊K·B/N⌋ − 1); each block has its own random stream, so the merged shards are the
+    unsharded file, row for row."""
+    n_blocks = len(tasks)
+    b0, b1 = (shard.index - 1) * n_blocks // shard.count, shard.index * n_blocks // shard.count
+    sizes = [t.part.n for t in tasks]
+    first, end = sum(sizes[:b0]), sum(sizes[:b1])
+    if b1 == b0:
+        warnings.warn(f"shard {shard} holds no showers: the plan has only {n_blocks} blocks; use fewer shards",
+                      EmptyShardWarning, stacklevel=3)
+    attrs = {"shard_index": shard.index, "shard_count": shard.count, "first_row": int(first), "end_row": int(end),
+             "n_total": int(sum(sizes)), "plan_sha256": plan_sha256}
+    return list(tasks[b0:b1]), attrs
+
+
 # ----------------------------------------------------------------------------------
 # Merging
 # ----------------------------------------------------------------------------------
@@ -180,11 +200,14 @@ def _read_part(path: Path) -> dict:
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
         rows, n_voxels = f["showers"].shape
         names = sorted(k for k in f.keys() if k not in ("incident_energies", "showers"))
-    missing = [k for k in (*PROVENANCE_KEYS, *_SHARD_KEYS) if k not in attrs]
+    simulated = attrs.get("generator") == "caloforge.simulate"
+    keys = SIMULATION_PROVENANCE_KEYS if simulated else PROVENANCE_KEYS
+    missing = [k for k in (*keys, *_SHARD_KEYS) if k not in attrs]
     if missing:
         what = "not a shard (no shard_index attribute)" if "shard_index" in missing else f"no {missing[0]} attribute"
-        raise DataError(f"{path}: {what}; shards are written by caloforge generate ... --shard K/N")
-    return {"path": path, "attrs": attrs, "rows": int(rows), "n_voxels": int(n_voxels), "conditions": names}
+        raise DataError(f"{path}: {what}; shards are written by caloforge generate/simulate ... --shard K/N")
+    return {"path": path, "attrs": attrs, "rows": int(rows), "n_voxels": int(n_voxels), "conditions": names,
+            "keys": keys, "simulated": simulated}
 
 
 def merge_shards(parts: Sequence[str | Path], output: str | Path, *, progress: bool = False) -> tuple[Path, int]:
@@ -208,18 +231,23 @@ def merge_shards(parts: Sequence[str | Path], output: str | Path, *, progress: b
             raise ConfigError(f"{output}: the output is one of the shards; choose another file")
     first = infos[0]
     for info in infos[1:]:
-        for key in PROVENANCE_KEYS:
+        if info["simulated"] != first["simulated"]:
+            raise DataError(f"{info['path']}: a {'simulated' if info['simulated'] else 'generated'} shard cannot "
+                            f"join the {'simulated' if first['simulated'] else 'generated'} {first['path']}")
+        for key in first["keys"]:
             a, b = first["attrs"][key], info["attrs"][key]
             if a != b:
                 what = {"model_sha256": "a different model", "request_sha256": "a different request (energies "
                         "or conditions)", "seed": "another --seed", "batch_size": "another --batch-size",
                         "n_total": "a request of another size", "shard_count": "another number of shards",
-                        "geometry": "another geometry"}[key]
+                        "geometry": "another geometry", "engine": "another engine",
+                        "energy_scale": "another energy scale", "plan_sha256": "a different plan (geometry, "
+                        "particles, energies, angles, engine build or calibration)"}[key]
                 raise DataError(f"{info['path']}: made with {what} than {first['path']} ({key} {b} ≠ {a})")
         for key in ("n_voxels", "conditions"):
             if info[key] != first[key]:
                 raise DataError(f"{info['path']}: {key} {info[key]} ≠ {first[key]} of {first['path']}")
-    count, n_total, batch_size = (int(first["attrs"][k]) for k in ("shard_count", "n_total", "batch_size"))
+    count, n_total = int(first["attrs"]["shard_count"]), int(first["attrs"]["n_total"])
     by_index: dict[int, dict] = {}
     for info in infos:
         k = int(info["attrs"]["shard_index"])
@@ -230,20 +258,31 @@ def merge_shards(parts: Sequence[str | Path], output: str | Path, *, progress: b
     if missing:
         raise DataError(f"shard{'s' if len(missing) > 1 else ''} {', '.join(f'{k}/{count}' for k in missing)} "
                         f"missing (given {len(infos)} of {count})")
+    if first["simulated"]:  # a simulation's shards: whole blocks that must tile 0 … n_total
+        end = 0
+        for k in range(1, count + 1):
+            info = by_index[k]
+            lo, hi = int(info["attrs"]["first_row"]), int(info["attrs"].get("end_row", -1))
+            if lo != end or info["rows"] != hi - lo:
+                raise DataError(f"{info['path']}: shard {k}/{count} should hold rows {end}…{hi - 1}, it holds "
+                                f"{info['rows']} from row {lo} (incomplete file?)")
+            end = hi
+        if end != n_total:
+            raise DataError(f"the shards hold {end} of the plan's {n_total} showers")
     digest = _Digest(first["conditions"])
-    for k in range(1, count + 1):
+    for k in range(1, count + 1) if not first["simulated"] else ():
         info = by_index[k]
-        lo, hi, _ = shard_rows(n_total, batch_size, Shard(k, count))
+        lo, hi, _ = shard_rows(n_total, int(first["attrs"]["batch_size"]), Shard(k, count))
         if info["rows"] != hi - lo or int(info["attrs"]["first_row"]) != lo:
             raise DataError(f"{info['path']}: shard {k}/{count} should hold rows {lo}…{hi - 1} ({hi - lo} showers), "
                             f"it holds {info['rows']} from row {info['attrs']['first_row']} (incomplete file?)")
         with h5py.File(info["path"], "r") as f:  # energies and conditions only, never the voxels
             digest.update(f["incident_energies"][:].reshape(-1),
                           {name: f[name][:].reshape(-1) for name in first["conditions"]})
-    if digest.hexdigest() != first["attrs"]["request_sha256"]:
+    if not first["simulated"] and digest.hexdigest() != first["attrs"]["request_sha256"]:
         raise DataError("the shards' energies/conditions do not make up the request they were generated for "
                         "(request_sha256 differs); a shard file was altered")
-    attrs = {k: v for k, v in first["attrs"].items() if k not in _SHARD_KEYS}
+    attrs = {k: v for k, v in first["attrs"].items() if k not in (*_SHARD_KEYS, "end_row")}
     with Progress("merge", n_total, enabled=progress, unit="showers", interval=10.0) as bar:
         with ShowerWriter(output, first["n_voxels"], conditions=tuple(first["conditions"]), attrs=attrs) as w:
             for k in range(1, count + 1):

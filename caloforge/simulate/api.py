@@ -205,8 +205,14 @@ def _check_angles(part: Part) -> Part:
 # ----------------------------------------------------------------------------------
 # Blocks
 # ----------------------------------------------------------------------------------
-def block_size(geometry: Geometry) -> int:
-    """Showers per block (and per random stream): depends on the geometry only."""
+def block_size(geometry: Geometry, engine: str = "gflash") -> int:
+    """Showers per block (and per random stream): depends on the geometry and the engine only.
+    Geant4 blocks are small: a shower costs ~8 ms per GeV there, and a block is the unit a
+    stopped run keeps."""
+    if engine == "geant4":
+        from caloforge.geant4.engine import BLOCK_SIZE
+
+        return BLOCK_SIZE
     return int(np.clip(2**20 // geometry.n_voxels, 16, 512))
 
 
@@ -306,9 +312,8 @@ def _showers(stack: Stack, particle: str, rng: np.random.Generator, energy: np.n
     return showers
 
 
-def simulate_block(stack: Stack, task: _Task, seed: int) -> ShowerData:
-    """Simulate one block; every random number comes from the block's own stream."""
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), task.stream, task.block]))
+def _block_conditions(stack: Stack, task: _Task, rng: np.random.Generator):
+    """Energies, angles and impact points of a block, drawn from its stream (the same for every engine)."""
     part, n = task.part, task.part.n
     energy = part.energies.sample(rng, n) if isinstance(part.energies, EnergySpec) else np.asarray(part.energies, float)
     theta = _draw(rng, part.theta, n, math.pi / 2)
@@ -321,6 +326,18 @@ def simulate_block(stack: Stack, task: _Task, seed: int) -> ShowerData:
         impact = (-zc * slope[0], -zc * slope[1])
     else:
         impact = (_draw(rng, part.impact[0], n, 0.0), _draw(rng, part.impact[1], n, 0.0))
+    return energy, theta, phi, cos_tilt, slope, impact
+
+
+def _block_rng(task: _Task, seed: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), task.stream, task.block]))
+
+
+def simulate_block(stack: Stack, task: _Task, seed: int) -> ShowerData:
+    """Simulate one block; every random number comes from the block's own stream."""
+    rng = _block_rng(task, seed)
+    part, n = task.part, task.part.n
+    energy, theta, phi, cos_tilt, slope, impact = _block_conditions(stack, task, rng)
     geo, cap = stack.geometry, spot_cap(stack.geometry)
     # bound memory: sub-batches of at most MAX_SPOTS spots, drawn in order from the same stream
     est = capped_spots(n_spots(energy, stack.main.Z, stack.sampling), MIN_SPOTS, cap)
@@ -339,23 +356,74 @@ def simulate_block(stack: Stack, task: _Task, seed: int) -> ShowerData:
     return ShowerData(energy, showers, cond)
 
 
+def simulate_block_geant4(stack: Stack, engine, task: _Task, seed: int) -> ShowerData:
+    """One block through Geant4 (:class:`caloforge.geant4.engine.Geant4Engine`): the block's
+    conditions as :func:`simulate_block` draws them, then one Geant4 seed per shower."""
+    rng = _block_rng(task, seed)
+    energy, theta, phi, _, _, impact = _block_conditions(stack, task, rng)
+    seeds = rng.integers(1, 2**63 - 1, task.part.n, dtype=np.uint64)
+    showers, _ = engine.showers(task.part.particle, seeds, energy, theta, phi,
+                                np.asarray(impact[0], float), np.asarray(impact[1], float))
+    cond = {"incident_theta": theta, "incident_phi": phi, "impact_x": impact[0], "impact_y": impact[1]}
+    return ShowerData(energy, showers, cond)
+
+
 # ----------------------------------------------------------------------------------
 # Running blocks, in order, on worker processes
 # ----------------------------------------------------------------------------------
-_WORKER_STACK: Stack | None = None
+ENGINES = ("gflash", "geant4")
 
 
-def _init_worker(geometry: Geometry) -> None:
-    global _WORKER_STACK
+@dataclass(frozen=True)
+class EngineSetup:
+    """Which engine simulates the blocks, and what its workers need (picklable).
+
+    ``gflash``: the parametrised simulator of this package.  ``geant4``: the compiled
+    application (``build``: :class:`caloforge.geant4.build.Build`), with the measured
+    per-layer sampling fractions of a calibrated file (``fractions``) and the production cut."""
+
+    name: str = "gflash"
+    build: object = None
+    fractions: tuple[float, ...] | None = None
+    cut_mm: float = 0.7
+
+
+class _BlockRunner:
+    """Simulates blocks with one engine; a worker process holds one (Geant4: one application)."""
+
+    def __init__(self, geometry: Geometry, engine: EngineSetup) -> None:
+        self.stack = Stack.build(geometry)
+        self.g4 = None
+        if engine.name == "geant4":
+            from caloforge.geant4.engine import Geant4Engine
+
+            fractions = None if engine.fractions is None else np.asarray(engine.fractions)
+            self.g4 = Geant4Engine.start(geometry, fractions, self.stack.threshold, engine.cut_mm, engine.build)
+
+    def __call__(self, task: _Task, seed: int) -> ShowerData:
+        if self.g4 is not None:
+            return simulate_block_geant4(self.stack, self.g4, task, seed)
+        return simulate_block(self.stack, task, seed)
+
+    def close(self) -> None:
+        if self.g4 is not None:
+            self.g4.close()
+
+
+_WORKER: _BlockRunner | None = None
+
+
+def _init_worker(geometry: Geometry, engine: EngineSetup = EngineSetup()) -> None:
+    global _WORKER
     # Ctrl-C is the parent's business: it cancels the queue and keeps the finished showers
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _WORKER_STACK = Stack.build(geometry)
+    _WORKER = _BlockRunner(geometry, engine)
 
 
 def _run_task(args: tuple[_Task, int]) -> ShowerData:
     task, seed = args
-    assert _WORKER_STACK is not None
-    return simulate_block(_WORKER_STACK, task, seed)
+    assert _WORKER is not None
+    return _WORKER(task, seed)
 
 
 def _start_method() -> str:
@@ -394,16 +462,20 @@ def _result(future) -> ShowerData:
             continue
 
 
-def _run_tasks(geo: Geometry, tasks: Sequence[_Task], seed: int, workers: int) -> Iterator[ShowerData]:
+def _run_tasks(geo: Geometry, tasks: Sequence[_Task], seed: int, workers: int,
+               engine: EngineSetup = EngineSetup()) -> Iterator[ShowerData]:
     """The tasks' blocks, in order: here, or on ``workers`` processes with a bounded window in flight."""
     if workers == 1:
-        stack = Stack.build(geo)
-        for t in tasks:
-            interrupt.check()
-            yield simulate_block(stack, t, seed)
+        runner = _BlockRunner(geo, engine)
+        try:
+            for t in tasks:
+                interrupt.check()
+                yield runner(t, seed)
+        finally:
+            runner.close()
         return
     ctx = multiprocessing.get_context(_start_method())
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(geo,))
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(geo, engine))
     try:
         pending: deque = deque()
         for t in tasks:
@@ -418,17 +490,83 @@ def _run_tasks(geo: Geometry, tasks: Sequence[_Task], seed: int, workers: int) -
     pool.shutdown(wait=True)
 
 
+def setup_engine(geometry: Geometry, parts: Sequence[Part], engine: str | EngineSetup = "gflash",
+                 energy_scale: str | None = None, cut_mm: float = 0.7) -> EngineSetup:
+    """Check ``engine`` against the plan and prepare it once, in the parent: for Geant4 the
+    build (compiled on first use) and, for a calibrated file, the measured sampling fractions."""
+    if isinstance(engine, EngineSetup):
+        return engine
+    name = str(engine).strip().lower()
+    if name not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}: use {' or '.join(ENGINES)}")
+    if name == "gflash":
+        return EngineSetup()
+    from caloforge.geant4.build import ensure_built
+    from caloforge.geant4.engine import sampling_fractions
+
+    if not (cut_mm > 0 and math.isfinite(cut_mm)):
+        raise ConfigError(f"production cut must be a positive length in mm, got {cut_mm}")
+    geometry.require_sampling()  # a layer without an absorber/active structure: one line, before building
+    build = ensure_built()
+    if any(p.particle == "pion" for p in parts) and build.info.get("physics") == "data-free-em":
+        raise ConfigError("pions need Geant4's hadronic physics and its data sets; this Geant4 build has the "
+                          "data-free electromagnetic list only (photons and electrons): build against a full "
+                          "Geant4 installation (geant4-config on PATH)")
+    fractions = None
+    if resolve_energy_scale(geometry, energy_scale) == "calibrated":
+        fractions = tuple(float(f) for f in sampling_fractions(geometry, build, cut_mm))
+    return EngineSetup("geant4", build, fractions, float(cut_mm))
+
+
+def plan_digest(geometry: Geometry, parts: Sequence[Part], engine: EngineSetup, energy_scale: str,
+                condition_names: Sequence[str] = ()) -> str:
+    """SHA-256 of everything that fixes a plan's showers but the seed: geometry, parts, engine
+    (and its build and calibration), energy convention, stored conditions."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+
+    def feed(value) -> None:
+        if isinstance(value, np.ndarray):
+            h.update(np.ascontiguousarray(value, dtype="<f8").tobytes())
+        elif isinstance(value, EnergySpec):
+            h.update(repr(value).encode())
+        else:
+            h.update(json.dumps(value, default=str).encode())
+        h.update(b"\0")
+
+    feed(geometry.to_dict())
+    for part in parts:
+        for value in (part.particle, part.n, part.energies, part.theta, part.phi, part.impact):
+            feed(np.asarray(value, float) if isinstance(value, (list, np.ndarray)) else value)
+    build = getattr(engine.build, "executable", None)  # its cache folder is named by the build's hash
+    feed([engine.name, Path(build).parent.name if build else "", engine.fractions, engine.cut_mm, energy_scale,
+          list(condition_names)])
+    return h.hexdigest()
+
+
+def plan_tasks(geometry: Geometry, parts: Sequence[Part], engine: str = "gflash",
+               calibrated: bool = False) -> list[_Task]:
+    """The plan's blocks in order: what a run (or a shard of it) simulates."""
+    return _tasks(parts, block_size(geometry, engine), calibrated)
+
+
 def iter_plan(geometry: Geometry | str, parts: Sequence[Part], seed: int = 0, workers: int | None = 1,
               progress: bool = False, description: str = "simulating",
-              energy_scale: str | None = None) -> Iterator[ShowerData]:
+              energy_scale: str | None = None, engine: str | EngineSetup = "gflash",
+              tasks: Sequence[_Task] | None = None) -> Iterator[ShowerData]:
     """Yield the plan's showers block by block, in order (conditions: all four, always).
-    ``energy_scale``: see :func:`resolve_energy_scale`."""
+    ``energy_scale``: see :func:`resolve_energy_scale`; ``engine``: ``"gflash"`` or ``"geant4"``
+    (or a prepared :class:`EngineSetup`); ``tasks``: a subset of the plan's blocks (a shard)."""
     geo = load_geometry(geometry)
     calibrated = resolve_energy_scale(geo, energy_scale) == "calibrated"
-    tasks = _tasks(parts, block_size(geo), calibrated)
+    setup = setup_engine(geo, parts, engine, energy_scale)
+    if tasks is None:
+        tasks = plan_tasks(geo, parts, setup.name, calibrated)
     workers = _default_workers() if workers is None or workers <= 0 else int(workers)
-    with (_progress(progress, description, sum(p.n for p in parts)) as update,
-          closing(_run_tasks(geo, tasks, seed, min(workers, max(len(tasks), 1)))) as blocks):
+    with (_progress(progress, description, sum(t.part.n for t in tasks)) as update,
+          closing(_run_tasks(geo, tasks, seed, min(workers, max(len(tasks), 1)), setup)) as blocks):
         for out in blocks:
             update(len(out))
             yield out
@@ -469,9 +607,10 @@ def _derive(block: ShowerData, derived: Derived | None) -> ShowerData:
 
 
 def simulate_plan(geometry: Geometry | str, parts: Sequence[Part], seed: int = 0, workers: int | None = 1,
-                  progress: bool = False, energy_scale: str | None = None, derived: Derived | None = None) -> ShowerData:
+                  progress: bool = False, energy_scale: str | None = None, derived: Derived | None = None,
+                  engine: str | EngineSetup = "gflash") -> ShowerData:
     """Simulate all parts into memory (conditions kept when any part sets them; ``derived``:
-    conditions computed from the simulated ones, see :data:`Derived`)."""
+    conditions computed from the simulated ones, see :data:`Derived`; ``engine``: see :func:`simulate`)."""
     geo = load_geometry(geometry)
     names = _condition_names(parts, derived)
     total = sum(p.n for p in parts)
@@ -479,7 +618,7 @@ def simulate_plan(geometry: Geometry | str, parts: Sequence[Part], seed: int = 0
     out = ShowerData(np.empty(total), np.empty((total, geo.n_voxels), np.float32),
                      {k: np.empty(total) for k in names})
     lo = 0
-    for block in iter_plan(geo, parts, seed, workers, progress, energy_scale=energy_scale):
+    for block in iter_plan(geo, parts, seed, workers, progress, energy_scale=energy_scale, engine=engine):
         block = _derive(block, derived)
         hi = lo + len(block)
         out.incident_energy[lo:hi] = block.incident_energy
@@ -503,6 +642,7 @@ def simulate(
     workers: int | None = 1,
     progress: bool = False,
     energy_scale: str | None = None,
+    engine: str = "gflash",
 ) -> ShowerData:
     """Simulate showers of ``particle`` in ``geometry``; returns :class:`~caloforge.io.ShowerData` (MeV).
 
@@ -520,6 +660,8 @@ def simulate(
     ``energy_scale``: ``"visible"`` (energy in the active medium) or ``"calibrated"``
     (divided by the sampling fraction); ``None`` follows the geometry's dataset
     (:data:`DATASET_ENERGY_SCALE`; user geometries: visible).
+    ``engine``: ``"gflash"`` (the parametrised simulator, default) or ``"geant4"`` (real
+    transport in the geometry's sampling structure: :mod:`caloforge.geant4`).
 
     >>> d = simulate("calogan", "photon", [10_000.0] * 4, seed=1, energy_scale="visible")
     >>> d.showers.shape, bool(0.1 < d.showers.sum(1).mean() / 1e4 < 0.25)
@@ -528,15 +670,22 @@ def simulate(
     True
     """
     part = make_part(particle, energies, n, theta, phi, impact)
-    return simulate_plan(geometry, [part], seed=seed, workers=workers, progress=progress, energy_scale=energy_scale)
+    return simulate_plan(geometry, [part], seed=seed, workers=workers, progress=progress, energy_scale=energy_scale,
+                         engine=engine)
 
 
 def write_plan(path: str | Path, geometry: Geometry | str, parts: Sequence[Part], seed: int = 0,
                workers: int | None = None, progress: bool = False, chunk: int = 4096,
-               attrs: dict | None = None, energy_scale: str | None = None, derived: Derived | None = None) -> int:
+               attrs: dict | None = None, energy_scale: str | None = None, derived: Derived | None = None,
+               engine: str | EngineSetup = "gflash", shard=None) -> int:
     """Stream a plan into a CaloChallenge HDF5 file (atomic). Returns the count.
 
     ``derived``: conditions computed from the simulated ones and stored too (:data:`Derived`).
+    ``engine``: ``"gflash"`` or ``"geant4"`` (the file records which, and for Geant4 its
+    version, physics list, production cut and calibration).  ``shard``
+    (:class:`caloforge.production.Shard`): write only shard K of N of the plan, a contiguous
+    range of whole blocks, for N batch jobs; ``caloforge merge`` joins them into the file the
+    unsharded run writes.
 
     Showers are appended every ``chunk`` showers or :data:`FLUSH_SECONDS`, whichever
     comes first; on Ctrl-C the finished ones are appended too and the file is left as
@@ -545,8 +694,21 @@ def write_plan(path: str | Path, geometry: Geometry | str, parts: Sequence[Part]
     geo = load_geometry(geometry)
     names = _condition_names(parts, derived)
     scale = resolve_energy_scale(geo, energy_scale)
+    setup = setup_engine(geo, parts, engine, scale)
     meta = {"generator": "caloforge.simulate", "geometry": geo.name, "seed": int(seed),
-            "particles": ",".join(sorted({p.particle for p in parts})), "energy_scale": scale}
+            "particles": ",".join(sorted({p.particle for p in parts})), "energy_scale": scale, "engine": setup.name}
+    if setup.name == "geant4":
+        from caloforge.geant4.engine import engine_attrs
+
+        meta.update(engine_attrs(setup.build, setup.cut_mm, setup.fractions))
+    tasks = plan_tasks(geo, parts, setup.name, scale == "calibrated")
+    digest = plan_digest(geo, parts, setup, scale, names)
+    meta.update(plan_sha256=digest, n_total=int(sum(t.part.n for t in tasks)))
+    if shard is not None:
+        from caloforge.production import simulation_shard
+
+        tasks, shard_attrs = simulation_shard(tasks, shard, digest)
+        meta.update(shard_attrs)
     meta.update(attrs or {})
     buf: list[ShowerData] = []
     buffered = 0
@@ -563,8 +725,8 @@ def write_plan(path: str | Path, geometry: Geometry | str, parts: Sequence[Part]
 
     with ShowerWriter(path, geo.n_voxels, conditions=names, attrs=meta) as writer:
         try:
-            for block in iter_plan(geo, parts, seed, workers, progress,
-                                   description=f"simulating → {Path(path).name}", energy_scale=scale):
+            for block in iter_plan(geo, parts, seed, workers, progress, description=f"simulating → {Path(path).name}",
+                                   energy_scale=scale, engine=setup, tasks=tasks):
                 buf.append(_derive(block, derived))
                 buffered += len(block)
                 # by size, and by time so that slow geometries keep their finished showers too
@@ -592,10 +754,11 @@ def simulate_to_file(
     progress: bool = False,
     chunk: int = 4096,
     energy_scale: str | None = None,
+    engine: str = "gflash",
 ) -> int:
     """Like :func:`simulate`, but streams into a CaloChallenge file in chunks of ``chunk``
     showers; an interrupted run leaves ``<stem>.partial.h5`` with the complete showers.
     Returns the number of showers written."""
     part = make_part(particle, energies, n, theta, phi, impact)
     return write_plan(path, geometry, [part], seed=seed, workers=workers, progress=progress, chunk=chunk,
-                      energy_scale=energy_scale)
+                      energy_scale=energy_scale, engine=engine)

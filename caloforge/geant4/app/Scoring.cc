@@ -1,0 +1,89 @@
+#include "Scoring.hh"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <unistd.h>
+
+namespace caloforge {
+
+void WriteAll(int fd, const void* data, std::size_t size) {
+  const char* p = static_cast<const char*>(data);
+  while (size) {
+    const ssize_t n = ::write(fd, p, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      std::fprintf(stderr, "error: cannot write results: %s\n", std::strerror(errno));
+      std::fflush(stderr);
+      ::_exit(2);
+    }
+    p += n;
+    size -= std::size_t(n);
+  }
+}
+
+double CpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+Scorer::Scorer(const Description& desc)
+    : fLayers(desc.layers),
+      fNLayers(unsigned(desc.layers.size())),
+      fParticleFrame(desc.particleFrame),
+      fActiveMask(desc.layers.size(), 0),
+      fActive(desc.layers.size()),
+      fPassive(desc.layers.size()),
+      fVoxels(desc.nVoxels) {
+  const double z0 = desc.layers.front().zFront;
+  for (std::size_t i = 0; i < desc.layers.size(); ++i) {
+    const LayerSpec& L = desc.layers[i];
+    for (std::size_t s = 0; s < L.slabs.size(); ++s)
+      if (L.slabs[s].active) fActiveMask[i] |= std::uint64_t(1) << s;
+    fDepthStart.push_back(L.zFront - z0);
+    fAnyReadout = fAnyReadout || L.nVoxels > 0;
+  }
+}
+
+void Scorer::BeginEvent(const G4ThreeVector& position, const G4ThreeVector& direction) {
+  std::fill(fActive.begin(), fActive.end(), 0.);
+  std::fill(fPassive.begin(), fPassive.end(), 0.);
+  std::fill(fVoxels.begin(), fVoxels.end(), 0.);
+  if (fParticleFrame) {
+    // The caller guarantees direction.z() != 0 in the particle frame.
+    fDir = direction.unit();
+    fEntry = position + ((fLayers.front().zFront - position.z()) / fDir.z()) * fDir;
+    // e1 = y x dir, e2 = dir x e1: (x, y) for dir = z, turning smoothly with the direction;
+    // along +-y (no entry point there anyway) fall back to e1 = x.
+    fE1 = G4ThreeVector(0, 1, 0).cross(fDir);
+    fE1 = fE1.mag2() > 1e-24 ? fE1.unit() : G4ThreeVector(1, 0, 0);
+    fE2 = fDir.cross(fE1);
+  }
+  fCpuStart = CpuSeconds();
+}
+
+void Scorer::AppendRecord(std::vector<char>& out) const {
+  const double cpu = CpuSeconds() - fCpuStart;
+  const std::size_t n = fActive.size();
+  const std::size_t start = out.size();
+  out.resize(start + 8 * (1 + 2 * n) + 4 * fVoxels.size());
+  char* p = out.data() + start;
+  std::memcpy(p, &cpu, 8);
+  std::memcpy(p + 8, fActive.data(), 8 * n);
+  std::memcpy(p + 8 + 8 * n, fPassive.data(), 8 * n);
+  char* v = p + 8 * (1 + 2 * n);  // summed in double, emitted as float32
+  for (std::size_t k = 0; k < fVoxels.size(); ++k) {
+    const float f = float(fVoxels[k]);
+    std::memcpy(v + 4 * k, &f, 4);
+  }
+}
+
+void EventAction::EndOfEventAction(const G4Event*) {
+  fBuffer.clear();
+  fScorer.AppendRecord(fBuffer);
+  WriteAll(fFd, fBuffer.data(), fBuffer.size());
+}
+
+}  // namespace caloforge
