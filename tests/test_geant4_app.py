@@ -36,7 +36,7 @@ def app():
 def describe(path: Path, *, n_layers=10, repeats=5, slabs=(("G4_Pb", 2.0, 0), ("G4_lAr", 5.0, 1)),
              readout=f"polar {len(EDGES) - 1} 4 " + " ".join(map(repr, EDGES)), frame="detector",
              half_width=1000.0, upstream=(), gap=0.0) -> Path:
-    """A description file (spec section 2): n_layers × repeats × slabs, back to back from z = 0."""
+    """A description file (docs/geant4.md, "The application"): n_layers × repeats × slabs, back to back from z = 0."""
     cell = sum(t for _, t, _ in slabs)
     lines = ["caloforge-geant4 1", "name test", f"frame {frame}", f"half_width {half_width!r}", "cut 0.7",
              f"upstream {len(upstream)}", *(f"slab {m} {t!r} {a}" for m, t, a in upstream), f"layers {n_layers}"]

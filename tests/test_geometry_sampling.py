@@ -342,7 +342,7 @@ def test_require_sampling_message() -> None:
 # the description file
 # ----------------------------------------------------------------------------------
 def parse_description(text: str) -> dict:
-    """A small independent reader of the description format (spec section 2)."""
+    """A small independent reader of the description format (docs/geant4.md, "The application")."""
     lines = [line.split() for line in text.splitlines()]
     it = iter(lines)
 

@@ -3,7 +3,7 @@
 :class:`Geant4Process` starts the compiled ``caloforge-g4`` program (:mod:`.build`) on a
 geometry description (:mod:`.description`) and asks it for showers block by block over
 its standard input; the program answers with binary records on its standard output
-(the protocol is documented in ``app/README.md``).  Geant4 transports the particles and
+(the protocol: ``docs/geant4.md``, "The application").  Geant4 transports the particles and
 scores the deposits; everything else (what to simulate, seeds, calibration, the file)
 stays in Python.
 

@@ -1,4 +1,4 @@
-// The geometry description the Python side writes (spec section 2), parsed and validated
+// The geometry description the Python side writes (docs/geant4.md, "The application"), parsed and validated
 // before any Geant4 object exists, so that a bad file fails fast with one clear line.
 #ifndef CALOFORGE_DESCRIPTION_HH
 #define CALOFORGE_DESCRIPTION_HH

@@ -1,5 +1,5 @@
 // Energy scoring: per layer active and passive energy, and active energy in the readout cells
-// (spec section 3), filled by the stepping action and written by the event action.
+// (docs/geant4.md, "The application"), filled by the stepping action and written by the event action.
 #ifndef CALOFORGE_SCORING_HH
 #define CALOFORGE_SCORING_HH
 

@@ -2,7 +2,7 @@
 //
 // A persistent Geant4 worker: builds the calorimeter of the description, writes a ready record,
 // then simulates blocks of events requested as text on stdin and writes binary event records on
-// stdout (protocol: caloforge's Geant4 interface spec, section 3). Geant4's own chatter goes
+// stdout (protocol: docs/geant4.md, "The application"). Geant4's own chatter goes
 // nowhere (or to stderr with CALOFORGE_G4_VERBOSE=1); failures are one "error: ..." line on
 // stderr and exit status 2.
 #include "ActionInitialization.hh"
