@@ -27,6 +27,13 @@ validation file, not on the held-out file of the table.  A run directory that al
 ``best/`` is evaluated without training (e.g. a model given its envelope by
 ``benchmarks/refit_envelope.py``).
 
+On Geant4 data (``--engine geant4``, docs/geant4.md): the DS2 detector with electrons log-uniform in
+1–100 GeV costs ≈ 0.17 CPU-s per shower (the mean shower is 21.5 GeV at ≈ 7.7 ms per GeV), so
+30 000 training + 10 000 held-out showers cost ≈ 1.9 CPU-hours once, before any training::
+
+    .venv/bin/python benchmarks/bench_flows.py --dataset ds2 --engine geant4 --energy-range 1GeV:100GeV \
+        --scale 0.3 --holdout-scale 0.1 --sim-workers 2 --minutes 60 --output runs/ds2-geant4
+
 Prints one markdown table (and writes ``table.md`` in ``--output``).
 """
 
@@ -56,15 +63,38 @@ def _log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-def _simulate(out: Path, scale: float, holdout_scale: float, seed: int,
-              dataset: str = "ds1-photons") -> tuple[Path, Path]:
-    from caloforge.simulate import simulate_preset_to_file
+def _simulate(out: Path, scale: float, holdout_scale: float, seed: int, dataset: str = "ds1-photons",
+              engine: str = "gflash", energy_range: str | None = None, workers: int = 1) -> tuple[Path, Path]:
+    """The training and held-out files: the preset's plan (or its particle over ``energy_range``,
+    log-uniform, with the preset's count × scale), simulated by ``engine``; the CPU time of each
+    simulation goes into ``simulation.json``."""
+    import resource
 
+    from caloforge.simulate import EnergySpec, get_preset, write_plan
+    from caloforge.simulate.api import make_part
+
+    preset = get_preset(dataset)
     train_file, holdout_file = out / "train.h5", out / "holdout.h5"
+    costs = json.loads((out / "simulation.json").read_text()) if (out / "simulation.json").exists() else {}
     for path, sc, sd in ((train_file, scale, seed), (holdout_file, holdout_scale, seed + 1000)):
-        if not path.exists():
-            _log(f"simulating {path.name} ({dataset}, scale {sc}, seed {sd})")
-            simulate_preset_to_file(path, dataset, seed=sd, scale=sc, workers=1)
+        if path.exists():
+            continue
+        parts = preset.parts(None, sc)
+        if energy_range:  # e.g. a Geant4 reference set that stops at 100 GeV
+            lo, _, hi = energy_range.partition(":")
+            n = sum(p.n for p in parts)
+            parts = [make_part(preset.default_particle, EnergySpec.parse(f"log:{lo}:{hi}"), n)]
+        _log(f"simulating {path.name} ({dataset}, {engine}, {sum(p.n for p in parts)} showers, seed {sd})")
+        before = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        t0 = time.perf_counter()
+        write_plan(path, preset.geometry, parts, seed=sd, workers=workers, energy_scale=preset.energy_scale,
+                   derived=preset.derived, engine=engine)
+        after = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before))
+        costs[path.name] = {"engine": engine, "showers": sum(p.n for p in parts), "energy_range": energy_range,
+                            "cpu_seconds": round(cpu, 1), "wall_seconds": round(time.perf_counter() - t0, 1)}
+        _log(f"  {cpu / 60:.1f} CPU-minutes")
+        (out / "simulation.json").write_text(json.dumps(costs, indent=1))
     return train_file, holdout_file
 
 
@@ -211,6 +241,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dataset", default="ds1-photons", choices=("ds1-photons", "ds1-pions", "ds2"),
                     help="the simulator preset trained and evaluated on (every config gets its geometry)")
+    ap.add_argument("--engine", default="gflash", choices=("gflash", "geant4"),
+                    help="the reference: the parametrised simulator or Geant4 (docs/geant4.md)")
+    ap.add_argument("--energy-range", default=None, metavar="LOW:HIGH",
+                    help="log-uniform incident energies instead of the preset's (e.g. 1GeV:100GeV for Geant4 DS2)")
+    ap.add_argument("--sim-workers", type=int, default=1, help="processes simulating the two files")
     ap.add_argument("--scale", type=float, default=1.0, help="training set: fraction of the preset")
     ap.add_argument("--holdout-scale", type=float, default=0.2, help="held-out set: fraction of the preset")
     ap.add_argument("--models", default=",".join(MODELS.values()), help="comma-separated shipped configs")
@@ -241,7 +276,8 @@ def main() -> None:
         (out / "table.md").write_text(text + "\n")
         print(text)
         return
-    train_file, holdout = _simulate(out, args.scale, args.holdout_scale, args.seed, args.dataset)
+    train_file, holdout = _simulate(out, args.scale, args.holdout_scale, args.seed, args.dataset, args.engine,
+                                    args.energy_range, args.sim_workers)
     overrides: dict[str, dict] = {}
     for config, key, value in _assignments(args.set):
         overrides.setdefault(config, {})[key] = json.loads(value)
