@@ -74,9 +74,11 @@ class Geant4Process:
         self._log = open(self.log_path, "wb")
         env = self.build.environ()
         try:
+            # its own session: a terminal's Ctrl-C or a batch system's signal to the group reaches
+            # caloforge, which stops it (end of input); it dies with its parent in any case (PDEATHSIG)
             self._proc = subprocess.Popen([str(self.build.executable), str(desc)], stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, stderr=self._log, env=env, bufsize=0,
-                                          start_new_session=False)
+                                          start_new_session=True)
         except OSError as exc:
             self.close()
             raise EngineError(f"{self.build.executable}: cannot start the Geant4 application ({exc.strerror})") from None
