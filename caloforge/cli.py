@@ -39,29 +39,30 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Decorator: CaloforgeError → one-line message + exit 2; Ctrl-C → exit 130."""
+    """Decorator: CaloforgeError → one-line message + its exit code (2, or 4 for a dead worker);
+    Ctrl-C, SIGTERM, SIGHUP → "interrupted" + exit 128 + the signal (130, 143, 129)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from caloforge.interrupt import handle_sigint
+        from caloforge import interrupt, lifeline
 
+        lifeline.arm_from_env()  # started by a caloforge parent (tune, the torchrun launcher): end with it
         try:
-            with handle_sigint():  # a Ctrl-C swallowed by a __del__ is re-raised, not lost
+            # a stop signal swallowed by a __del__ is re-raised, not lost; SIGTERM/SIGHUP act as Ctrl-C
+            with interrupt.handle_signals():
                 return fn(*args, **kwargs)
         except CaloforgeError as exc:
-            fail(str(exc).replace("\n", " "))
+            fail(str(exc).replace("\n", " "), code=exc.exit_code)
         except KeyboardInterrupt:
-            import signal
-
-            # the interrupt is being acted on: a second Ctrl-C (or one still queued) must not
-            # turn this clean exit 130 into a death by SIGINT half-way through
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # the stop is being acted on: a second signal (or one still queued) must not turn this
+            # clean exit into a death by signal half-way through
+            interrupt.ignore_stop_signals()
             err_console.print("[bold red]error:[/] interrupted", soft_wrap=True, markup=True)
             sys.stdout.flush()
             sys.stderr.flush()
-            # every with-block of the command has unwound (files renamed or removed); threads still
-            # computing (a feature pass, FPD) are abandoned rather than joined: exit 130 now
-            os._exit(130)
+            # every with-block of the command has unwound (files renamed or removed, worker processes
+            # ended); threads still computing (a feature pass, FPD) are abandoned rather than joined
+            os._exit(interrupt.exit_code())
 
     return wrapper
 
