@@ -8,7 +8,9 @@
   3 minutes and retried once by the next worker, which resumes its run directories;
 * ``journal:PATH`` (or a path ending ``.journal``/``.log``) — Optuna's journal file,
   an append-only log that many processes, also on several machines sharing a file
-  system (NFS), can use without a database server.
+  system (NFS), can use without a database server.  Optuna keeps no heartbeat there:
+  caloforge's workers write their own (:func:`caloforge.tuning.study.recover_stale_trials`),
+  so a dead worker's trial is retried there too.
 
 >>> describe_storage("postgresql://physicist:secret@db.example.org/tune")
 'postgresql://physicist:***@db.example.org/tune'
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import warnings
@@ -25,8 +28,17 @@ from caloforge.errors import ConfigError
 
 __all__ = ["open_storage", "describe_storage", "default_storage_url"]
 
-HEARTBEAT_S = 60
-GRACE_S = 180
+def _seconds(name: str, default: float) -> float:
+    """A duration from the environment (tests and impatient operators shorten the heartbeat)."""
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+# a worker's trials send a heartbeat; one silent for GRACE_S is taken for dead, failed and retried once
+HEARTBEAT_S = _seconds("CALOFORGE_TUNE_HEARTBEAT_S", 60)
+GRACE_S = _seconds("CALOFORGE_TUNE_GRACE_S", 180)
 _JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
 
 
@@ -101,8 +113,9 @@ def open_storage(url: str):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # the heartbeat API is marked experimental
-                    storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                                         grace_period=GRACE_S,
+                    storage = RDBStorage(url, engine_kwargs=engine_kwargs,
+                                         heartbeat_interval=max(1, int(HEARTBEAT_S)),
+                                         grace_period=max(2, int(GRACE_S)),
                                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
                 if sqlite_file:
                     _serialise_sqlite_transactions(storage.engine)
