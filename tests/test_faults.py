@@ -96,6 +96,19 @@ class Run:
     def __init__(self, args, cwd: Path, env: dict | None = None) -> None:
         self.p = _start(args, cwd, env)
         self.seen: set[int] = {self.p.pid}
+        self.err = ""  # stderr read so far (the progress lines say where the run is)
+
+    def stderr(self) -> str:
+        fd = self.p.stderr.fileno()
+        os.set_blocking(fd, False)
+        try:
+            while chunk := os.read(fd, 65536):  # the pipe itself: the text wrapper has buffered nothing
+                self.err += chunk.decode(errors="replace")
+        except BlockingIOError:
+            pass
+        finally:
+            os.set_blocking(fd, True)
+        return self.err
 
     def watch(self) -> set[int]:
         self.seen |= _tree(self.p.pid)
@@ -130,6 +143,7 @@ class Run:
     def finish(self, timeout: float = 120) -> tuple[int, str]:
         try:
             out, err = self.p.communicate(timeout=timeout)
+            err = self.err + err
         except subprocess.TimeoutExpired:
             self.kill_all()
             raise
@@ -160,6 +174,20 @@ def _clean_exit(rc: int, text: str, expected: int) -> None:
     assert "Traceback" not in text and "Exception ignored" not in text, text[-3000:]
     errors = [ln for ln in text.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1, text[-3000:]  # one line says what happened
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _temps(d: Path) -> list[str]:
@@ -344,9 +372,9 @@ def test_evaluate_under_stop_signals(tmp_path, train_files, fault):
     data = train_files["data"]
     out = tmp_path / "report"
     run = Run(["evaluate", "--reference", data, "--generated", data, "--geometry", "ds1-photons", "-o", out,
-               "--classifier"], tmp_path)
-    run.wait_for(lambda: out.is_dir(), timeout=120)
-    time.sleep(1.0)
+               "--classifier"], tmp_path)  # the classifier makes it a minute long: the signal lands mid-work
+    run.wait_for(lambda: "classifier" in run.stderr(), timeout=120)  # at work, past the imports
+    time.sleep(0.5)
     run.fault(fault)
     rc, text = run.finish()
     _clean_exit(rc, text, EXIT[fault])
@@ -436,7 +464,7 @@ def test_tune_sigterm_marks_the_trial_interrupted_and_the_next_worker_continues_
     rc, text = run.finish()
     _clean_exit(rc, text, 143)
     info = json.loads((study / "trials" / "trial-0000" / "trial.json").read_text())
-    assert info["state"] == "INTERRUPTED" and info["interrupted_by"] == "SIGTERM"
+    assert info["state"] == "INTERRUPTED" and info["interrupted_by"] == "SIGTERM", text
     stopped = max(int(p.name.split("-")[1]) for p in study.glob("trials/trial-0000/seed-*/checkpoints/iter-*"))
     done = subprocess.run([*CLI, *map(str, _tune_args(tune_files, study, "--trials", "1"))], env=ENV,
                           capture_output=True, text=True, timeout=300)
@@ -463,13 +491,15 @@ def postgres_url(tmp_path_factory):
     required = os.environ.get("CALOFORGE_REQUIRE_POSTGRES") == "1"
     bin_dir = _postgres_binaries()
     try:
-        import psycopg2  # noqa: F401
+        import psycopg  # noqa: F401  (SQLAlchemy's default PostgreSQL driver)
     except ImportError:
         bin_dir = None
     if bin_dir is None:
-        message = "PostgreSQL (Debian's postgresql package) or psycopg2 is not installed"
+        message = "PostgreSQL (Debian's postgresql package) or psycopg (the dev extra) is not installed"
         pytest.fail(message) if required else pytest.skip(message)
-    root = tmp_path_factory.mktemp("pg")
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="caloforge-pg-"))  # outside pytest's private (0700) root directory
     data, sock = root / "data", root / "sock"
     sock.mkdir()
     run_as: list[str] = []
@@ -482,27 +512,28 @@ def postgres_url(tmp_path_factory):
         for p in (root, sock):
             os.chown(p, pw.pw_uid, pw.pw_gid)
         run_as = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups", "--"]
-    subprocess.run([*run_as, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "tuner",
-                    "--no-sync"], check=True, capture_output=True, timeout=120)
+    init = subprocess.run([*run_as, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "tuner",
+                           "--no-sync"], capture_output=True, text=True, timeout=120)
+    assert init.returncode == 0, init.stdout + init.stderr
     port = 54000 + os.getpid() % 1000
     server = subprocess.Popen([*run_as, str(bin_dir / "postgres"), "-D", str(data), "-k", str(sock),
                                "-c", "listen_addresses=", "-p", str(port), "-c", "fsync=off"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"postgresql://tuner@/postgres?host={sock}&port={port}"
     try:
-        import psycopg2
+        import psycopg
 
         t0 = time.monotonic()
         while True:
             try:
-                psycopg2.connect(host=str(sock), port=port, user="tuner", dbname="postgres").close()
+                psycopg.connect(host=str(sock), port=port, user="tuner", dbname="postgres").close()
                 break
-            except psycopg2.OperationalError:
+            except psycopg.OperationalError:
                 assert server.poll() is None and time.monotonic() - t0 < 60, "PostgreSQL did not start"
                 time.sleep(0.2)
         yield url
     finally:
-        server.terminate()
+        server.send_signal(signal.SIGINT)  # "fast" shutdown: SIGTERM would wait for the sessions to end
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -3,7 +3,7 @@
 * nothing: ``sqlite:///DIR/study.db`` — embedded, one machine (a few workers on it);
 * ``sqlite:///path.db``, ``postgresql://user:pw@host/db``, ``mysql+pymysql://…`` — an
   SQLAlchemy URL (Optuna's RDB storage).  PostgreSQL is the choice for many workers
-  on many machines (install a driver, e.g. ``pip install psycopg2-binary``).  Workers
+  on many machines (install a driver: ``pip install 'psycopg[binary]'``, SQLAlchemy's default).  Workers
   send a heartbeat; a trial whose worker died (killed batch job) is marked failed after
   3 minutes and retried once by the next worker, which resumes its run directories;
 * ``journal:PATH`` (or a path ending ``.journal``/``.log``) — Optuna's journal file,
@@ -128,7 +128,7 @@ def open_storage(url: str):
                 time.sleep(1.0 + attempt)
     except ImportError as exc:
         raise ConfigError(f"--storage {shown}: the database driver is not installed ({exc}); e.g. "
-                          "pip install psycopg2-binary for PostgreSQL") from None
+                          "pip install 'psycopg[binary]' for PostgreSQL") from None
     except Exception as exc:  # SQLAlchemy's errors (unreachable host, bad credentials, bad URL)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         first = re.sub(r"\(Background on this error.*", "", first).strip()

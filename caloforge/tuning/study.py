@@ -421,16 +421,21 @@ def _objective_factory(ctx: dict):
             # stopped by a signal after its runs checkpointed: Optuna records it as failed; marked here
             # so that it is not counted as finished and is continued by the next worker
             name = signal.Signals(interrupt.last_signal() or signal.SIGINT).name
-            trial.set_user_attr(INTERRUPTED_ATTR, name)
-            trial_dir = Path(trial.user_attrs.get("trial_dir", "")) if "trial_dir" in trial.user_attrs else None
-            if trial_dir is not None and (trial_dir / "trial.json").exists():
-                info = json.loads((trial_dir / "trial.json").read_text())
-                info.update(state="INTERRUPTED", interrupted_by=name)
-                _write_json(trial_dir / "trial.json", info)
+            with interrupt.held():  # the pending signal must not cut this bookkeeping short
+                _mark_interrupted(trial, name)
             raise
         finally:
             if beat is not None:
                 beat.stop()
+
+    def _mark_interrupted(trial, name: str) -> None:
+        trial.set_user_attr(INTERRUPTED_ATTR, name)
+        attrs = trial.study._storage.get_trial(trial._trial_id).user_attrs  # as stored, not as cached
+        trial_dir = Path(attrs["trial_dir"]) if "trial_dir" in attrs else None
+        if trial_dir is not None and (trial_dir / "trial.json").exists():
+            info = json.loads((trial_dir / "trial.json").read_text())
+            info.update(state="INTERRUPTED", interrupted_by=name)
+            _write_json(trial_dir / "trial.json", info)
 
     def run_trial(trial) -> float:
         t0 = time.monotonic()
