@@ -39,29 +39,31 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Decorator: CaloforgeError → one-line message + exit 2; Ctrl-C → exit 130."""
+    """Decorator: CaloforgeError → one-line message + its exit code (2, or 4 for a dead worker);
+    Ctrl-C, SIGTERM, SIGHUP → "interrupted" + exit 128 + the signal (130, 143, 129)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from caloforge.interrupt import handle_sigint
+        from caloforge import interrupt, lifeline
 
+        lifeline.arm_from_env()  # started by a caloforge parent (tune, the torchrun launcher): end with it
         try:
-            with handle_sigint():  # a Ctrl-C swallowed by a __del__ is re-raised, not lost
+            # a stop signal swallowed by a __del__ is re-raised, not lost; SIGTERM/SIGHUP act as Ctrl-C
+            with interrupt.handle_signals():
                 return fn(*args, **kwargs)
         except CaloforgeError as exc:
-            fail(str(exc).replace("\n", " "))
+            fail(str(exc).replace("\n", " "), code=exc.exit_code)
         except KeyboardInterrupt:
-            import signal
-
-            # the interrupt is being acted on: a second Ctrl-C (or one still queued) must not
-            # turn this clean exit 130 into a death by SIGINT half-way through
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            err_console.print("[bold red]error:[/] interrupted", soft_wrap=True, markup=True)
+            # the stop is being acted on: a second signal (or one still queued) must not turn this
+            # clean exit into a death by signal half-way through
+            interrupt.ignore_stop_signals()
+            if "TORCHELASTIC_RUN_ID" not in os.environ:  # a training rank: its launcher says it, once
+                err_console.print("[bold red]error:[/] interrupted", soft_wrap=True, markup=True)
             sys.stdout.flush()
             sys.stderr.flush()
-            # every with-block of the command has unwound (files renamed or removed); threads still
-            # computing (a feature pass, FPD) are abandoned rather than joined: exit 130 now
-            os._exit(130)
+            # every with-block of the command has unwound (files renamed or removed, worker processes
+            # ended); threads still computing (a feature pass, FPD) are abandoned rather than joined
+            os._exit(interrupt.exit_code())
 
     return wrapper
 
@@ -417,8 +419,23 @@ def _launch_data_parallel(nproc: int) -> None:
             argv.append(arg)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"caloforge-{os.getpid()}",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from caloforge import interrupt, lifeline
+    from caloforge.errors import WorkerDied, describe_exit
+
+    import logging
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the one line below says it all
+    # the ranks run in sessions of their own: they end with this launcher however it ends (arm_from_env)
+    os.environ[lifeline.ENV] = str(os.getpid())
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "caloforge", *argv)
+    except SignalException as exc:
+        # the agent caught the stop signal (it installs its own handlers), sent SIGTERM to the ranks,
+        # which checkpointed and stopped: an interruption like any other
+        interrupt.record(exc.sigval)
+        raise KeyboardInterrupt from None
     except ChildFailedError as exc:
         # the root cause: a process that failed by itself, not one the agent stopped afterwards (SIGTERM)
         # nor one that stopped because it lost its peers (PEER_LOST): those all fail within the same
@@ -427,8 +444,14 @@ def _launch_data_parallel(nproc: int) -> None:
                or {r: f for r, f in exc.failures.items() if f.exitcode != -15} or exc.failures)
         rank, failure = min(own.items(), key=lambda item: (item[1].timestamp, item[0]))
         code = failure.exitcode
-        why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        fail(f"training process {rank} of {nproc} failed ({why}); the other processes were stopped", code=1)
+        if code is not None and code - 128 in interrupt.STOP_SIGNALS:  # a rank stopped by a signal, checkpointed
+            interrupt.record(code - 128)
+            raise KeyboardInterrupt from None
+        if code is not None and code < 0:  # killed from outside (the OOM killer): not the code's fault
+            raise WorkerDied(f"training process {rank} of {nproc} {describe_exit(code)}; the other processes "
+                             "were stopped; continue from the last checkpoint with --resume") from None
+        fail(f"training process {rank} of {nproc} failed ({describe_exit(code)}); the other processes were stopped",
+             code=1)
 
 
 @app.command("train")
@@ -480,8 +503,7 @@ def train_cmd(
                        threads=threads or None)
     except RuntimeError as exc:
         if world > 1 and _peer_lost(exc):  # a consequence of another rank's failure, not a cause
-            print(f"training process {os.environ.get('RANK', '?')} lost contact with the others: {exc}".splitlines()[0],
-                  file=sys.stderr)
+            # the launcher names the process that failed first, in one line
             raise SystemExit(PEER_LOST) from None
         raise
     if int(os.environ.get("RANK", "0")) != 0:

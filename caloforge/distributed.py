@@ -25,7 +25,7 @@ from typing import Iterable
 import torch
 
 __all__ = ["init_from_env", "is_distributed", "rank", "world_size", "is_main", "all_reduce_gradients",
-           "broadcast_buffers", "all_reduce_mean", "broadcast_flag", "all_gather_object", "barrier", "shutdown"]
+           "broadcast_buffers", "all_reduce_mean", "broadcast_flag", "any_flags", "all_gather_object", "barrier", "shutdown"]
 
 # a rank waits this long for a dead peer before giving up (torchrun's agent usually stops it sooner)
 TIMEOUT = datetime.timedelta(seconds=float(os.environ.get("CALOFORGE_DIST_TIMEOUT_S", "600")))
@@ -109,6 +109,16 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device)
     torch.distributed.broadcast(t, src=0)
     return bool(t.item())
+
+
+def any_flags(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag set on any rank (one small all_reduce): a stop signal that reached one rank stops all
+    on the same iteration."""
+    if not is_distributed():
+        return [bool(f) for f in flags]
+    t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
 
 
 def all_gather_object(obj) -> list:

@@ -546,7 +546,9 @@ def atomic_path(path: str | Path, keep_partial: bool = False) -> Iterator[Path]:
             os.replace(tmp_path, path)
     except BaseException as exc:
         # a partial file only for an interruption: after a failed write it may be inconsistent
-        if (keep_partial and isinstance(exc, KeyboardInterrupt) and tmp_path.exists()
+        # (a dead worker ends the run like an interruption: what was appended before is whole)
+        if (keep_partial and (isinstance(exc, KeyboardInterrupt) or getattr(exc, "keeps_partial", False))
+                and tmp_path.exists()
                 and tmp_path.stat().st_size > 0):
             os.replace(tmp_path, path.with_name(f"{path.stem}.partial{path.suffix}"))
         else:

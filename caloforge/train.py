@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from caloforge import checkpoint as ckpt
+from caloforge import interrupt
 from caloforge import distributed as dist
 from caloforge.config import BUDGET_CLOCKS, RunConfig, TrainingConfig, flatten, load_config, parse_duration
 from caloforge.errors import ConfigError, DataError
@@ -78,7 +79,8 @@ class TrainResult:
     last_checkpoint: Path | None
     iterations: int
     history: list[tuple[int, float]]
-    stopped: str  # "completed", "max_time", "diverged", "stopped" (by on_checkpoint)
+    stopped: str  # "completed", "max_time", "diverged", "stopped" (by on_checkpoint); a stop signal raises
+    # KeyboardInterrupt after a checkpoint of the last iteration
     message: str = ""
 
     @property
@@ -542,7 +544,9 @@ def _train_loop(cfg, tc, train_data, val_data, train_print, source, run_dir, res
     stopped, message = "completed", ""
     bar = Progress("train", total, start=iteration, enabled=progress and main, budget_s=budget_s)
     try:
-        with bar:
+        # stop signals (Ctrl-C, SIGTERM at a batch job's limit) are acted on between iterations only,
+        # with a checkpoint, so that --resume loses nothing; SIGUSR1 asks for a checkpoint and goes on
+        with interrupt.handle_sigint(), interrupt.held(), bar:
             while iteration < total:
                 losses = model.training_step(batches, optimizers, noise_rng)
                 dist.broadcast_buffers(model)
@@ -562,10 +566,17 @@ def _train_loop(cfg, tc, train_data, val_data, train_print, source, run_dir, res
                     if writer is not None:
                         for k in loss_names:
                             writer.add_scalar(f"loss/{k}", losses[k], iteration)
-                time_up = dist.broadcast_flag(budget_s is not None and budget_clock() - b0 >= budget_s, dev)
+                time_up, signalled, warned = dist.any_flags(
+                    [main and budget_s is not None and budget_clock() - b0 >= budget_s,
+                     interrupt.interrupted(), interrupt.take_warning()], dev)
                 best_text = f"  best {tc.select_by} {best_score:.4g}" if best_iteration is not None else ""
                 bar.update(iteration, "  ".join(f"{k} {losses[k]:+.3g}" for k in loss_names[:2]) + best_text)
-                if iteration % tc.checkpoint_every == 0 or iteration == total or time_up:
+                if signalled:
+                    stopped = "interrupted"
+                    if last_ckpt is None or last_ckpt.name != ckpt.checkpoint_name(iteration):
+                        last_ckpt = checkpoint(iteration)
+                    break
+                if iteration % tc.checkpoint_every == 0 or iteration == total or time_up or warned:
                     last_ckpt = checkpoint(iteration)
                     if main:
                         scores = history[-1]["scores"]
@@ -594,6 +605,15 @@ def _train_loop(cfg, tc, train_data, val_data, train_print, source, run_dir, res
         if writer is not None:
             writer.close()
 
+    if stopped == "interrupted":
+        if main:
+            import signal
+            import sys
+
+            name = signal.Signals(interrupt.last_signal() or signal.SIGINT).name
+            print(f"{name} at iteration {iteration}: checkpoint {last_ckpt} written; continue with --resume",
+                  file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
     best_path = run_dir / "best" if best_iteration is not None else None
     if not message:
         message = f"finished {iteration} iterations"

@@ -16,7 +16,6 @@ quoting the program's ``error:`` line, or naming the signal that killed it.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from caloforge.errors import EngineError
+from caloforge.errors import EngineError, Geant4Died, describe_exit
 from caloforge.geometry import Geometry
 
 from .build import Build, ensure_built
@@ -142,14 +141,9 @@ class Geant4Process:
             code = self._proc.wait()
         message = self.error_line()
         self.close()
-        if message:
+        if message:  # the application's own diagnosis: bad input, an exception inside Geant4
             raise EngineError(f"Geant4 {stage} in {self.geometry.name!r}: {message}")
-        if code < 0:
-            sig = signal.Signals(-code).name
-            why = " (out of memory?)" if -code == signal.SIGKILL else ""
-            raise EngineError(f"Geant4 process for {self.geometry.name!r} was killed by {sig}{why} while {stage}")
-        raise EngineError(f"Geant4 process for {self.geometry.name!r} stopped (exit {code}) while {stage}; "
-                          f"see its log {self.log_path}")
+        raise Geant4Died(f"the Geant4 process for {self.geometry.name!r} stopped while {stage}: {describe_exit(code)}")
 
     def error_line(self) -> str:
         """The application's own ``error:`` line, if it wrote one."""

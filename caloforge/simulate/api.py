@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures import TimeoutError as FuturesTimeout
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
@@ -26,7 +27,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from caloforge import interrupt
-from caloforge.errors import ConfigError
+from caloforge.errors import ConfigError, Geant4Died, WorkerDied, describe_exit
 from caloforge.geometry import Geometry, load_geometry
 from caloforge.io import CONDITION_NAMES, ShowerData, ShowerWriter
 
@@ -372,6 +373,9 @@ def simulate_block_geant4(stack: Stack, engine, task: _Task, seed: int) -> Showe
 # Running blocks, in order, on worker processes
 # ----------------------------------------------------------------------------------
 ENGINES = ("gflash", "geant4")
+# a worker killed by one of these may share its fate with the parent (a stop signal to the whole
+# process group): the parent then reports the interruption, not a dead worker
+_GROUP_SIGNALS = tuple(-s for s in interrupt.STOP_SIGNALS)
 
 
 @dataclass(frozen=True)
@@ -420,6 +424,27 @@ def _init_worker(geometry: Geometry, engine: EngineSetup = EngineSetup()) -> Non
     _WORKER = _BlockRunner(geometry, engine)
 
 
+def _worker_lifeline(parent_pid: int) -> None:
+    """A worker ends with the run: a forked worker inherits the parent's recording handlers, which
+    must not make ``terminate()`` a KeyboardInterrupt here; the batch system's early warning
+    (SIGUSR1, sent to every process of a job step) is the parent's; and the worker dies when the
+    parent does (kill -9, a crash), instead of blocking for good on the pool's queues."""
+    from caloforge import lifeline
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    if interrupt.WARNING_SIGNAL is not None:
+        signal.signal(interrupt.WARNING_SIGNAL, signal.SIG_IGN)
+    lifeline.die_with_parent(signal.SIGKILL, parent_pid)
+
+
+def _init_pool_worker(geometry: Geometry, parent_pid: int, engine: EngineSetup = EngineSetup()) -> None:
+    """The pool's initializer: the worker's lifeline, then :func:`_init_worker`."""
+    _worker_lifeline(parent_pid)
+    _init_worker(geometry, engine)
+
+
 def _run_task(args: tuple[_Task, int]) -> ShowerData:
     task, seed = args
     assert _WORKER is not None
@@ -438,18 +463,44 @@ def _default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-def _stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Cancel the queue and end the workers now: on Ctrl-C or an error, nobody waits for them."""
+def _pool_processes(pool: ProcessPoolExecutor) -> dict:
+    """The pool's worker processes (the executor's own dict: it fills as workers start; kept here
+    because ``shutdown()`` drops the executor's reference to it)."""
+    procs = getattr(pool, "_processes", None)
+    return procs if isinstance(procs, dict) else {}
+
+
+def _stop_pool(pool: ProcessPoolExecutor, processes: dict | None = None) -> None:
+    """Cancel the queue and end the workers now: on Ctrl-C, SIGTERM or an error nobody waits for
+    them, and none may be left behind (blocked on a queue lock or a full pipe) once the run ends."""
+    procs = list((processes if processes is not None else _pool_processes(pool)).values())
     pool.shutdown(wait=False, cancel_futures=True)
-    terminate = getattr(pool, "terminate_workers", None)  # Python ≥ 3.14
-    if terminate is not None:
-        terminate()
-        return
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        if proc.is_alive():
-            proc.terminate()
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        proc.join(timeout=5)
+    for proc in procs:  # they hold nothing worth keeping: the finished blocks are the parent's
+        if proc.exitcode is None:
+            try:
+                proc.kill()
+            except (OSError, ValueError):
+                pass
+    for proc in procs:
+        try:
+            proc.join(timeout=5)
+        except (OSError, ValueError, AssertionError):
+            pass
+
+
+def _dead_worker(processes: dict, workers: int) -> WorkerDied:
+    """The one-line error for a pool whose worker died: which one, and why it likely did."""
+    procs = list(processes.values())
+    deadline = time.monotonic() + 1.0  # the pool may notice the closed pipe before the exit is reaped
+    while not (dead := [p for p in procs if p.exitcode not in (None, 0)]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    own = [p for p in dead if p.exitcode != -signal.SIGTERM] or dead  # the pool SIGTERMs the others after
+    if own:
+        proc = own[0]
+        what = f"simulation worker (pid {proc.pid}, 1 of {workers}) {describe_exit(proc.exitcode)}"
+    else:
+        what = f"a simulation worker (1 of {workers}) died"
+    return WorkerDied(f"{what}; the run was stopped. Rerun with fewer --workers or more memory")
 
 
 def _result(future) -> ShowerData:
@@ -475,17 +526,26 @@ def _run_tasks(geo: Geometry, tasks: Sequence[_Task], seed: int, workers: int,
             runner.close()
         return
     ctx = multiprocessing.get_context(_start_method())
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(geo, engine))
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker,
+                               initargs=(geo, os.getpid(), engine))
+    processes = _pool_processes(pool)
     try:
         pending: deque = deque()
-        for t in tasks:
-            pending.append(pool.submit(_run_task, (t, seed)))
-            if len(pending) >= 2 * workers:
+        try:
+            for t in tasks:
+                pending.append(pool.submit(_run_task, (t, seed)))
+                if len(pending) >= 2 * workers:
+                    yield _result(pending.popleft())
+            while pending:
                 yield _result(pending.popleft())
-        while pending:
-            yield _result(pending.popleft())
-    except BaseException:  # Ctrl-C, an error, or the consumer closing the generator early
-        _stop_pool(pool)
+        except BrokenProcessPool:
+            err = _dead_worker(processes, workers)
+            if any(p.exitcode in _GROUP_SIGNALS for p in processes.values()):
+                time.sleep(0.5)  # a stop signal to the whole group reaches the parent about now
+            interrupt.check()  # that was it: an interruption, not a dead worker
+            raise err from None
+    except BaseException:  # a stop signal, an error, a dead worker, the consumer closing the generator early
+        _stop_pool(pool, processes)
         raise
     pool.shutdown(wait=True)
 
@@ -688,8 +748,9 @@ def write_plan(path: str | Path, geometry: Geometry | str, parts: Sequence[Part]
     unsharded run writes.
 
     Showers are appended every ``chunk`` showers or :data:`FLUSH_SECONDS`, whichever
-    comes first; on Ctrl-C the finished ones are appended too and the file is left as
-    ``<stem>.partial.h5`` holding whole showers.  The file's ``energy_scale`` attribute
+    comes first; on Ctrl-C (or SIGTERM, or a worker that died: :class:`~caloforge.errors.WorkerDied`)
+    the finished ones are appended too and the file is left as ``<stem>.partial.h5`` holding
+    whole showers.  The file's ``energy_scale`` attribute
     records the energy convention."""
     geo = load_geometry(geometry)
     names = _condition_names(parts, derived)
@@ -732,7 +793,7 @@ def write_plan(path: str | Path, geometry: Geometry | str, parts: Sequence[Part]
                 # by size, and by time so that slow geometries keep their finished showers too
                 if buffered >= chunk or time.monotonic() - last_flush > FLUSH_SECONDS:
                     flush(writer)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, WorkerDied, Geant4Died):
             flush(writer)  # the finished blocks go into FILE.partial.h5
             raise
         flush(writer)

@@ -3,12 +3,14 @@
 * nothing: ``sqlite:///DIR/study.db`` — embedded, one machine (a few workers on it);
 * ``sqlite:///path.db``, ``postgresql://user:pw@host/db``, ``mysql+pymysql://…`` — an
   SQLAlchemy URL (Optuna's RDB storage).  PostgreSQL is the choice for many workers
-  on many machines (install a driver, e.g. ``pip install psycopg2-binary``).  Workers
+  on many machines (install a driver: ``pip install 'psycopg[binary]'``, SQLAlchemy's default).  Workers
   send a heartbeat; a trial whose worker died (killed batch job) is marked failed after
   3 minutes and retried once by the next worker, which resumes its run directories;
 * ``journal:PATH`` (or a path ending ``.journal``/``.log``) — Optuna's journal file,
   an append-only log that many processes, also on several machines sharing a file
-  system (NFS), can use without a database server.
+  system (NFS), can use without a database server.  Optuna keeps no heartbeat there:
+  caloforge's workers write their own (:func:`caloforge.tuning.study.recover_stale_trials`),
+  so a dead worker's trial is retried there too.
 
 >>> describe_storage("postgresql://physicist:secret@db.example.org/tune")
 'postgresql://physicist:***@db.example.org/tune'
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import warnings
@@ -25,8 +28,17 @@ from caloforge.errors import ConfigError
 
 __all__ = ["open_storage", "describe_storage", "default_storage_url"]
 
-HEARTBEAT_S = 60
-GRACE_S = 180
+def _seconds(name: str, default: float) -> float:
+    """A duration from the environment (tests and impatient operators shorten the heartbeat)."""
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+# a worker's trials send a heartbeat; one silent for GRACE_S is taken for dead, failed and retried once
+HEARTBEAT_S = _seconds("CALOFORGE_TUNE_HEARTBEAT_S", 60)
+GRACE_S = _seconds("CALOFORGE_TUNE_GRACE_S", 180)
 _JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
 
 
@@ -101,8 +113,9 @@ def open_storage(url: str):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # the heartbeat API is marked experimental
-                    storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                                         grace_period=GRACE_S,
+                    storage = RDBStorage(url, engine_kwargs=engine_kwargs,
+                                         heartbeat_interval=max(1, int(HEARTBEAT_S)),
+                                         grace_period=max(2, int(GRACE_S)),
                                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
                 if sqlite_file:
                     _serialise_sqlite_transactions(storage.engine)
@@ -115,7 +128,7 @@ def open_storage(url: str):
                 time.sleep(1.0 + attempt)
     except ImportError as exc:
         raise ConfigError(f"--storage {shown}: the database driver is not installed ({exc}); e.g. "
-                          "pip install psycopg2-binary for PostgreSQL") from None
+                          "pip install 'psycopg[binary]' for PostgreSQL") from None
     except Exception as exc:  # SQLAlchemy's errors (unreachable host, bad credentials, bad URL)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         first = re.sub(r"\(Background on this error.*", "", first).strip()

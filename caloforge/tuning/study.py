@@ -15,8 +15,12 @@ of ``--seeds``, and reports the mean of the objective.  The study directory::
 
 A trial's run directories are plain training runs: ``caloforge train --config
 DIR/trials/trial-0012/config.yaml --data TRAIN.h5 -o DIR/trials/trial-0012/seed-0
---seed 0 --resume`` continues one, and a trial retried after its worker died (RDB
-storages, see :mod:`caloforge.tuning.storage`) resumes them itself.
+--seed 0 --resume`` continues one, and a trial retried after its worker died (killed
+batch job, out of memory: :func:`recover_stale_trials`) resumes them itself.  A worker
+stopped by a signal (Ctrl-C, SIGTERM at a batch job's limit) lets its training write a
+checkpoint, marks the trial ``interrupted`` (trial.json: ``INTERRUPTED``) and queues
+its continuation, which the next worker runs from those checkpoints; neither counts
+as a finished trial.
 
 Objective: ``--metric chi2_etot`` (default; or any checkpoint score the model reports,
 e.g. ``val_nll``) is the score of each seed's best checkpoint; ``auc``, ``auc_high``,
@@ -50,7 +54,7 @@ from caloforge.config import RunConfig, load_config, parse_duration
 from caloforge.errors import CaloforgeError, ConfigError
 from caloforge.tuning.space import SearchSpace, load_space
 
-__all__ = ["TuneOptions", "WorkerSummary", "run_worker", "EVALUATOR_METRICS", "SAMPLERS", "PRUNERS",
+__all__ = ["TuneOptions", "WorkerSummary", "run_worker", "recover_stale_trials", "EVALUATOR_METRICS", "SAMPLERS", "PRUNERS",
            "create_or_load_study", "trial_summary"]
 
 # evaluator metrics: name → how to read it from caloforge.evaluate.compare()'s metrics
@@ -64,6 +68,9 @@ EVALUATOR_METRICS = {
 SAMPLERS = ("tpe", "cmaes", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
 SETUP_ATTR = "caloforge_setup"
+INTERRUPTED_ATTR = "interrupted"  # the stop signal that interrupted the trial
+RESUMES_ATTR = "resumes_trial"  # a queued continuation: the number of the trial whose directory it resumes
+HEARTBEAT_ATTR = "caloforge_heartbeat"
 
 
 @dataclass
@@ -318,7 +325,12 @@ def _train_subprocess(cfg_path: Path, data_path: Path, run_dir: Path, seed: int,
         return out
 
     with open(log_path, "a") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        from caloforge.lifeline import child_env
+
+        # its own session (a Ctrl-C to the worker's group is the worker's to pass on), but it ends with
+        # this worker however the worker ends (child_env: caloforge's lifeline)
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=child_env())
         try:
             while True:
                 done = proc.poll() is not None
@@ -328,22 +340,33 @@ def _train_subprocess(cfg_path: Path, data_path: Path, run_dir: Path, seed: int,
                     break
                 time.sleep(1.0)
         except StopTraining:
-            os.killpg(proc.pid, signal.SIGTERM)  # the launcher and its training processes
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            _stop_group(proc, signal.SIGTERM)  # the launcher and its training processes
             return False
-        except BaseException:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        except BaseException:  # a stop signal: the training checkpoints and stops too (SIGTERM), then this
+            _stop_group(proc, signal.SIGTERM)
             raise
     if proc.returncode != 0:
         tail = log_path.read_text().strip().splitlines()[-1:] or [""]
         raise _TrialFailed(f"caloforge train --nproc {o.nproc_per_trial} exited with {proc.returncode} "
                            f"({tail[0][:200]}); log: {log_path}")
     return True
+
+
+def _stop_group(proc: subprocess.Popen, sig: int, timeout: float = 60.0) -> None:
+    """Send ``sig`` to the subprocess's session, wait for it (it writes a checkpoint), then kill what is left."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher's ranks, should any outlive it
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _format_params(params: dict) -> str:
@@ -386,11 +409,33 @@ def _objective_factory(ctx: dict):
     out: Path = ctx["output"]
 
     def objective(trial) -> float:
+        from caloforge import interrupt
+
+        beat = _Heartbeat(trial) if ctx["own_heartbeat"] else None
         try:
             return run_trial(trial)
         except _TrialFailed as exc:
             trial.set_user_attr("error", str(exc))
             raise
+        except KeyboardInterrupt:
+            # stopped by a signal after its runs checkpointed: Optuna records it as failed; marked here
+            # so that it is not counted as finished and is continued by the next worker
+            name = signal.Signals(interrupt.last_signal() or signal.SIGINT).name
+            with interrupt.held():  # the pending signal must not cut this bookkeeping short
+                _mark_interrupted(trial, name)
+            raise
+        finally:
+            if beat is not None:
+                beat.stop()
+
+    def _mark_interrupted(trial, name: str) -> None:
+        trial.set_user_attr(INTERRUPTED_ATTR, name)
+        attrs = trial.study._storage.get_trial(trial._trial_id).user_attrs  # as stored, not as cached
+        trial_dir = Path(attrs["trial_dir"]) if "trial_dir" in attrs else None
+        if trial_dir is not None and (trial_dir / "trial.json").exists():
+            info = json.loads((trial_dir / "trial.json").read_text())
+            info.update(state="INTERRUPTED", interrupted_by=name)
+            _write_json(trial_dir / "trial.json", info)
 
     def run_trial(trial) -> float:
         t0 = time.monotonic()
@@ -398,6 +443,8 @@ def _objective_factory(ctx: dict):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # experimental API
             root = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)  # a retry resumes the dead trial's runs
+        if root is None:  # the continuation of an interrupted trial (see _requeue_interrupted)
+            root = frozen.user_attrs.get(RESUMES_ATTR)
         number = trial.number if root is None else root
         params = space.suggest(trial)
         cfg = space.apply(base, params)
@@ -501,6 +548,126 @@ def _counts(study) -> dict[str, int]:
     return dict(Counter(t.state.name for t in study.get_trials(deepcopy=False)))
 
 
+class _Heartbeat:
+    """The trial's ``caloforge_heartbeat`` user attribute, renewed every HEARTBEAT_S from a thread, for
+    storages where Optuna keeps none (the journal file): :func:`recover_stale_trials` reads it."""
+
+    def __init__(self, trial) -> None:
+        import threading
+
+        from caloforge.tuning.storage import HEARTBEAT_S
+
+        self.storage, self.trial_id = trial.study._storage, trial._trial_id
+        self.done = threading.Event()
+        trial.set_user_attr("host", socket.gethostname())  # before the first beat: see _stale
+        trial.set_user_attr("pid", os.getpid())
+        self.beat()
+        self.thread = threading.Thread(target=self.run, args=(HEARTBEAT_S,), name="tune-heartbeat", daemon=True)
+        self.thread.start()
+
+    def beat(self) -> None:
+        self.storage.set_trial_user_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+
+    def run(self, interval: float) -> None:
+        while not self.done.wait(interval):
+            try:
+                self.beat()
+            except Exception:  # the trial finished meanwhile (UpdateFinishedTrialError): nothing to renew
+                return
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _stale(t, now: float, grace: float) -> bool:
+    """A RUNNING trial whose worker is gone: its process on this host has ended, or its heartbeat is old.
+    A retried trial starts with its dead predecessor's attributes: they count only once renewed."""
+    started = t.datetime_start.timestamp() if t.datetime_start is not None else now
+    beat = float(t.user_attrs.get(HEARTBEAT_ATTR, 0.0))
+    if beat < started:
+        return now - started > grace
+    pid = t.user_attrs.get("pid")  # set before the heartbeat: this run's worker
+    if t.user_attrs.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid():
+        if not _pid_alive(pid):
+            return True
+    return now - beat > grace
+
+
+def recover_stale_trials(study) -> list[int]:
+    """Fail the trials whose worker died (killed batch job, out of memory) and queue each for one retry,
+    which resumes its run directories.  RDB storages: Optuna's heartbeat; elsewhere (the journal
+    file): caloforge's own (:class:`_Heartbeat`, and a dead process on this host is seen at once)."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    from caloforge.tuning.storage import GRACE_S
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental API
+        if isinstance(study._storage, optuna.storages.RDBStorage):
+            optuna.storages.fail_stale_trials(study)  # and runs the retry callback
+            return []
+        now, failed = time.time(), []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if not _stale(t, now, GRACE_S):
+                continue
+            try:
+                if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker got there first (and retried it)
+            frozen = study._storage.get_trial(t._trial_id)
+            RetryHeartbeatStaleTrialCallback(max_retry=1)(study, frozen)
+            failed.append(t.number)
+        return failed
+
+
+def _requeue_interrupted(study, numbers: list[int], log: Callable[[str], None]) -> None:
+    """Queue the continuation of each interrupted trial: same parameters, same trial directory."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState, create_trial
+
+    for t in study.get_trials(deepcopy=False):
+        if t.number not in numbers or not t.user_attrs.get(INTERRUPTED_ATTR):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            root = RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
+        root = root if root is not None else t.user_attrs.get(RESUMES_ATTR, t.number)
+        study.add_trial(create_trial(state=TrialState.WAITING, params=t.params, distributions=t.distributions,
+                                     user_attrs={RESUMES_ATTR: root}))
+        log(f"trial {t.number}: interrupted ({t.user_attrs[INTERRUPTED_ATTR]}); queued to continue "
+            f"trials/trial-{root:04d} where its runs stopped")
+
+
+def _finished(trials) -> int:
+    """Trials that count towards --trials: complete, pruned, or failed for good (not a dead worker's
+    trial that was retried, nor an interrupted one that continues)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    continued = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in trials:
+            continued.update(RetryHeartbeatStaleTrialCallback.retry_history(t))
+    return sum(t.state.name in ("COMPLETE", "PRUNED") or (
+        t.state.name == "FAIL" and t.number not in continued and not t.user_attrs.get(INTERRUPTED_ATTR))
+        for t in trials)
+
+
 def run_worker(config, space_path, data_path, output, storage: str | None = None,
                options: TuneOptions | None = None, log: Callable[[str], None] = print) -> WorkerSummary:
     """Join (or start) the study and run trials until it holds ``options.trials`` finished ones."""
@@ -541,13 +708,14 @@ def run_worker(config, space_path, data_path, output, storage: str | None = None
         note = f" ({', '.join(outside)} outside the space: sampled)" if outside else ""
         log(f"trial 0 is the base config's settings{note}")
     ctx = {"options": o, "space": space, "base": base, "log": log, "output": output, "data": data,
-           "data_path": Path(data_path).resolve()}
+           "data_path": Path(data_path).resolve(),
+           "own_heartbeat": not isinstance(store, optuna.storages.RDBStorage)}
     objective = _objective_factory(ctx)
     t0 = time.monotonic()
-    done_states = {"COMPLETE", "PRUNED", "FAIL"}
     while True:
+        recover_stale_trials(study)  # before counting: a dead worker's trial is not running
         trials = study.get_trials(deepcopy=False)
-        finished = sum(t.state.name in done_states for t in trials)
+        finished = _finished(trials)
         running = sum(t.state.name == "RUNNING" for t in trials)
         if finished + running >= o.trials:
             summary.stopped = f"the study has {finished} finished trials of {o.trials}" + (
@@ -564,9 +732,18 @@ def run_worker(config, space_path, data_path, output, storage: str | None = None
             summary.stopped = "every grid point was tried"
             break
         before = {t.number for t in trials if t.state.name != "WAITING"}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna's experimental/independent-sampling notes
-            study.optimize(objective, n_trials=1, catch=(_TrialFailed,), gc_after_trial=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna's experimental/independent-sampling notes
+                study.optimize(objective, n_trials=1, catch=(_TrialFailed,), gc_after_trial=True)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM at the job's limit: the trial continues in the next worker
+            from caloforge import interrupt
+
+            with interrupt.held():  # a second signal must not cut the bookkeeping short
+                _requeue_interrupted(study, [t.number for t in study.get_trials(deepcopy=False)
+                                             if t.number not in before and t.user_attrs.get("pid") == os.getpid()],
+                                     log)
+            raise
         mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before
                 and t.user_attrs.get("pid") == os.getpid() and t.user_attrs.get("host") == socket.gethostname()]
         for t in mine:
