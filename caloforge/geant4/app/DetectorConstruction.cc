@@ -5,6 +5,7 @@
 #include "G4Material.hh"
 #include "G4NistManager.hh"
 #include "G4PVPlacement.hh"
+#include "G4Region.hh"
 #include "G4SystemOfUnits.hh"
 
 #include <algorithm>
@@ -47,9 +48,15 @@ G4VPhysicalVolume* DetectorConstruction::Construct() {
 
   // One logical volume per distinct (material, thickness): 90 layers of W + Si need two, and
   // Geant4 shares the navigation voxels of a logical volume between all its placements.
-  std::map<std::pair<G4Material*, double>, G4LogicalVolume*> volumes;
+  bool inEnvelope = false;
+  std::map<std::pair<G4Material*, double>, G4LogicalVolume*> volumes, layerVolumes;
   auto volume = [&](G4Material* mat, double t) {
+#ifdef CALOFORGE_G4_FAST
+    // a logical volume belongs to one region: upstream slabs (world) and layer slabs (envelope) apart
+    G4LogicalVolume*& lv = (inEnvelope ? layerVolumes : volumes)[{mat, t}];
+#else
     G4LogicalVolume*& lv = volumes[{mat, t}];
+#endif
     if (!lv) {
       const std::string name = mat->GetName() + "_" + std::to_string(volumes.size());
       lv = new G4LogicalVolume(new G4Box(name, hw, hw, 0.5 * t * mm), mat, name);
@@ -58,10 +65,12 @@ G4VPhysicalVolume* DetectorConstruction::Construct() {
   };
   // Slabs are placed directly in the world (no envelopes): one navigation level, and the
   // world's smart voxels make the z lookup O(1) however many slabs there are.
+  G4LogicalVolume* mother = worldLV;
+  double zShift = 0;  // mother's centre in global z
   auto place = [&](G4Material* mat, double t, double zFront, int copy) {
     G4LogicalVolume* lv = volume(mat, t);
-    new G4PVPlacement(nullptr, G4ThreeVector(0, 0, (zFront + 0.5 * t) * mm), lv, lv->GetName(), worldLV, false, copy,
-                      false);
+    new G4PVPlacement(nullptr, G4ThreeVector(0, 0, (zFront + 0.5 * t - zShift) * mm), lv, lv->GetName(), mother,
+                      false, copy, false);
   };
 
   // Upstream slabs end at the first layer's front; their "layer" index n_layers means "not scored".
@@ -72,6 +81,22 @@ G4VPhysicalVolume* DetectorConstruction::Construct() {
     place(fUpstream[j], fDesc.upstream[j].thickness, z, unscored + int(j));
     z += fDesc.upstream[j].thickness;
   }
+#ifdef CALOFORGE_G4_FAST
+  {
+    const double z0 = fDesc.layers.front().zFront;
+    double z1 = z0;
+    for (const LayerSpec& L : fDesc.layers) z1 = std::max(z1, L.zFront + L.thickness);
+    zShift = 0.5 * (z0 + z1);
+    auto* envLV = new G4LogicalVolume(new G4Box("CaloEnvelope", hw, hw, 0.5 * (z1 - z0) * mm), fVacuum, "CaloEnvelope");
+    // copy number -1 as the world's: the gaps between layers are not scored
+    new G4PVPlacement(nullptr, G4ThreeVector(0, 0, zShift * mm), envLV, "CaloEnvelope", worldLV, false, -1, false);
+    fRegion = new G4Region("caloforge_calorimeter");
+    envLV->SetRegion(fRegion);
+    fRegion->AddRootLogicalVolume(envLV);
+    mother = envLV;
+    inEnvelope = true;
+  }
+#endif
   for (std::size_t i = 0; i < fDesc.layers.size(); ++i) {
     const LayerSpec& L = fDesc.layers[i];
     if (!L.repeats) continue;  // placeholder layer
@@ -86,5 +111,11 @@ G4VPhysicalVolume* DetectorConstruction::Construct() {
   }
   return world;
 }
+
+#ifdef CALOFORGE_G4_FAST
+void DetectorConstruction::ConstructSDandField() {
+  if (onRegion) onRegion(fRegion);
+}
+#endif
 
 }  // namespace caloforge

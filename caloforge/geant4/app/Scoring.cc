@@ -1,5 +1,9 @@
 #include "Scoring.hh"
 
+#ifdef CALOFORGE_G4_FAST
+#include "FastShowerModel.hh"
+#endif
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -61,15 +65,51 @@ void Scorer::BeginEvent(const G4ThreeVector& position, const G4ThreeVector& dire
     fE1 = fE1.mag2() > 1e-24 ? fE1.unit() : G4ThreeVector(1, 0, 0);
     fE2 = fDir.cross(fE1);
   }
+#ifdef CALOFORGE_G4_FAST
+  if (fFast) fFast->BeginEvent();
+#endif
   fCpuStart = CpuSeconds();
 }
+
+#ifdef CALOFORGE_G4_FAST
+void Scorer::FinishEvent() {
+  if (fFast) fFast->Flush(*this);
+}
+
+void Scorer::AddFast(const float* voxels, const std::vector<double>& visibleScale) {
+  for (std::size_t k = 0; k < fNLayers; ++k) {
+    const LayerSpec& L = fLayers[k];
+    const double f = visibleScale[k];
+    double sum = 0;
+    for (std::size_t v = L.voxelOffset; v < L.voxelOffset + L.nVoxels; ++v) {
+      const double e = f * double(voxels[v]);
+      fVoxels[v] += e;
+      sum += e;
+    }
+    fActive[k] += sum;
+    if (f > 0) fPassive[k] += sum * (1.0 / f - 1.0);
+  }
+}
+#endif
 
 void Scorer::AppendRecord(std::vector<char>& out) const {
   const double cpu = CpuSeconds() - fCpuStart;
   const std::size_t n = fActive.size();
   const std::size_t start = out.size();
+#ifdef CALOFORGE_G4_FAST
+  // fast build: model_cpu, n_fast, n_out_of_range, n_wrong_entry, cpu, active, passive, voxels,
+  // then the first fast shower's noise and conditions (float32; zeros when there was none)
+  const double head[4] = {fFast ? fFast->modelCpu : 0., fFast ? double(fFast->nFast) : 0.,
+                          fFast ? double(fFast->nOutOfRange) : 0., fFast ? double(fFast->nWrongEntry) : 0.};
+  const std::size_t extra = fFast ? fFast->first.size() : 0;
+  out.resize(start + 8 * (5 + 2 * n) + 4 * (fVoxels.size() + extra));
+  std::memcpy(out.data() + start, head, sizeof head);
+  if (extra) std::memcpy(out.data() + start + 8 * (5 + 2 * n) + 4 * fVoxels.size(), fFast->first.data(), 4 * extra);
+  char* p = out.data() + start + 32;  // the plain layout follows from here
+#else
   out.resize(start + 8 * (1 + 2 * n) + 4 * fVoxels.size());
   char* p = out.data() + start;
+#endif
   std::memcpy(p, &cpu, 8);
   std::memcpy(p + 8, fActive.data(), 8 * n);
   std::memcpy(p + 8 + 8 * n, fPassive.data(), 8 * n);
@@ -82,6 +122,9 @@ void Scorer::AppendRecord(std::vector<char>& out) const {
 
 void EventAction::EndOfEventAction(const G4Event*) {
   fBuffer.clear();
+#ifdef CALOFORGE_G4_FAST
+  fScorer.FinishEvent();
+#endif
   fScorer.AppendRecord(fBuffer);
   WriteAll(fFd, fBuffer.data(), fBuffer.size());
 }
