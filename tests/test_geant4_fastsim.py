@@ -107,6 +107,25 @@ def test_out_of_range_particles_are_transported_and_counted(fast_build, models, 
         assert f["showers"].shape == (3, 368)
 
 
+def test_full_and_fast_in_the_same_process(fast_build, models):
+    """``fast off`` transports everything (the speed-up is measured in one program); ``fast on`` again."""
+    from caloforge.geant4.runner import Geant4Process
+
+    geo = dataclasses.replace(load_geometry("ds1-photons"), upstream=())
+    z = geo.layers[0].z_front - 1.0
+    with Geant4Process(geo, build=fast_build, fast_model=models["flow_matching"][1]) as g4:
+        args = ("photon", [7, 8], [3000.0, 3000.0], np.tile([0.0, 0.0, z], (2, 1)), np.tile([0.0, 0.0, 1.0], (2, 1)))
+        fast1 = g4.run(*args)
+        g4.set_fast(False)
+        full = g4.run(*args)
+        g4.set_fast(True)
+        fast2 = g4.run(*args)
+    assert fast1.n_fast.tolist() == [1, 1] and full.n_fast.tolist() == [0, 0] and full.model_cpu.sum() == 0
+    np.testing.assert_array_equal(fast1.voxels, fast2.voxels)  # seeded per event: the same noise again
+    assert (full.voxels.sum(1) > 0).all() and not np.array_equal(full.voxels, fast1.voxels)
+    assert (full.active.sum(1) > 0).all()
+
+
 def _setup(geometry, part, path):
     from caloforge.simulate.api import setup_engine
 

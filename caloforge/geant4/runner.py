@@ -148,6 +148,17 @@ class Geant4Process:
             out.fast_inputs = rec["fast_inputs"].copy()
         return out
 
+    def set_fast(self, on: bool) -> None:
+        """``caloforge-g4-fast`` only: the model on (default) or off (full simulation of everything) for the
+        following blocks, in the same process."""
+        if not self.fast:
+            raise EngineError("set_fast needs the fast-simulation build (fast_model=...)")
+        try:
+            self._proc.stdin.write(f"fast {'on' if on else 'off'}\n".encode())
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._fail("receiving a request")
+
     def _read(self, size: int, stage: str) -> bytes:
         out = bytearray()
         stream = self._proc.stdout

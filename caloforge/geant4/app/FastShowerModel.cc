@@ -13,7 +13,7 @@
 #include "G4Positron.hh"
 #include "G4SystemOfUnits.hh"
 #include "Randomize.hh"
-#include "Scoring.hh"
+#include "Scoring.hh"  // CpuSeconds()
 
 #include <cmath>
 #include <cstdlib>
@@ -161,23 +161,24 @@ void FastShowers::Add(const std::vector<float>& noise, const std::vector<float>&
   fConditions.insert(fConditions.end(), conditions.begin(), conditions.end());
 }
 
-void FastShowers::Flush(Scorer& scorer) {
+void FastShowers::Flush(const std::function<void(const float*)>& deposit) {
   if (!nFast) return;
   const double start = CpuSeconds();
   fOut.resize(std::size_t(nFast) * std::size_t(fModel.nVoxels));
   fModel.Generate(nFast, fNoise.data(), fConditions.data(), fOut.data());
   modelCpu += CpuSeconds() - start;
-  for (int i = 0; i < nFast; ++i) scorer.AddFast(fOut.data() + std::size_t(i) * std::size_t(fModel.nVoxels), fScale);
+  for (int i = 0; i < nFast; ++i) deposit(fOut.data() + std::size_t(i) * std::size_t(fModel.nVoxels));
 }
 
-FastShowerModel::FastShowerModel(G4Region* region, FastShowers& showers, double frontZ)
-    : G4VFastSimulationModel("caloforge_fast_shower", region), fShowers(showers), fFrontZ(frontZ) {}
+FastShowerModel::FastShowerModel(G4Region* region, FastShowers& showers)
+    : G4VFastSimulationModel("caloforge_fast_shower", region), fShowers(showers) {}
 
 G4bool FastShowerModel::IsApplicable(const G4ParticleDefinition& p) {
   return &p == G4Gamma::Definition() || &p == G4Electron::Definition() || &p == G4Positron::Definition();
 }
 
 G4bool FastShowerModel::ModelTrigger(const G4FastTrack& ft) {
+  if (!fShowers.enabled) return false;
   const G4Track* t = ft.GetPrimaryTrack();
   // Only a track crossing into the envelope is a candidate: one born inside (a secondary of a
   // transported shower) is not on its surface. The trigger is asked at every step inside, so the
@@ -235,7 +236,6 @@ void FastShowerModel::DoIt(const G4FastTrack& ft, G4FastStep& step) {
   fShowers.Add(noise, cond);
   step.KillPrimaryTrack();
   step.ProposePrimaryTrackPathLength(0.0);
-  (void)fFrontZ;
 }
 
 }  // namespace caloforge

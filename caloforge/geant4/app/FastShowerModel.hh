@@ -14,14 +14,13 @@
 #include "Description.hh"
 #include "G4VFastSimulationModel.hh"
 
+#include <functional>
 #include <string>
 #include <vector>
 
 struct cf_model;
 
 namespace caloforge {
-
-class Scorer;
 
 // The export and what its metadata says; the constructor throws std::runtime_error (one line).
 class FastModelFile {
@@ -49,36 +48,35 @@ class FastModelFile {
 // The showers the model owes the current event, and the event's counters.
 class FastShowers {
  public:
-  FastShowers(FastModelFile& model, std::vector<double> visibleScale)
-      : fModel(model), fScale(std::move(visibleScale)) {}
+  explicit FastShowers(FastModelFile& model) : fModel(model) {}
 
   void BeginEvent();
   void Add(const std::vector<float>& noise, const std::vector<float>& conditions);
-  // Generates the pending showers in one batch and scores them into `scorer` (end of event).
-  void Flush(Scorer& scorer);
+  // Generates the event's pending showers in one batch (end of event) and hands each to `deposit`
+  // (n_voxels energies in the model's units and voxel order): caloforge's Scorer adds them to its
+  // readout buffer; another application would place hits (G4FastSimHitMaker) at the voxel centres.
+  void Flush(const std::function<void(const float* voxels)>& deposit);
 
   FastModelFile& Model() { return fModel; }
+  bool enabled = true;  // false: ModelTrigger declines everything (request "fast off")
   double modelCpu = 0;  // CPU seconds spent in the network this event
   int nFast = 0, nOutOfRange = 0, nWrongEntry = 0;
   std::vector<float> first;  // the event's first fast shower: noise, then conditions (for parity checks)
 
  private:
   FastModelFile& fModel;
-  std::vector<double> fScale;  // per layer: visible energy per unit of model output
   std::vector<float> fNoise, fConditions, fOut;
 };
 
 class FastShowerModel : public G4VFastSimulationModel {
  public:
-  // frontZ: global z of the envelope's front face; halfXY its transverse half width.
-  FastShowerModel(G4Region* region, FastShowers& showers, double frontZ);
+  FastShowerModel(G4Region* region, FastShowers& showers);
   G4bool IsApplicable(const G4ParticleDefinition& particle) override;
   G4bool ModelTrigger(const G4FastTrack& track) override;
   void DoIt(const G4FastTrack& track, G4FastStep& step) override;
 
  private:
   FastShowers& fShowers;
-  double fFrontZ;
   int fLastEvent = -1, fLastTrack = -1;  // a track is counted once, where it enters
 };
 

@@ -73,7 +73,7 @@ void Scorer::BeginEvent(const G4ThreeVector& position, const G4ThreeVector& dire
 
 #ifdef CALOFORGE_G4_FAST
 void Scorer::FinishEvent() {
-  if (fFast) fFast->Flush(*this);
+  if (fFast) fFast->Flush([this](const float* voxels) { AddFast(voxels, fFastScale); });
 }
 
 void Scorer::AddFast(const float* voxels, const std::vector<double>& visibleScale) {

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace caloforge {
@@ -35,7 +36,10 @@ class Scorer {
 #ifdef CALOFORGE_G4_FAST
   // The fast-simulation build: the event's fast showers (generated at the end of the event) and the
   // record's extra fields (model CPU time, counters, the first fast shower's noise and conditions).
-  void SetFast(FastShowers* fast) { fFast = fast; }
+  void SetFast(FastShowers* fast, std::vector<double> visibleScale) {
+    fFast = fast;
+    fFastScale = std::move(visibleScale);
+  }
   void FinishEvent();
   // Adds one generated shower (model units) to the readout: voxel v times the visible scale of its
   // layer; the layer's active sum gets the same, its passive sum the rest of the calibrated energy.
@@ -104,6 +108,7 @@ class Scorer {
   double fCpuStart = 0;
 #ifdef CALOFORGE_G4_FAST
   FastShowers* fFast = nullptr;
+  std::vector<double> fFastScale;  // per layer: visible energy per unit of model output
 #endif
 };
 

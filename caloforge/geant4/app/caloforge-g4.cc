@@ -166,7 +166,7 @@ int main(int argc, char** argv) {
     if (visibleScale.size() != desc.layers.size())
       Fail("VISIBLE_SCALES needs one factor per layer (" + std::to_string(desc.layers.size()) + ") or one for all");
   }
-  caloforge::FastShowers fastShowers(*fastModel, visibleScale);
+  caloforge::FastShowers fastShowers(*fastModel);
 #endif
 
   try {
@@ -195,9 +195,9 @@ int main(int argc, char** argv) {
     for (const char* name : {"e-", "e+", "gamma"}) fastPhysics->ActivateFastSimulation(name);
     modular->RegisterPhysics(fastPhysics);
     runManager->SetUserInitialization(physics);
-    scorer.SetFast(&fastShowers);
+    scorer.SetFast(&fastShowers, visibleScale);
     detector->onRegion = [&fastShowers](G4Region* region) {
-      new caloforge::FastShowerModel(region, fastShowers, 0.0);  // owned by the region's manager
+      new caloforge::FastShowerModel(region, fastShowers);  // owned by the region's manager
     };
 #else
     runManager->SetUserInitialization(caloforge::MakePhysicsList(desc.cut));
@@ -221,6 +221,14 @@ int main(int argc, char** argv) {
       if (getppid() != parent) ::_exit(0);
       if (t.empty()) continue;
       if (t[0] == "quit" && t.size() == 1) break;
+#ifdef CALOFORGE_G4_FAST
+      // "fast off" / "fast on": full simulation of everything, or the model again, in the same
+      // process (the speed-up of a fast-simulation model is measured in one program and run)
+      if (t[0] == "fast" && t.size() == 2 && (t[1] == "on" || t[1] == "off")) {
+        fastShowers.enabled = t[1] == "on";
+        continue;
+      }
+#endif
       if (t[0] != "block" || t.size() != 3) Fail("bad request line (expected 'block <n> <particle>' or 'quit')");
       char* end = nullptr;
       const long n = std::strtol(t[1].c_str(), &end, 10);
