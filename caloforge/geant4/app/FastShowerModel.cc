@@ -13,13 +13,13 @@
 #include "G4Positron.hh"
 #include "G4SystemOfUnits.hh"
 #include "Randomize.hh"
-#include "Scoring.hh"  // CpuSeconds()
 
 #include <cmath>
 #include <cstdlib>
 #include <dlfcn.h>
 #include <sstream>
 #include <stdexcept>
+#include <ctime>
 #include <unistd.h>
 
 namespace caloforge {
@@ -82,6 +82,12 @@ std::vector<double> Numbers(const char* text) {
   return out;
 }
 
+double ProcessCpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
 double Number(cf_model* m, const char* key, double fallback) {
   const char* v = Api().meta(m, key);
   return v && *v ? std::strtod(v, nullptr) : fallback;
@@ -89,7 +95,7 @@ double Number(cf_model* m, const char* key, double fallback) {
 
 }  // namespace
 
-FastModelFile::FastModelFile(const std::string& path, const Description& desc) {
+FastModelFile::FastModelFile(const std::string& path, std::size_t readoutVoxels, const std::string& readoutName) {
   char err[1024] = {0};
   fModel = Api().open(path.c_str(), err, sizeof err);
   if (!fModel) throw std::runtime_error(std::string("fast model ") + err);
@@ -98,10 +104,10 @@ FastModelFile::FastModelFile(const std::string& path, const Description& desc) {
     noiseDim = Api().noiseDim(fModel);
     family = Api().meta(fModel, "family") ? Api().meta(fModel, "family") : "";
     geometry = Api().meta(fModel, "geometry") ? Api().meta(fModel, "geometry") : "";
-    if (std::size_t(nVoxels) != desc.nVoxels)
+    if (std::size_t(nVoxels) != readoutVoxels)
       throw std::runtime_error("fast model " + path + " generates " + std::to_string(nVoxels) + " voxels (geometry " +
-                               geometry + "), the simulated geometry " + desc.name + " reads out " +
-                               std::to_string(desc.nVoxels));
+                               geometry + "), the simulated geometry " + readoutName + " reads out " +
+                               std::to_string(readoutVoxels));
     const char* dist = Api().meta(fModel, "noise_distribution");
     if (!dist || std::string(dist) != "normal")
       throw std::runtime_error("fast model " + path + ": noise distribution '" + (dist ? dist : "") +
@@ -163,10 +169,10 @@ void FastShowers::Add(const std::vector<float>& noise, const std::vector<float>&
 
 void FastShowers::Flush(const std::function<void(const float*)>& deposit) {
   if (!nFast) return;
-  const double start = CpuSeconds();
+  const double start = ProcessCpuSeconds();
   fOut.resize(std::size_t(nFast) * std::size_t(fModel.nVoxels));
   fModel.Generate(nFast, fNoise.data(), fConditions.data(), fOut.data());
-  modelCpu += CpuSeconds() - start;
+  modelCpu += ProcessCpuSeconds() - start;
   for (int i = 0; i < nFast; ++i) deposit(fOut.data() + std::size_t(i) * std::size_t(fModel.nVoxels));
 }
 

@@ -11,7 +11,6 @@
 #define CALOFORGE_FAST_SHOWER_MODEL_HH
 #ifdef CALOFORGE_G4_FAST
 
-#include "Description.hh"
 #include "G4VFastSimulationModel.hh"
 
 #include <functional>
@@ -25,7 +24,8 @@ namespace caloforge {
 // The export and what its metadata says; the constructor throws std::runtime_error (one line).
 class FastModelFile {
  public:
-  FastModelFile(const std::string& path, const Description& desc);
+  // nVoxels / geometry: the readout the application records (a model for another one is refused)
+  FastModelFile(const std::string& path, std::size_t readoutVoxels, const std::string& readoutName);
   ~FastModelFile();
   FastModelFile(const FastModelFile&) = delete;
   FastModelFile& operator=(const FastModelFile&) = delete;

@@ -155,7 +155,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<caloforge::FastModelFile> fastModel;
   std::vector<double> visibleScale;
   try {
-    fastModel = std::make_unique<caloforge::FastModelFile>(argv[2], desc);
+    fastModel = std::make_unique<caloforge::FastModelFile>(argv[2], desc.nVoxels, desc.name);
   } catch (const std::exception& e) {
     Fail(e.what());
   }
