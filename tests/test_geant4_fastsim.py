@@ -98,12 +98,11 @@ def test_out_of_range_particles_are_transported_and_counted(fast_build, models, 
     write_plan(tmp_path / "f.h5", "ds1-photons", [part], seed=1, workers=1, energy_scale="visible",
                engine=_setup("ds1-photons", part, path))
     with h5py.File(tmp_path / "f.h5") as f:
-        # ds1-photons has upstream material: a photon converting there reaches the front face as e± (not the
-        # incident particle, not counted); one that does not is a counted fallback
-        assert 1 <= f.attrs["geant4_fast_fallback_out_of_range"] <= 2
+        # the envelope starts at the upstream material (ds1-photons: 178 mm of Al), where the data set's
+        # incident photon starts: the model takes the 2 GeV photon, the low ones are counted fallbacks
+        assert f.attrs["geant4_fast_fallback_out_of_range"] == 2 and f.attrs["geant4_fast_fallback_wrong_entry"] == 0
         assert f.attrs["geant4_fast_model_family"] == "caloshowergan"
-        assert f.attrs["geant4_fast_full_showers"] >= 2 and f.attrs["geant4_fast_fast_showers"] <= 1
-        assert f.attrs["geant4_fast_fast_showers"] + f.attrs["geant4_fast_full_showers"] == 3
+        assert f.attrs["geant4_fast_fast_showers"] == 1 and f.attrs["geant4_fast_full_showers"] == 2
         assert f["showers"].shape == (3, 368)
 
 

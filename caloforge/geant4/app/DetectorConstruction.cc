@@ -48,23 +48,18 @@ G4VPhysicalVolume* DetectorConstruction::Construct() {
 
   // One logical volume per distinct (material, thickness): 90 layers of W + Si need two, and
   // Geant4 shares the navigation voxels of a logical volume between all its placements.
-  bool inEnvelope = false;
-  std::map<std::pair<G4Material*, double>, G4LogicalVolume*> volumes, layerVolumes;
+  std::map<std::pair<G4Material*, double>, G4LogicalVolume*> volumes;
   auto volume = [&](G4Material* mat, double t) {
-#ifdef CALOFORGE_G4_FAST
-    // a logical volume belongs to one region: upstream slabs (world) and layer slabs (envelope) apart
-    G4LogicalVolume*& lv = (inEnvelope ? layerVolumes : volumes)[{mat, t}];
-#else
     G4LogicalVolume*& lv = volumes[{mat, t}];
-#endif
     if (!lv) {
       const std::string name = mat->GetName() + "_" + std::to_string(volumes.size());
       lv = new G4LogicalVolume(new G4Box(name, hw, hw, 0.5 * t * mm), mat, name);
     }
     return lv;
   };
-  // Slabs are placed directly in the world (no envelopes): one navigation level, and the
-  // world's smart voxels make the z lookup O(1) however many slabs there are.
+  // Slabs are placed directly in the world (no envelopes; the fast-simulation build: in one, the
+  // region of the model): one navigation level, and the mother's smart voxels make the z lookup
+  // O(1) however many slabs there are.
   G4LogicalVolume* mother = worldLV;
   double zShift = 0;  // mother's centre in global z
   auto place = [&](G4Material* mat, double t, double zFront, int copy) {
@@ -73,18 +68,12 @@ G4VPhysicalVolume* DetectorConstruction::Construct() {
                       false, copy, false);
   };
 
-  // Upstream slabs end at the first layer's front; their "layer" index n_layers means "not scored".
-  const int unscored = int(fDesc.layers.size()) << kSlabBits;
-  double z = fDesc.layers.front().zFront;
-  for (const SlabSpec& s : fDesc.upstream) z -= s.thickness;
-  for (std::size_t j = 0; j < fDesc.upstream.size(); ++j) {
-    place(fUpstream[j], fDesc.upstream[j].thickness, z, unscored + int(j));
-    z += fDesc.upstream[j].thickness;
-  }
 #ifdef CALOFORGE_G4_FAST
+  // The envelope holds the upstream material and the layers: the model was trained on particles
+  // entering the upstream material (a data set's incident particle), so that is where it takes over.
   {
-    const double z0 = fDesc.layers.front().zFront;
-    double z1 = z0;
+    double z0 = fDesc.layers.front().zFront, z1 = z0;
+    for (const SlabSpec& s : fDesc.upstream) z0 -= s.thickness;
     for (const LayerSpec& L : fDesc.layers) z1 = std::max(z1, L.zFront + L.thickness);
     zShift = 0.5 * (z0 + z1);
     auto* envLV = new G4LogicalVolume(new G4Box("CaloEnvelope", hw, hw, 0.5 * (z1 - z0) * mm), fVacuum, "CaloEnvelope");
@@ -94,9 +83,16 @@ G4VPhysicalVolume* DetectorConstruction::Construct() {
     envLV->SetRegion(fRegion);
     fRegion->AddRootLogicalVolume(envLV);
     mother = envLV;
-    inEnvelope = true;
   }
 #endif
+  // Upstream slabs end at the first layer's front; their "layer" index n_layers means "not scored".
+  const int unscored = int(fDesc.layers.size()) << kSlabBits;
+  double z = fDesc.layers.front().zFront;
+  for (const SlabSpec& s : fDesc.upstream) z -= s.thickness;
+  for (std::size_t j = 0; j < fDesc.upstream.size(); ++j) {
+    place(fUpstream[j], fDesc.upstream[j].thickness, z, unscored + int(j));
+    z += fDesc.upstream[j].thickness;
+  }
   for (std::size_t i = 0; i < fDesc.layers.size(); ++i) {
     const LayerSpec& L = fDesc.layers[i];
     if (!L.repeats) continue;  // placeholder layer

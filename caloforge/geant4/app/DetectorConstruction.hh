@@ -24,8 +24,8 @@ class DetectorConstruction : public G4VUserDetectorConstruction {
   double WorldHalfZ() const { return fWorldHalfZ; }
   double WorldHalfXY() const { return fDesc.halfWidth + 1000.; }
 #ifdef CALOFORGE_G4_FAST
-  // The fast-simulation build puts the layers in an envelope (a G4Region, "caloforge_calorimeter")
-  // from the first layer's front to the last layer's back; this is called with it from
+  // The fast-simulation build puts the upstream material and the layers in an envelope (a G4Region,
+  // "caloforge_calorimeter") from the upstream front to the last layer's back; this is called with it from
   // ConstructSDandField, where Geant4 wants fast-simulation models attached.
   std::function<void(G4Region*)> onRegion;
   void ConstructSDandField() override;

@@ -176,8 +176,8 @@ void FastShowers::Flush(const std::function<void(const float*)>& deposit) {
   for (int i = 0; i < nFast; ++i) deposit(fOut.data() + std::size_t(i) * std::size_t(fModel.nVoxels));
 }
 
-FastShowerModel::FastShowerModel(G4Region* region, FastShowers& showers)
-    : G4VFastSimulationModel("caloforge_fast_shower", region), fShowers(showers) {}
+FastShowerModel::FastShowerModel(G4Region* region, FastShowers& showers, double impactZ)
+    : G4VFastSimulationModel("caloforge_fast_shower", region), fShowers(showers), fImpactZ(impactZ) {}
 
 G4bool FastShowerModel::IsApplicable(const G4ParticleDefinition& p) {
   return &p == G4Gamma::Definition() || &p == G4Electron::Definition() || &p == G4Positron::Definition();
@@ -222,11 +222,13 @@ G4bool FastShowerModel::ModelTrigger(const G4FastTrack& ft) {
 
 void FastShowerModel::DoIt(const G4FastTrack& ft, G4FastStep& step) {
   const G4Track* t = ft.GetPrimaryTrack();
-  const G4ThreeVector pos = t->GetPosition() / mm, dir = t->GetMomentumDirection();
+  const G4ThreeVector dir = t->GetMomentumDirection();
+  // the impact point: where the track's line crosses the impact plane (the trigger wants dz > 0)
+  G4ThreeVector pos = t->GetPosition() / mm;
+  pos += ((fImpactZ - pos.z()) / dir.z()) * dir;
   FastModelFile& m = fShowers.Model();
   std::vector<float> cond, noise(std::size_t(m.noiseDim));
   // caloforge's conventions: direction = (cos th cos ph, cos th sin ph, sin th), th = pi/2 along z;
-  // the impact point is where the track crosses the front face (here: where it is now)
   for (int kind : m.conditionKinds) {
     switch (kind) {
       case FastModelFile::kEnergy: cond.push_back(float(t->GetKineticEnergy() / MeV)); break;

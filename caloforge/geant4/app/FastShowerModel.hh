@@ -70,13 +70,16 @@ class FastShowers {
 
 class FastShowerModel : public G4VFastSimulationModel {
  public:
-  FastShowerModel(G4Region* region, FastShowers& showers);
+  // impactZ: global z [mm] of the plane where the model's impact point is defined (caloforge: the
+  // first layer's front, behind any upstream material); the track is extrapolated to it.
+  FastShowerModel(G4Region* region, FastShowers& showers, double impactZ);
   G4bool IsApplicable(const G4ParticleDefinition& particle) override;
   G4bool ModelTrigger(const G4FastTrack& track) override;
   void DoIt(const G4FastTrack& track, G4FastStep& step) override;
 
  private:
   FastShowers& fShowers;
+  double fImpactZ;
   int fLastEvent = -1, fLastTrack = -1;  // a track is counted once, where it enters
 };
 

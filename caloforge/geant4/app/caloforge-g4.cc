@@ -196,8 +196,9 @@ int main(int argc, char** argv) {
     modular->RegisterPhysics(fastPhysics);
     runManager->SetUserInitialization(physics);
     scorer.SetFast(&fastShowers, visibleScale);
-    detector->onRegion = [&fastShowers](G4Region* region) {
-      new caloforge::FastShowerModel(region, fastShowers);  // owned by the region's manager
+    const double impactZ = desc.layers.front().zFront;
+    detector->onRegion = [&fastShowers, impactZ](G4Region* region) {
+      new caloforge::FastShowerModel(region, fastShowers, impactZ);  // owned by the region's manager
     };
 #else
     runManager->SetUserInitialization(caloforge::MakePhysicsList(desc.cut));
