@@ -33,12 +33,12 @@ def fast_build():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """Tiny ds1-photons models of two families, exported to TorchScript: {family: (model, path)}."""
+    """Tiny ds1-photons models of three families, exported to TorchScript: {family: (model, path)}."""
     from tests.test_export import tiny_model
 
     out = {}
     root = tmp_path_factory.mktemp("fast-models")
-    for family in ("caloshowergan", "flow_matching"):
+    for family in ("caloshowergan", "flow_matching", "student"):
         model = tiny_model(family, 0)
         out[family] = (model, export_model(model, "torchscript", root / f"{family}.pt").path)
     return out
@@ -54,7 +54,7 @@ def _run(build, geometry, model_path, energies, scale=None, particle="photon"):
                       np.tile([0.0, 0.0, 1.0], (n, 1)))
 
 
-@pytest.mark.parametrize("family", ["caloshowergan", "flow_matching"])
+@pytest.mark.parametrize("family", ["caloshowergan", "flow_matching", "student"])
 def test_fast_showers_match_python_generation_voxel_by_voxel(fast_build, models, family):
     """Without upstream material the incident photon reaches the front face and is the event's only shower:
     the readout holds exactly the model's output for the noise Geant4 drew, times the layer's visible scale."""
