@@ -248,11 +248,14 @@ app.add_typer(geant4_app, name="geant4")
 
 @geant4_app.command("build")
 @user_errors
-def geant4_build_cmd(rebuild: bool = typer.Option(False, "--rebuild", help="Compile again even if cached.")) -> None:
+def geant4_build_cmd(rebuild: bool = typer.Option(False, "--rebuild", help="Compile again even if cached."),
+                     fast: bool = typer.Option(False, "--fast", help="Build caloforge-g4-fast, the application with "
+                                               "caloforge's fast-simulation model (LibTorch; about a minute).")
+                     ) -> None:
     """Compile the Geant4 application now (otherwise: on first use) into the cache."""
     from caloforge.geant4.build import ensure_built
 
-    build = ensure_built(rebuild=rebuild, progress=True)
+    build = ensure_built(rebuild=rebuild, progress=True, fast=fast)
     console.print(f"{build.executable}")
     for key, value in build.info.items():
         console.print(f"  {key}: {value}")
