@@ -119,6 +119,15 @@ def test_full_and_fast_in_the_same_process(fast_build, models):
         full = g4.run(*args)
         g4.set_fast(True)
         fast2 = g4.run(*args)
+        g4.set_fast_batch("block")  # one batch for the block's events, added into their records afterwards
+        block = g4.run("photon", [7, 8, 9], [3000.0, 3000.0, 0.1], np.tile([0.0, 0.0, z], (3, 1)),
+                       np.tile([0.0, 0.0, 1.0], (3, 1)))
+    # the same noise; batch 2 instead of 1 in the network: float32 rounding apart, the same showers
+    assert max_relative_deviation(fast1.voxels, block.voxels[:2]) <= TOLERANCE
+    np.testing.assert_allclose(block.active[:2], fast1.active, rtol=1e-5)
+    np.testing.assert_array_equal(block.fast_inputs[:2], fast1.fast_inputs)
+    assert block.n_fast.tolist() == [1, 1, 0] and block.n_out_of_range.tolist() == [0, 0, 1]
+    assert (block.model_cpu[:2] > 0).all() and block.model_cpu[2] == 0 and block.model_cpu[0] == block.model_cpu[1]
     assert fast1.n_fast.tolist() == [1, 1] and full.n_fast.tolist() == [0, 0] and full.model_cpu.sum() == 0
     np.testing.assert_array_equal(fast1.voxels, fast2.voxels)  # seeded per event: the same noise again
     assert (full.voxels.sum(1) > 0).all() and not np.array_equal(full.voxels, fast1.voxels)

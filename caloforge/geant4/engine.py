@@ -184,6 +184,8 @@ class Geant4Engine:
         geometry.require_sampling()
         process = Geant4Process(geometry, cut_mm=cut_mm, build=build, fast_model=fast_model,
                                 visible_scale=fractions)
+        if fast_model is not None:  # one network call per block of BLOCK_SIZE events, not per event
+            process.set_fast_batch("block")
         return cls(geometry, process, fractions, threshold)
 
     def showers(self, particle: str, seeds: np.ndarray, energy: np.ndarray, theta: np.ndarray, phi: np.ndarray,

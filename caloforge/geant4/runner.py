@@ -159,6 +159,19 @@ class Geant4Process:
         except (BrokenPipeError, OSError):
             self._fail("receiving a request")
 
+    def set_fast_batch(self, mode: str) -> None:
+        """``caloforge-g4-fast`` only: ``"event"`` (default: the network runs at the end of each event) or
+        ``"block"`` (once per :meth:`run` call, on the fast showers of all its events)."""
+        if not self.fast:
+            raise EngineError("set_fast_batch needs the fast-simulation build (fast_model=...)")
+        if mode not in ("event", "block"):
+            raise ValueError(f"fast batch mode must be event or block, not {mode!r}")
+        try:
+            self._proc.stdin.write(f"fast batch {mode}\n".encode())
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._fail("receiving a request")
+
     def _read(self, size: int, stage: str) -> bytes:
         out = bytearray()
         stream = self._proc.stdout

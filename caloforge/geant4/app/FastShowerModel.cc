@@ -150,8 +150,8 @@ void FastModelFile::Generate(long n, const float* noise, const float* conditions
 }
 
 void FastShowers::BeginEvent() {
-  fNoise.clear();
-  fConditions.clear();
+  if (!buffered) StartBuffer();  // per-event batches: nothing carries over
+  ++fEvent;
   modelCpu = 0;
   nFast = nOutOfRange = nWrongEntry = 0;
   first.assign(std::size_t(fModel.noiseDim) + fModel.conditionKinds.size(), 0.f);
@@ -165,15 +165,35 @@ void FastShowers::Add(const std::vector<float>& noise, const std::vector<float>&
   ++nFast;
   fNoise.insert(fNoise.end(), noise.begin(), noise.end());
   fConditions.insert(fConditions.end(), conditions.begin(), conditions.end());
+  fEventOf.push_back(fEvent);
 }
 
 void FastShowers::Flush(const std::function<void(const float*)>& deposit) {
-  if (!nFast) return;
+  if (buffered || !nFast) return;
   const double start = ProcessCpuSeconds();
   fOut.resize(std::size_t(nFast) * std::size_t(fModel.nVoxels));
   fModel.Generate(nFast, fNoise.data(), fConditions.data(), fOut.data());
   modelCpu += ProcessCpuSeconds() - start;
   for (int i = 0; i < nFast; ++i) deposit(fOut.data() + std::size_t(i) * std::size_t(fModel.nVoxels));
+}
+
+void FastShowers::StartBuffer() {
+  fNoise.clear();
+  fConditions.clear();
+  fEventOf.clear();
+  fEvent = -1;
+}
+
+void FastShowers::FlushBuffer(const std::function<void(int, const float*, double)>& deposit) {
+  const long n = long(fEventOf.size());
+  if (!n) return;
+  const double start = ProcessCpuSeconds();
+  fOut.resize(std::size_t(n) * std::size_t(fModel.nVoxels));
+  fModel.Generate(n, fNoise.data(), fConditions.data(), fOut.data());
+  const double share = (ProcessCpuSeconds() - start) / double(n);
+  for (long i = 0; i < n; ++i)
+    deposit(fEventOf[std::size_t(i)], fOut.data() + std::size_t(i) * std::size_t(fModel.nVoxels), share);
+  StartBuffer();
 }
 
 FastShowerModel::FastShowerModel(G4Region* region, FastShowers& showers, double impactZ)

@@ -55,10 +55,19 @@ class FastShowers {
   // Generates the event's pending showers in one batch (end of event) and hands each to `deposit`
   // (n_voxels energies in the model's units and voxel order): caloforge's Scorer adds them to its
   // readout buffer; another application would place hits (G4FastSimHitMaker) at the voxel centres.
+  // In buffer mode it does nothing: the showers wait for FlushBuffer.
   void Flush(const std::function<void(const float* voxels)>& deposit);
+
+  // Buffer mode: the showers of many events are generated in one batch, after those events
+  // (an application that can keep its events open, or that writes their readout later, as
+  // caloforge's does per block of requests). deposit(event, voxels, cpuShare): event = index
+  // since StartBuffer(); cpuShare = the batch's network CPU time divided among its showers.
+  void StartBuffer();
+  void FlushBuffer(const std::function<void(int event, const float* voxels, double cpuShare)>& deposit);
 
   FastModelFile& Model() { return fModel; }
   bool enabled = true;  // false: ModelTrigger declines everything (request "fast off")
+  bool buffered = false;  // true: showers wait for FlushBuffer (request "fast batch block")
   double modelCpu = 0;  // CPU seconds spent in the network this event
   int nFast = 0, nOutOfRange = 0, nWrongEntry = 0;
   std::vector<float> first;  // the event's first fast shower: noise, then conditions (for parity checks)
@@ -66,6 +75,8 @@ class FastShowers {
  private:
   FastModelFile& fModel;
   std::vector<float> fNoise, fConditions, fOut;
+  std::vector<int> fEventOf;  // buffer mode: the event (index since StartBuffer) of each pending shower
+  int fEvent = -1;
 };
 
 class FastShowerModel : public G4VFastSimulationModel {

@@ -44,6 +44,12 @@ class Scorer {
   // Adds one generated shower (model units) to the readout: voxel v times the visible scale of its
   // layer; the layer's active sum gets the same, its passive sum the rest of the calibrated energy.
   void AddFast(const float* voxels, const std::vector<double>& visibleScale);
+  // Buffer mode (request "fast batch block"): the block's records are kept here, the showers of all
+  // its events generated in one batch at the end of the block, added into the records, then written.
+  bool Buffered() const;
+  std::vector<char>& BlockRecords() { return fBlockRecords; }
+  void StartBlock();
+  void FinishBlock(int fd);
 #endif
 
   // Called for every step with an energy deposit: O(1) in the number of layers and slabs.
@@ -109,6 +115,7 @@ class Scorer {
 #ifdef CALOFORGE_G4_FAST
   FastShowers* fFast = nullptr;
   std::vector<double> fFastScale;  // per layer: visible energy per unit of model output
+  std::vector<char> fBlockRecords;
 #endif
 };
 

@@ -229,6 +229,12 @@ int main(int argc, char** argv) {
         fastShowers.enabled = t[1] == "on";
         continue;
       }
+      // "fast batch event" (default): the network runs at the end of each event, on its showers;
+      // "fast batch block": once per block of requests, on the showers of all its events
+      if (t[0] == "fast" && t.size() == 3 && t[1] == "batch" && (t[2] == "event" || t[2] == "block")) {
+        fastShowers.buffered = t[2] == "block";
+        continue;
+      }
 #endif
       if (t[0] != "block" || t.size() != 3) Fail("bad request line (expected 'block <n> <particle>' or 'quit')");
       char* end = nullptr;
@@ -260,7 +266,13 @@ int main(int argc, char** argv) {
           Fail("particle frame: the direction must cross the front plane (dz != 0)");
         block.events.push_back(r);
       }
+#ifdef CALOFORGE_G4_FAST
+      scorer.StartBlock();
       if (n) runManager->BeamOn(int(n));
+      scorer.FinishBlock(data);
+#else
+      if (n) runManager->BeamOn(int(n));
+#endif
       caloforge::WriteAll(data, &kDone, sizeof kDone);
     }
   } catch (const std::exception& e) {  // e.g. a missing data set in a full installation
