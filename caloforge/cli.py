@@ -177,6 +177,10 @@ def simulate_cmd(
                                "(real Geant4 transport in the geometry's sampling structure; compiled on first "
                                "use, see caloforge geant4 info)."),
     cut: float = typer.Option(0.7, "--cut", help="With --engine geant4: the production cut in mm."),
+    fast_model: Optional[str] = typer.Option(None, "--fast-model", help="With --engine geant4: a caloforge model "
+                                             "(run directory, checkpoint or TorchScript export) that replaces the "
+                                             "showers of e±/γ entering the calorimeter's front face in its trained "
+                                             "energy range (Geant4 fast simulation; docs/deployment-geant4.md)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Write only shard K/N (K = 1 … N) of the plan, for N "
                                         "batch jobs with the same arguments; join them with caloforge merge."),
 ) -> None:
@@ -231,7 +235,7 @@ def simulate_cmd(
 
     part = Shard.parse(shard) if shard is not None else None
     geometry_obj = load_geometry(geo)
-    setup = setup_engine(geometry_obj, parts, engine, energy_scale or None, cut_mm=cut)
+    setup = setup_engine(geometry_obj, parts, engine, energy_scale or None, cut_mm=cut, fast_model=fast_model)
     count = write_plan(output, geometry_obj, parts, seed=seed, workers=workers or None, progress=not quiet,
                        attrs=attrs, energy_scale=energy_scale, derived=derived, engine=setup, shard=part)
     of = f" (shard {part})" if part is not None else ""
@@ -246,11 +250,14 @@ app.add_typer(geant4_app, name="geant4")
 
 @geant4_app.command("build")
 @user_errors
-def geant4_build_cmd(rebuild: bool = typer.Option(False, "--rebuild", help="Compile again even if cached.")) -> None:
+def geant4_build_cmd(rebuild: bool = typer.Option(False, "--rebuild", help="Compile again even if cached."),
+                     fast: bool = typer.Option(False, "--fast", help="Build caloforge-g4-fast, the application with "
+                                               "caloforge's fast-simulation model (LibTorch; about a minute).")
+                     ) -> None:
     """Compile the Geant4 application now (otherwise: on first use) into the cache."""
     from caloforge.geant4.build import ensure_built
 
-    build = ensure_built(rebuild=rebuild, progress=True)
+    build = ensure_built(rebuild=rebuild, progress=True, fast=fast)
     console.print(f"{build.executable}")
     for key, value in build.info.items():
         console.print(f"  {key}: {value}")

@@ -37,7 +37,13 @@ from pathlib import Path
 from caloforge.errors import EngineError
 
 APP_DIR = Path(__file__).resolve().parent / "app"
+INFERENCE_DIR = Path(__file__).resolve().parent / "inference"
 EXECUTABLE = "caloforge-g4"
+FAST_EXECUTABLE = "caloforge-g4-fast"
+INFERENCE_LIBRARY = "libcaloforge_inference.so"
+FAST_LAYOUT = 2  # how the fast build is put together (below): a change builds anew
+# what the fast-simulation build needs besides CALZONE_LIBRARIES (G4VFastSimulationModel, G4FastSimulationPhysics)
+CALZONE_FAST_LIBRARIES = ("G4parmodels", "G4physicslists")
 CALZONE_VERSION = "1.2.2"
 # calzone.libs carries hashed file names (libG4run-<hash>.so): found by these stems
 CALZONE_LIBRARIES = ("G4run", "G4event", "G4tracking", "G4track", "G4processes_core", "G4particles",
@@ -60,6 +66,7 @@ class Geant4Install:
     link: tuple[str, ...]  # linker arguments: libraries, rpaths
     libraries: tuple[Path, ...] = ()  # the library files, for the cache key
     ensdfstate: bool = False  # needs G4ENSDFSTATEDATA pointed at an empty nuclide table
+    fast_link: tuple[str, ...] = ()  # more libraries for the fast-simulation build
 
     def identity(self) -> str:
         """Version, library paths and sizes: a replaced Geant4 gets a new cache key."""
@@ -155,6 +162,11 @@ def _from_calzone() -> Geant4Install:
                           f"calzone=={CALZONE_VERSION}: pip install calzone=={CALZONE_VERSION}")
     libdir = Path(spec.origin).resolve().parent.parent / "calzone.libs"
     libraries = []
+    fast = []
+    for stem in CALZONE_FAST_LIBRARIES:
+        found = sorted(libdir.glob(f"lib{stem}-*.so*"))
+        if found:
+            fast.append(str(found[0]))
     for stem in CALZONE_LIBRARIES:
         found = sorted(libdir.glob(f"lib{stem}-*.so*"))
         if not found:
@@ -173,7 +185,7 @@ def _from_calzone() -> Geant4Install:
     # RPATH rather than RUNPATH (--disable-new-dtags): it also serves the libraries' own dependencies
     link = tuple(str(p) for p in libraries) + (f"-Wl,--disable-new-dtags,-rpath,{libdir}", "-lpthread")
     return Geant4Install("calzone", g4version, f"calzone-{version}", "data-free-em", cflags, link,
-                         tuple(libraries), ensdfstate=True)
+                         tuple(libraries), ensdfstate=True, fast_link=tuple(fast))
 
 
 def find_geant4() -> Geant4Install:
@@ -220,25 +232,63 @@ def _ensdfstate(root: Path) -> Path:
     return directory
 
 
-def ensure_built(rebuild: bool = False, progress: bool = False) -> Build:
-    """The ``caloforge-g4`` executable for this Geant4, compiled on first use (a few seconds)."""
+def _torch() -> tuple[str, Path, list[str], list[str]]:
+    """(version, lib dir, compile flags, link arguments) of the torch wheel's LibTorch, or EngineError."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        raise EngineError("the fast-simulation build needs LibTorch: pip install torch")
+    root = Path(spec.origin).resolve().parent
+    include, lib = root / "include", root / "lib"
+    if not (include / "torch" / "script.h").is_file():
+        raise EngineError(f"the torch wheel at {root} has no LibTorch headers (include/torch/script.h)")
+    version = importlib.metadata.version("torch")
+    abi = "1"
+    try:  # the wheel's string ABI, without importing torch (slow): its CMake config says it
+        text = (root / "share" / "cmake" / "Caffe2" / "Caffe2Config.cmake").read_text(errors="replace")
+        match = re.search(r"_GLIBCXX_USE_CXX11_ABI=(\d)", text)
+        abi = match.group(1) if match else abi
+    except OSError:
+        pass
+    cflags = ["-std=c++17", "-O2", "-fPIC", "-Wno-c++20-extensions", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-isystem",
+              str(include), "-isystem", str(include / "torch" / "csrc" / "api" / "include")]
+    link = [f"-L{lib}", "-ltorch", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{lib}"]
+    return version, lib, cflags, link
+
+
+def ensure_built(rebuild: bool = False, progress: bool = False, fast: bool = False) -> Build:
+    """The ``caloforge-g4`` executable for this Geant4, compiled on first use (a few seconds);
+    ``fast``: ``caloforge-g4-fast``, the same application with caloforge's fast-simulation model
+    and its LibTorch inference unit (compiled apart, new string ABI; a minute the first time)."""
     cxx = _compiler()
     install = find_geant4()
     compiler_id = _run([*cxx, "--version"]).splitlines()[0]
     # -O2: -O3 buys nothing measurable, the time goes into the Geant4 libraries
     flags = ["-std=c++17", "-O2", "-I", str(APP_DIR), *install.cflags]
+    link = list(install.link)
     sources = _sources()
+    inference: list[Path] = []
+    torch_flags: list[str] = []
+    torch_link: list[str] = []
+    name = EXECUTABLE
+    extra_ident = ""
+    if fast:
+        torch_version, _, torch_flags, torch_link = _torch()
+        flags += ["-DCALOFORGE_G4_FAST", "-I", str(INFERENCE_DIR)]
+        link = list(install.fast_link) + link
+        inference = sorted(INFERENCE_DIR.glob("*.cc")) + sorted(INFERENCE_DIR.glob("*.h"))
+        name = FAST_EXECUTABLE
+        extra_ident = f"fast build {FAST_LAYOUT}\0torch {torch_version}\0" + "\0".join(torch_flags)
     digest = hashlib.sha256()
-    for part in (compiler_id, install.identity(), "\0".join(flags), "\0".join(install.link)):
+    for part in (compiler_id, install.identity(), "\0".join(flags), "\0".join(link), extra_ident):
         digest.update(part.encode() + b"\0")
-    for path in sources:
+    for path in sources + inference:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     key = digest.hexdigest()[:16]
 
     root = cache_dir()
     builds = root / "geant4"
     target = builds / key
-    executable = target / EXECUTABLE
+    executable = target / name
     ensdfstate = _ensdfstate(root) if install.ensdfstate else None
     try:
         builds.mkdir(parents=True, exist_ok=True)
@@ -253,31 +303,48 @@ def ensure_built(rebuild: bool = False, progress: bool = False) -> Build:
             return Build(executable, _load_info(target, ensdfstate))
         started = time.monotonic()
         if progress:
-            print(f"building {EXECUTABLE} against Geant4 {install.version} ({install.physics}) ...",
+            print(f"building {name} against Geant4 {install.version} ({install.physics}) ...",
                   file=sys.stderr, flush=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=builds))
         try:
             # one translation unit: the Geant4 headers are parsed once (the whole build is a few seconds)
             unity = tmp / "caloforge-g4-all.cc"
             unity.write_text("".join(f'#include "{p}"\n' for p in sources if p.suffix == ".cc"))
-            cmd = [*cxx, *flags, "-o", str(tmp / EXECUTABLE), str(unity), *install.link]
             log = tmp / "build.log"
+            cmds = []
+            objects = []
+            units = [str(p) for p in inference if p.suffix == ".cc"]
+            if units:
+                # LibTorch's ABI, in a shared library of its own that exports only the cf_* functions:
+                # linked into the executable, the unit's template instances (std::unordered_map<std::string, ...>)
+                # would be exported from there and interpose LibTorch's own copies (a crash in torch::jit::load)
+                script = tmp / "inference.map"
+                script.write_text("{ global: cf_*; local: *; };\n")
+                lib = tmp / INFERENCE_LIBRARY
+                cmds.append([*cxx, *torch_flags, "-shared", "-I", str(INFERENCE_DIR), *units, "-o", str(lib),
+                             f"-Wl,-soname,{INFERENCE_LIBRARY}", f"-Wl,--version-script={script}", *torch_link])
+                objects = ["-ldl"]  # dlopen()ed next to the executable (FastShowerModel.cc says why)
+            cmds.append([*cxx, *flags, "-o", str(tmp / name), str(unity), *objects, *link])
             with open(log, "w") as out:
-                out.write(shlex.join(cmd) + "\n")
-                out.flush()
-                done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
+                for cmd in cmds:
+                    out.write(shlex.join(cmd) + "\n")
+                    out.flush()
+                    done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
+                    if done.returncode:
+                        break
             if done.returncode:
                 kept = builds / f"{key}-failed.log"
                 shutil.copyfile(log, kept)
-                lines = log.read_text(errors="replace").splitlines()[1:]
+                lines = [ln for ln in log.read_text(errors="replace").splitlines() if not ln.startswith(cxx[0])]
                 first = next((ln for ln in lines if "error" in ln), lines[0] if lines else "no output")
-                raise EngineError(f"compiling {EXECUTABLE} failed: {first.strip()} (log: {kept})")
+                raise EngineError(f"compiling {name} failed: {first.strip()} (log: {kept})")
             info = {
                 "geant4_version": install.version,
                 "physics": install.physics,
                 "source": install.source,
                 "flags": flags,
-                "link": list(install.link),
+                "link": link,
+                "fast": bool(fast),
                 "compiler": compiler_id,
                 "key": key,
                 "build_seconds": round(time.monotonic() - started, 2),

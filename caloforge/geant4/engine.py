@@ -174,11 +174,19 @@ class Geant4Engine:
 
     @classmethod
     def start(cls, geometry: Geometry, fractions: np.ndarray | None, threshold: float,
-              cut_mm: float = DEFAULT_CUT_MM, build: Build | None = None) -> "Geant4Engine":
-        """Start the application on ``geometry``; ``fractions`` (per layer) make calibrated showers."""
-        build = build or ensure_built()
+              cut_mm: float = DEFAULT_CUT_MM, build: Build | None = None,
+              fast_model: str | Path | None = None) -> "Geant4Engine":
+        """Start the application on ``geometry``; ``fractions`` (per layer) make calibrated showers;
+        ``fast_model``: a TorchScript export that replaces the e±/γ showers (``caloforge-g4-fast``).
+        A calibrated file's model generates calibrated energies: the application multiplies them by
+        the fractions (visible energy, as transport scores it) and :meth:`showers` divides again."""
+        build = build or ensure_built(fast=fast_model is not None)
         geometry.require_sampling()
-        return cls(geometry, Geant4Process(geometry, cut_mm=cut_mm, build=build), fractions, threshold)
+        process = Geant4Process(geometry, cut_mm=cut_mm, build=build, fast_model=fast_model,
+                                visible_scale=fractions)
+        if fast_model is not None:  # one network call per block of BLOCK_SIZE events, not per event
+            process.set_fast_batch("block")
+        return cls(geometry, process, fractions, threshold)
 
     def showers(self, particle: str, seeds: np.ndarray, energy: np.ndarray, theta: np.ndarray, phi: np.ndarray,
                 impact_x: np.ndarray, impact_y: np.ndarray) -> tuple[np.ndarray, G4Showers]:

@@ -46,6 +46,12 @@ class G4Showers:
     active: np.ndarray  # (n, n_layers) float64: all active energy in each layer, in or out of the cells
     passive: np.ndarray  # (n, n_layers) float64: energy in each layer's absorber
     cpu_seconds: np.ndarray  # (n,) float64: the process's CPU time for each event
+    # the fast-simulation build only (None otherwise): per event
+    model_cpu: np.ndarray | None = None  # CPU seconds in the network
+    n_fast: np.ndarray | None = None  # showers the model made
+    n_out_of_range: np.ndarray | None = None  # e±/γ through the front face outside the trained energies: transported
+    n_wrong_entry: np.ndarray | None = None  # e±/γ in range entering elsewhere than the front face: transported
+    fast_inputs: np.ndarray | None = None  # (n, noise_dim + n_conditions) float32: the first fast shower's inputs
 
     def __len__(self) -> int:
         return len(self.cpu_seconds)
@@ -61,38 +67,53 @@ class Geant4Process:
     ...                      positions=[[0, 0, -10.0]], directions=[[0, 0, 1.0]])
     """
 
-    def __init__(self, geometry: Geometry | str, *, cut_mm: float = DEFAULT_CUT_MM, build: Build | None = None) -> None:
+    def __init__(self, geometry: Geometry | str, *, cut_mm: float = DEFAULT_CUT_MM, build: Build | None = None,
+                 fast_model: str | Path | None = None, visible_scale=None) -> None:
+        """``fast_model``: a TorchScript export run by ``caloforge-g4-fast`` (``build`` must be that
+        build) on every e±/γ entering the calorimeter's front face in its trained energy range;
+        ``visible_scale``: per-layer factors from the model's energies to visible energy (default 1)."""
         from caloforge.geometry import load_geometry
 
         self.geometry = load_geometry(geometry)
-        self.build = build or ensure_built()
+        self.build = build or ensure_built(fast=fast_model is not None)
         self.cut_mm = float(cut_mm)
         self._dir = tempfile.TemporaryDirectory(prefix="caloforge-g4-")
         desc = write_description(self.geometry, Path(self._dir.name) / "geometry.txt", cut_mm=self.cut_mm)
         self.log_path = Path(self._dir.name) / "geant4.log"
         self._log = open(self.log_path, "wb")
         env = self.build.environ()
+        argv = [str(self.build.executable), str(desc)]
+        if fast_model is not None:
+            scale = np.ones(self.geometry.n_layers) if visible_scale is None else np.asarray(visible_scale, float)
+            argv += [str(fast_model), ",".join(repr(float(f)) for f in scale)]
         try:
             # its own session: a terminal's Ctrl-C or a batch system's signal to the group reaches
             # caloforge, which stops it (end of input); it dies with its parent in any case (PDEATHSIG)
-            self._proc = subprocess.Popen([str(self.build.executable), str(desc)], stdin=subprocess.PIPE,
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, stderr=self._log, env=env, bufsize=0,
                                           start_new_session=True)
         except OSError as exc:
             self.close()
             raise EngineError(f"{self.build.executable}: cannot start the Geant4 application ({exc.strerror})") from None
         ready = self._read(16, "starting")
-        magic, n_voxels, n_layers, _version = np.frombuffer(ready, "<u4")
+        magic, n_voxels, n_layers, version = np.frombuffer(ready, "<u4")
         if magic != READY_MAGIC:
             self.close()
             raise EngineError(f"{self.build.executable}: not a caloforge Geant4 application (bad ready record)")
+        self.fast = version == 2
+        if self.fast:
+            self.noise_dim, self.n_conditions = (int(v) for v in np.frombuffer(self._read(8, "starting"), "<u4"))
         if n_voxels != self.geometry.n_voxels or n_layers != self.geometry.n_layers:
             self.close()
             raise EngineError(f"Geant4 application reads {n_voxels} voxels in {n_layers} layers, the geometry "
                               f"{self.geometry.name!r} has {self.geometry.n_voxels} in {self.geometry.n_layers}")
         self.n_voxels, self.n_layers = int(n_voxels), int(n_layers)
-        self._record = np.dtype([("cpu", "<f8"), ("active", "<f8", (self.n_layers,)),
-                                 ("passive", "<f8", (self.n_layers,)), ("voxels", "<f4", (self.n_voxels,))])
+        fields = [("cpu", "<f8"), ("active", "<f8", (self.n_layers,)), ("passive", "<f8", (self.n_layers,)),
+                  ("voxels", "<f4", (self.n_voxels,))]
+        if self.fast:
+            fields = ([("model_cpu", "<f8"), ("n_fast", "<f8"), ("n_out_of_range", "<f8"), ("n_wrong_entry", "<f8")]
+                      + fields + [("fast_inputs", "<f4", (self.noise_dim + self.n_conditions,))])
+        self._record = np.dtype(fields)
 
     # ----- the protocol ----------------------------------------------------------------
     def run(self, particle: str, seeds, energies, positions, directions) -> G4Showers:
@@ -119,8 +140,38 @@ class Geant4Process:
         if done != DONE_MAGIC:
             self._fail("simulating (corrupt output)")
         rec = np.frombuffer(data, dtype=self._record, count=n)
-        return G4Showers(voxels=rec["voxels"].copy(), active=rec["active"].copy(), passive=rec["passive"].copy(),
-                         cpu_seconds=rec["cpu"].copy())
+        out = G4Showers(voxels=rec["voxels"].copy(), active=rec["active"].copy(), passive=rec["passive"].copy(),
+                        cpu_seconds=rec["cpu"].copy())
+        if self.fast:
+            out.model_cpu = rec["model_cpu"].copy()
+            for name in ("n_fast", "n_out_of_range", "n_wrong_entry"):
+                setattr(out, name, rec[name].astype(np.int64))
+            out.fast_inputs = rec["fast_inputs"].copy()
+        return out
+
+    def set_fast(self, on: bool) -> None:
+        """``caloforge-g4-fast`` only: the model on (default) or off (full simulation of everything) for the
+        following blocks, in the same process."""
+        if not self.fast:
+            raise EngineError("set_fast needs the fast-simulation build (fast_model=...)")
+        try:
+            self._proc.stdin.write(f"fast {'on' if on else 'off'}\n".encode())
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._fail("receiving a request")
+
+    def set_fast_batch(self, mode: str) -> None:
+        """``caloforge-g4-fast`` only: ``"event"`` (default: the network runs at the end of each event) or
+        ``"block"`` (once per :meth:`run` call, on the fast showers of all its events)."""
+        if not self.fast:
+            raise EngineError("set_fast_batch needs the fast-simulation build (fast_model=...)")
+        if mode not in ("event", "block"):
+            raise ValueError(f"fast batch mode must be event or block, not {mode!r}")
+        try:
+            self._proc.stdin.write(f"fast batch {mode}\n".encode())
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._fail("receiving a request")
 
     def _read(self, size: int, stage: str) -> bytes:
         out = bytearray()

@@ -363,10 +363,22 @@ def simulate_block_geant4(stack: Stack, engine, task: _Task, seed: int) -> Showe
     rng = _block_rng(task, seed)
     energy, theta, phi, _, _, impact = _block_conditions(stack, task, rng)
     seeds = rng.integers(1, 2**63 - 1, task.part.n, dtype=np.uint64)
-    showers, _ = engine.showers(task.part.particle, seeds, energy, theta, phi,
-                                np.asarray(impact[0], float), np.asarray(impact[1], float))
+    showers, raw = engine.showers(task.part.particle, seeds, energy, theta, phi,
+                                  np.asarray(impact[0], float), np.asarray(impact[1], float))
     cond = {"incident_theta": theta, "incident_phi": phi, "impact_x": impact[0], "impact_y": impact[1]}
-    return ShowerData(energy, showers, cond)
+    out = ShowerData(energy, showers, cond)
+    if raw.n_fast is not None:  # the fast-simulation build: what the model did, for the file's record
+        out.fast_stats = fast_stats(raw)
+    return out
+
+
+def fast_stats(raw) -> dict:
+    """Counts and CPU times of a block from ``caloforge-g4-fast`` (summed over blocks into the file's attributes)."""
+    fast = raw.n_fast > 0
+    return {"fast_showers": int(fast.sum()), "full_showers": int((~fast).sum()),
+            "fallback_out_of_range": int((raw.n_out_of_range > 0).sum()),
+            "fallback_wrong_entry": int((raw.n_wrong_entry > 0).sum()),
+            "model_cpu_seconds": float(raw.model_cpu.sum()), "cpu_seconds": float(raw.cpu_seconds.sum())}
 
 
 # ----------------------------------------------------------------------------------
@@ -390,6 +402,7 @@ class EngineSetup:
     build: object = None
     fractions: tuple[float, ...] | None = None
     cut_mm: float = 0.7
+    fast_model: str | None = None  # a TorchScript export replacing e±/γ showers (caloforge-g4-fast)
 
 
 class _BlockRunner:
@@ -402,7 +415,8 @@ class _BlockRunner:
             from caloforge.geant4.engine import Geant4Engine
 
             fractions = None if engine.fractions is None else np.asarray(engine.fractions)
-            self.g4 = Geant4Engine.start(geometry, fractions, self.stack.threshold, engine.cut_mm, engine.build)
+            self.g4 = Geant4Engine.start(geometry, fractions, self.stack.threshold, engine.cut_mm, engine.build,
+                                         fast_model=engine.fast_model)
 
     def __call__(self, task: _Task, seed: int) -> ShowerData:
         if self.g4 is not None:
@@ -551,15 +565,21 @@ def _run_tasks(geo: Geometry, tasks: Sequence[_Task], seed: int, workers: int,
 
 
 def setup_engine(geometry: Geometry, parts: Sequence[Part], engine: str | EngineSetup = "gflash",
-                 energy_scale: str | None = None, cut_mm: float = 0.7) -> EngineSetup:
+                 energy_scale: str | None = None, cut_mm: float = 0.7, fast_model: str | Path | None = None
+                 ) -> EngineSetup:
     """Check ``engine`` against the plan and prepare it once, in the parent: for Geant4 the
-    build (compiled on first use) and, for a calibrated file, the measured sampling fractions."""
+    build (compiled on first use) and, for a calibrated file, the measured sampling fractions.
+    ``fast_model`` (Geant4 only): a caloforge model (TorchScript export, run directory or
+    checkpoint) that replaces the showers of e±/γ entering the calorimeter in its trained
+    range (:mod:`caloforge.geant4.fastsim`); checked against the geometry first."""
     if isinstance(engine, EngineSetup):
         return engine
     name = str(engine).strip().lower()
     if name not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}: use {' or '.join(ENGINES)}")
     if name == "gflash":
+        if fast_model is not None:
+            raise ConfigError("--fast-model needs --engine geant4 (the model replaces Geant4's showers)")
         return EngineSetup()
     from caloforge.geant4.build import ensure_built
     from caloforge.geant4.engine import sampling_fractions
@@ -567,6 +587,11 @@ def setup_engine(geometry: Geometry, parts: Sequence[Part], engine: str | Engine
     if not (cut_mm > 0 and math.isfinite(cut_mm)):
         raise ConfigError(f"production cut must be a positive length in mm, got {cut_mm}")
     geometry.require_sampling()  # a layer without an absorber/active structure: one line, before building
+    export = None
+    if fast_model is not None:
+        from caloforge.geant4.fastsim import resolve_fast_model
+
+        export = str(resolve_fast_model(fast_model, geometry))
     build = ensure_built()
     if any(p.particle == "pion" for p in parts) and build.info.get("physics") == "data-free-em":
         raise ConfigError("pions need Geant4's hadronic physics and its data sets; this Geant4 build has the "
@@ -575,7 +600,9 @@ def setup_engine(geometry: Geometry, parts: Sequence[Part], engine: str | Engine
     fractions = None
     if resolve_energy_scale(geometry, energy_scale) == "calibrated":
         fractions = tuple(float(f) for f in sampling_fractions(geometry, build, cut_mm))
-    return EngineSetup("geant4", build, fractions, float(cut_mm))
+    if export is not None:  # calibrated with the plain build (same physics), simulated with the fast one
+        build = ensure_built(fast=True)
+    return EngineSetup("geant4", build, fractions, float(cut_mm), export)
 
 
 def plan_digest(geometry: Geometry, parts: Sequence[Part], engine: EngineSetup, energy_scale: str,
@@ -603,6 +630,8 @@ def plan_digest(geometry: Geometry, parts: Sequence[Part], engine: EngineSetup, 
     build = getattr(engine.build, "executable", None)  # its cache folder is named by the build's hash
     feed([engine.name, Path(build).parent.name if build else "", engine.fractions, engine.cut_mm, energy_scale,
           list(condition_names)])
+    if engine.fast_model:  # the model's bytes, not its path
+        h.update(hashlib.sha256(Path(engine.fast_model).read_bytes()).digest())
     return h.hexdigest()
 
 
@@ -762,6 +791,13 @@ def write_plan(path: str | Path, geometry: Geometry | str, parts: Sequence[Part]
         from caloforge.geant4.engine import engine_attrs
 
         meta.update(engine_attrs(setup.build, setup.cut_mm, setup.fractions))
+        if setup.fast_model:
+            from caloforge.geant4.fastsim import read_torchscript_metadata
+
+            fm = read_torchscript_metadata(setup.fast_model)
+            meta.update(geant4_fast_model=str(setup.fast_model), geant4_fast_model_family=str(fm.get("family", "")),
+                        geant4_fast_model_source=str(fm.get("source", "")),
+                        geant4_fast_model_energy_range_mev=np.asarray(fm.get("energy_range_mev", [0, 0]), float))
     tasks = plan_tasks(geo, parts, setup.name, scale == "calibrated")
     digest = plan_digest(geo, parts, setup, scale, names)
     meta.update(plan_sha256=digest, n_total=int(sum(t.part.n for t in tasks)))
@@ -773,6 +809,7 @@ def write_plan(path: str | Path, geometry: Geometry | str, parts: Sequence[Part]
     meta.update(attrs or {})
     buf: list[ShowerData] = []
     buffered = 0
+    stats: dict[str, float] = {}
     last_flush = time.monotonic()
 
     def flush(w: ShowerWriter) -> None:
@@ -788,6 +825,8 @@ def write_plan(path: str | Path, geometry: Geometry | str, parts: Sequence[Part]
         try:
             for block in iter_plan(geo, parts, seed, workers, progress, description=f"simulating → {Path(path).name}",
                                    energy_scale=scale, engine=setup, tasks=tasks):
+                for k, v in getattr(block, "fast_stats", {}).items():
+                    stats[k] = stats.get(k, 0) + v
                 buf.append(_derive(block, derived))
                 buffered += len(block)
                 # by size, and by time so that slow geometries keep their finished showers too
@@ -797,6 +836,9 @@ def write_plan(path: str | Path, geometry: Geometry | str, parts: Sequence[Part]
             flush(writer)  # the finished blocks go into FILE.partial.h5
             raise
         flush(writer)
+        if setup.fast_model:  # how many showers the model made, how many fell back to transport and why
+            for k, v in stats.items():
+                writer._file.attrs[f"geant4_fast_{k}"] = v
         return writer.n
 
 

@@ -5,6 +5,7 @@
 #include "G4Material.hh"
 #include "G4NistManager.hh"
 #include "G4PVPlacement.hh"
+#include "G4Region.hh"
 #include "G4SystemOfUnits.hh"
 
 #include <algorithm>
@@ -56,14 +57,34 @@ G4VPhysicalVolume* DetectorConstruction::Construct() {
     }
     return lv;
   };
-  // Slabs are placed directly in the world (no envelopes): one navigation level, and the
-  // world's smart voxels make the z lookup O(1) however many slabs there are.
+  // Slabs are placed directly in the world (no envelopes; the fast-simulation build: in one, the
+  // region of the model): one navigation level, and the mother's smart voxels make the z lookup
+  // O(1) however many slabs there are.
+  G4LogicalVolume* mother = worldLV;
+  double zShift = 0;  // mother's centre in global z
   auto place = [&](G4Material* mat, double t, double zFront, int copy) {
     G4LogicalVolume* lv = volume(mat, t);
-    new G4PVPlacement(nullptr, G4ThreeVector(0, 0, (zFront + 0.5 * t) * mm), lv, lv->GetName(), worldLV, false, copy,
-                      false);
+    new G4PVPlacement(nullptr, G4ThreeVector(0, 0, (zFront + 0.5 * t - zShift) * mm), lv, lv->GetName(), mother,
+                      false, copy, false);
   };
 
+#ifdef CALOFORGE_G4_FAST
+  // The envelope holds the upstream material and the layers: the model was trained on particles
+  // entering the upstream material (a data set's incident particle), so that is where it takes over.
+  {
+    double z0 = fDesc.layers.front().zFront, z1 = z0;
+    for (const SlabSpec& s : fDesc.upstream) z0 -= s.thickness;
+    for (const LayerSpec& L : fDesc.layers) z1 = std::max(z1, L.zFront + L.thickness);
+    zShift = 0.5 * (z0 + z1);
+    auto* envLV = new G4LogicalVolume(new G4Box("CaloEnvelope", hw, hw, 0.5 * (z1 - z0) * mm), fVacuum, "CaloEnvelope");
+    // copy number -1 as the world's: the gaps between layers are not scored
+    new G4PVPlacement(nullptr, G4ThreeVector(0, 0, zShift * mm), envLV, "CaloEnvelope", worldLV, false, -1, false);
+    fRegion = new G4Region("caloforge_calorimeter");
+    envLV->SetRegion(fRegion);
+    fRegion->AddRootLogicalVolume(envLV);
+    mother = envLV;
+  }
+#endif
   // Upstream slabs end at the first layer's front; their "layer" index n_layers means "not scored".
   const int unscored = int(fDesc.layers.size()) << kSlabBits;
   double z = fDesc.layers.front().zFront;
@@ -86,5 +107,11 @@ G4VPhysicalVolume* DetectorConstruction::Construct() {
   }
   return world;
 }
+
+#ifdef CALOFORGE_G4_FAST
+void DetectorConstruction::ConstructSDandField() {
+  if (onRegion) onRegion(fRegion);
+}
+#endif
 
 }  // namespace caloforge

@@ -6,9 +6,11 @@
 #include "Description.hh"
 #include "G4VUserDetectorConstruction.hh"
 
+#include <functional>
 #include <vector>
 
 class G4Material;
+class G4Region;
 
 namespace caloforge {
 
@@ -21,6 +23,13 @@ class DetectorConstruction : public G4VUserDetectorConstruction {
   // Half length of the world along z (centred on z = 0): the gun must start inside it.
   double WorldHalfZ() const { return fWorldHalfZ; }
   double WorldHalfXY() const { return fDesc.halfWidth + 1000.; }
+#ifdef CALOFORGE_G4_FAST
+  // The fast-simulation build puts the upstream material and the layers in an envelope (a G4Region,
+  // "caloforge_calorimeter") from the upstream front to the last layer's back; this is called with it from
+  // ConstructSDandField, where Geant4 wants fast-simulation models attached.
+  std::function<void(G4Region*)> onRegion;
+  void ConstructSDandField() override;
+#endif
 
  private:
   const Description& fDesc;
@@ -28,6 +37,9 @@ class DetectorConstruction : public G4VUserDetectorConstruction {
   std::vector<G4Material*> fUpstream;             // per upstream slab
   std::vector<std::vector<G4Material*>> fLayers;  // per layer, per slab of the cell
   double fWorldHalfZ = 0;
+#ifdef CALOFORGE_G4_FAST
+  G4Region* fRegion = nullptr;
+#endif
 };
 
 }  // namespace caloforge

@@ -13,9 +13,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace caloforge {
+
+class FastShowers;
 
 // Writes all bytes to fd or ends the process (the reader is gone: nobody left to tell).
 void WriteAll(int fd, const void* data, std::size_t size);
@@ -30,6 +33,24 @@ class Scorer {
   void BeginEvent(const G4ThreeVector& position, const G4ThreeVector& direction);
   // The event record: cpu seconds, active[n_layers], passive[n_layers] (float64), voxels (float32).
   void AppendRecord(std::vector<char>& out) const;
+#ifdef CALOFORGE_G4_FAST
+  // The fast-simulation build: the event's fast showers (generated at the end of the event) and the
+  // record's extra fields (model CPU time, counters, the first fast shower's noise and conditions).
+  void SetFast(FastShowers* fast, std::vector<double> visibleScale) {
+    fFast = fast;
+    fFastScale = std::move(visibleScale);
+  }
+  void FinishEvent();
+  // Adds one generated shower (model units) to the readout: voxel v times the visible scale of its
+  // layer; the layer's active sum gets the same, its passive sum the rest of the calibrated energy.
+  void AddFast(const float* voxels, const std::vector<double>& visibleScale);
+  // Buffer mode (request "fast batch block"): the block's records are kept here, the showers of all
+  // its events generated in one batch at the end of the block, added into the records, then written.
+  bool Buffered() const;
+  std::vector<char>& BlockRecords() { return fBlockRecords; }
+  void StartBlock();
+  void FinishBlock(int fd);
+#endif
 
   // Called for every step with an energy deposit: O(1) in the number of layers and slabs.
   void Score(const G4Step* step, double edep) {
@@ -91,6 +112,11 @@ class Scorer {
   std::vector<double> fActive, fPassive, fVoxels;
   G4ThreeVector fEntry, fDir, fE1, fE2;
   double fCpuStart = 0;
+#ifdef CALOFORGE_G4_FAST
+  FastShowers* fFast = nullptr;
+  std::vector<double> fFastScale;  // per layer: visible energy per unit of model output
+  std::vector<char> fBlockRecords;
+#endif
 };
 
 class SteppingAction : public G4UserSteppingAction {
@@ -108,11 +134,15 @@ class SteppingAction : public G4UserSteppingAction {
 // Writes each event's record as soon as the event ends (the reader may stream them).
 class EventAction : public G4UserEventAction {
  public:
-  EventAction(const Scorer& scorer, int dataFd) : fScorer(scorer), fFd(dataFd) {}
+  EventAction(Scorer& scorer, int dataFd) : fScorer(scorer), fFd(dataFd) {}
   void EndOfEventAction(const G4Event*) override;
 
  private:
+#ifdef CALOFORGE_G4_FAST
+  Scorer& fScorer;  // finishes the event's fast showers first
+#else
   const Scorer& fScorer;
+#endif
   int fFd;
   std::vector<char> fBuffer;  // reused: no allocation per event once grown
 };

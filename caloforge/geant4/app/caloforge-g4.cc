@@ -1,4 +1,11 @@
 // caloforge-g4 DESCRIPTION_FILE
+// caloforge-g4-fast DESCRIPTION_FILE MODEL.pt VISIBLE_SCALES   (built with -DCALOFORGE_G4_FAST)
+//
+// The fast build attaches caloforge's fast-simulation model (FastShowerModel.hh) to the
+// calorimeter envelope: MODEL.pt is a TorchScript export, VISIBLE_SCALES the per-layer factors
+// (comma-separated, n_layers of them, or a single 1) from the model's energies to visible energy
+// (the sampling fractions for a calibrated model). Its ready record is version 2 (two more uint32:
+// noise_dim, n_conditions) and its event records start with four more float64 (see Scoring.cc).
 //
 // A persistent Geant4 worker: builds the calorimeter of the description, writes a ready record,
 // then simulates blocks of events requested as text on stdin and writes binary event records on
@@ -11,6 +18,11 @@
 #include "PhysicsList.hh"
 #include "PrimaryGeneratorAction.hh"
 #include "Scoring.hh"
+#ifdef CALOFORGE_G4_FAST
+#include "FastShowerModel.hh"
+#include "G4FastSimulationPhysics.hh"
+#include "G4VModularPhysicsList.hh"
+#endif
 
 #include "G4ParticleTable.hh"
 #include "G4RunManager.hh"
@@ -27,6 +39,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -126,13 +139,35 @@ int main(int argc, char** argv) {
   dup2(2, 1);
   gVerbose = std::getenv("CALOFORGE_G4_VERBOSE") && *std::getenv("CALOFORGE_G4_VERBOSE") == '1';
 
+#ifdef CALOFORGE_G4_FAST
+  if (argc != 4) Fail("usage: caloforge-g4-fast DESCRIPTION_FILE MODEL.pt VISIBLE_SCALES");
+#else
   if (argc != 2) Fail("usage: caloforge-g4 DESCRIPTION_FILE");
+#endif
   caloforge::Description desc;
   try {
     desc = caloforge::ReadDescription(argv[1]);
   } catch (const std::exception& e) {
     Fail(e.what());
   }
+#ifdef CALOFORGE_G4_FAST
+  // The model is opened before Geant4 starts: a bad export is one line, not a Geant4 abort.
+  std::unique_ptr<caloforge::FastModelFile> fastModel;
+  std::vector<double> visibleScale;
+  try {
+    fastModel = std::make_unique<caloforge::FastModelFile>(argv[2], desc.nVoxels, desc.name);
+  } catch (const std::exception& e) {
+    Fail(e.what());
+  }
+  {
+    std::stringstream ss(argv[3]);
+    for (std::string item; std::getline(ss, item, ',');) visibleScale.push_back(Number(item, "visible scale"));
+    if (visibleScale.size() == 1) visibleScale.assign(desc.layers.size(), visibleScale[0]);
+    if (visibleScale.size() != desc.layers.size())
+      Fail("VISIBLE_SCALES needs one factor per layer (" + std::to_string(desc.layers.size()) + ") or one for all");
+  }
+  caloforge::FastShowers fastShowers(*fastModel);
+#endif
 
   try {
     // The UI manager installs its own destination when it is created: create it first, then ours.
@@ -152,12 +187,32 @@ int main(int argc, char** argv) {
     caloforge::Block block;
     caloforge::Scorer scorer(desc);
     runManager->SetUserInitialization(detector);
+#ifdef CALOFORGE_G4_FAST
+    G4VUserPhysicsList* physics = caloforge::MakePhysicsList(desc.cut);
+    auto* modular = dynamic_cast<G4VModularPhysicsList*>(physics);
+    if (!modular) Fail("the physics list is not modular: cannot add fast simulation");
+    auto* fastPhysics = new G4FastSimulationPhysics();
+    for (const char* name : {"e-", "e+", "gamma"}) fastPhysics->ActivateFastSimulation(name);
+    modular->RegisterPhysics(fastPhysics);
+    runManager->SetUserInitialization(physics);
+    scorer.SetFast(&fastShowers, visibleScale);
+    const double impactZ = desc.layers.front().zFront;
+    detector->onRegion = [&fastShowers, impactZ](G4Region* region) {
+      new caloforge::FastShowerModel(region, fastShowers, impactZ);  // owned by the region's manager
+    };
+#else
     runManager->SetUserInitialization(caloforge::MakePhysicsList(desc.cut));
+#endif
     runManager->SetUserInitialization(new caloforge::ActionInitialization(block, scorer, data));
     runManager->Initialize();
     runManager->BeamOn(0);  // builds the physics tables now, not in the first event
 
+#ifdef CALOFORGE_G4_FAST
+    const std::uint32_t ready[6] = {kMagic, std::uint32_t(desc.nVoxels), std::uint32_t(desc.layers.size()), 2,
+                                    std::uint32_t(fastModel->noiseDim), std::uint32_t(fastModel->conditionKinds.size())};
+#else
     const std::uint32_t ready[4] = {kMagic, std::uint32_t(desc.nVoxels), std::uint32_t(desc.layers.size()), kVersion};
+#endif
     caloforge::WriteAll(data, ready, sizeof ready);
 
     const double halfZ = detector->WorldHalfZ(), halfXY = detector->WorldHalfXY();
@@ -167,6 +222,20 @@ int main(int argc, char** argv) {
       if (getppid() != parent) ::_exit(0);
       if (t.empty()) continue;
       if (t[0] == "quit" && t.size() == 1) break;
+#ifdef CALOFORGE_G4_FAST
+      // "fast off" / "fast on": full simulation of everything, or the model again, in the same
+      // process (the speed-up of a fast-simulation model is measured in one program and run)
+      if (t[0] == "fast" && t.size() == 2 && (t[1] == "on" || t[1] == "off")) {
+        fastShowers.enabled = t[1] == "on";
+        continue;
+      }
+      // "fast batch event" (default): the network runs at the end of each event, on its showers;
+      // "fast batch block": once per block of requests, on the showers of all its events
+      if (t[0] == "fast" && t.size() == 3 && t[1] == "batch" && (t[2] == "event" || t[2] == "block")) {
+        fastShowers.buffered = t[2] == "block";
+        continue;
+      }
+#endif
       if (t[0] != "block" || t.size() != 3) Fail("bad request line (expected 'block <n> <particle>' or 'quit')");
       char* end = nullptr;
       const long n = std::strtol(t[1].c_str(), &end, 10);
@@ -197,7 +266,13 @@ int main(int argc, char** argv) {
           Fail("particle frame: the direction must cross the front plane (dz != 0)");
         block.events.push_back(r);
       }
+#ifdef CALOFORGE_G4_FAST
+      scorer.StartBlock();
       if (n) runManager->BeamOn(int(n));
+      scorer.FinishBlock(data);
+#else
+      if (n) runManager->BeamOn(int(n));
+#endif
       caloforge::WriteAll(data, &kDone, sizeof kDone);
     }
   } catch (const std::exception& e) {  // e.g. a missing data set in a full installation
