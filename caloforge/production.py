@@ -174,7 +174,7 @@ def simulation_shard(tasks: Sequence, shard: Shard, plan_sha256: str) -> tuple[l
     unsharded file, row for row."""
     n_blocks = len(tasks)
     b0, b1 = (shard.index - 1) * n_blocks // shard.count, shard.index * n_blocks // shard.count
-    sizes = [t.part.n for t in tasks]
+    sizes = [t.n for t in tasks]
     first, end = sum(sizes[:b0]), sum(sizes[:b1])
     if b1 == b0:
         warnings.warn(f"shard {shard} holds no showers: the plan has only {n_blocks} blocks; use fewer shards",

@@ -15,7 +15,7 @@ import pytest
 
 from caloforge.geant4.build import require_geant4
 from caloforge.geometry import PRESETS, load_geometry
-from caloforge.simulate import simulate
+from caloforge.simulate import block_size, simulate
 
 _MISSING = require_geant4()
 pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"Geant4 unavailable: {_MISSING}")
@@ -47,8 +47,9 @@ def test_every_preset_geometry_runs_in_geant4(name):
 
 def test_conditions_are_those_of_the_parametrised_engine():
     kw = dict(seed=4, theta=(1.2, 1.9), phi=(0.0, 0.5))
-    g4 = simulate("clic", "photon", "2GeV:4GeV", 6, engine="geant4", **kw)
-    gf = simulate("clic", "photon", "2GeV:4GeV", 6, engine="gflash", **kw)
+    n = block_size(load_geometry("clic")) + 13  # two blocks of the random streams, 13 pieces for Geant4
+    g4 = simulate("clic", "photon", "1GeV:2GeV", n, engine="geant4", workers=2, **kw)
+    gf = simulate("clic", "photon", "1GeV:2GeV", n, engine="gflash", **kw)
     assert np.array_equal(g4.incident_energy, gf.incident_energy)
     for k in gf.conditions:
         assert np.array_equal(g4.conditions[k], gf.conditions[k])

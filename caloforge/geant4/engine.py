@@ -41,7 +41,9 @@ __all__ = ["Geant4Engine", "sampling_fractions", "gun_start", "CALIBRATION_ENERG
 
 CALIBRATION_ENERGY = 2000.0  # MeV
 CALIBRATION_EVENTS = 200
-BLOCK_SIZE = 8  # showers per block: the unit of scheduling, of the random streams and of a partial file
+# showers per piece: a block's draws (the random streams: caloforge.simulate.api.block_size) are made
+# in pieces of this size, the unit of scheduling and of what a stopped run keeps
+BLOCK_SIZE = 8
 # radiation lengths [mm] of the NIST materials the presets use (PDG), to size the calibration block
 NIST_X0_MM = {"G4_W": 3.504, "G4_Si": 93.70, "G4_Pb": 5.612, "G4_lAr": 140.0, "G4_Fe": 17.57, "G4_Cu": 14.36,
               "G4_Al": 88.97, "G4_POLYSTYRENE": 413.1, "G4_KAPTON": 285.7, "G4_AIR": 303900.0,

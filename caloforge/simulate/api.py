@@ -206,15 +206,20 @@ def _check_angles(part: Part) -> Part:
 # ----------------------------------------------------------------------------------
 # Blocks
 # ----------------------------------------------------------------------------------
-def block_size(geometry: Geometry, engine: str = "gflash") -> int:
-    """Showers per block (and per random stream): depends on the geometry and the engine only.
-    Geant4 blocks are small: a shower costs ~8 ms per GeV there, and a block is the unit a
-    stopped run keeps."""
+def block_size(geometry: Geometry) -> int:
+    """Showers per block (and per random stream): depends on the geometry only, the same for
+    every engine, so that every engine draws the same energies, angles and impacts row by row."""
+    return int(np.clip(2**20 // geometry.n_voxels, 16, 512))
+
+
+def piece_size(engine: str = "gflash") -> int | None:
+    """Showers per task within a block (None: the whole block).  Geant4 runs a block in pieces:
+    a shower costs ~8 ms per GeV there, and a piece is what a stopped run keeps."""
     if engine == "geant4":
         from caloforge.geant4.engine import BLOCK_SIZE
 
         return BLOCK_SIZE
-    return int(np.clip(2**20 // geometry.n_voxels, 16, 512))
+    return None
 
 
 def spot_cap(geometry: Geometry) -> int:
@@ -230,6 +235,12 @@ class _Task:
     block: int
     part: Part
     calibrated: bool = False  # divide the visible energies by the sampling fraction
+    rows: tuple[int, int] | None = None  # only these rows of the block (a piece: Geant4)
+
+    @property
+    def n(self) -> int:
+        """Showers this task makes."""
+        return self.part.n if self.rows is None else self.rows[1] - self.rows[0]
 
 
 def _slice_cond(value, lo: int, hi: int):
@@ -248,13 +259,18 @@ def _slice_part(part: Part, lo: int, hi: int) -> Part:
                    impact=_slice_cond(part.impact, lo, hi))
 
 
-def _tasks(parts: Sequence[Part], bsize: int, calibrated: bool = False) -> list[_Task]:
+def _tasks(parts: Sequence[Part], bsize: int, calibrated: bool = False, piece: int | None = None) -> list[_Task]:
     tasks = []
     for p_idx, part in enumerate(parts):
         if isinstance(part.energies, EnergySpec) and part.energies.kind == "discrete":
             raise ConfigError("a Part with a discrete EnergySpec must list its per-shower energies (np.repeat)")
         for b, lo in enumerate(range(0, part.n, bsize)):
-            tasks.append(_Task(p_idx, b, _slice_part(part, lo, min(lo + bsize, part.n)), calibrated))
+            block = _slice_part(part, lo, min(lo + bsize, part.n))
+            if piece is None:
+                tasks.append(_Task(p_idx, b, block, calibrated))
+            else:
+                tasks += [_Task(p_idx, b, block, calibrated, (r, min(r + piece, block.n)))
+                          for r in range(0, block.n, piece)]
     return tasks
 
 
@@ -363,8 +379,12 @@ def simulate_block_geant4(stack: Stack, engine, task: _Task, seed: int) -> Showe
     rng = _block_rng(task, seed)
     energy, theta, phi, _, _, impact = _block_conditions(stack, task, rng)
     seeds = rng.integers(1, 2**63 - 1, task.part.n, dtype=np.uint64)
-    showers, raw = engine.showers(task.part.particle, seeds, energy, theta, phi,
-                                  np.asarray(impact[0], float), np.asarray(impact[1], float))
+    # a piece of the block: the block's draws, then its rows (so pieces tile the block exactly)
+    rows = slice(*task.rows) if task.rows is not None else slice(None)
+    impact = (np.broadcast_to(np.asarray(impact[0], float), energy.shape)[rows],
+              np.broadcast_to(np.asarray(impact[1], float), energy.shape)[rows])
+    energy, theta, phi, seeds = energy[rows], theta[rows], phi[rows], seeds[rows]
+    showers, raw = engine.showers(task.part.particle, seeds, energy, theta, phi, impact[0], impact[1])
     cond = {"incident_theta": theta, "incident_phi": phi, "impact_x": impact[0], "impact_y": impact[1]}
     out = ShowerData(energy, showers, cond)
     if raw.n_fast is not None:  # the fast-simulation build: what the model did, for the file's record
@@ -638,7 +658,7 @@ def plan_digest(geometry: Geometry, parts: Sequence[Part], engine: EngineSetup, 
 def plan_tasks(geometry: Geometry, parts: Sequence[Part], engine: str = "gflash",
                calibrated: bool = False) -> list[_Task]:
     """The plan's blocks in order: what a run (or a shard of it) simulates."""
-    return _tasks(parts, block_size(geometry, engine), calibrated)
+    return _tasks(parts, block_size(geometry), calibrated, piece_size(engine))
 
 
 def iter_plan(geometry: Geometry | str, parts: Sequence[Part], seed: int = 0, workers: int | None = 1,
@@ -654,7 +674,7 @@ def iter_plan(geometry: Geometry | str, parts: Sequence[Part], seed: int = 0, wo
     if tasks is None:
         tasks = plan_tasks(geo, parts, setup.name, calibrated)
     workers = _default_workers() if workers is None or workers <= 0 else int(workers)
-    with (_progress(progress, description, sum(t.part.n for t in tasks)) as update,
+    with (_progress(progress, description, sum(t.n for t in tasks)) as update,
           closing(_run_tasks(geo, tasks, seed, min(workers, max(len(tasks), 1)), setup)) as blocks):
         for out in blocks:
             update(len(out))
@@ -800,7 +820,7 @@ def write_plan(path: str | Path, geometry: Geometry | str, parts: Sequence[Part]
                         geant4_fast_model_energy_range_mev=np.asarray(fm.get("energy_range_mev", [0, 0]), float))
     tasks = plan_tasks(geo, parts, setup.name, scale == "calibrated")
     digest = plan_digest(geo, parts, setup, scale, names)
-    meta.update(plan_sha256=digest, n_total=int(sum(t.part.n for t in tasks)))
+    meta.update(plan_sha256=digest, n_total=int(sum(t.n for t in tasks)))
     if shard is not None:
         from caloforge.production import simulation_shard
 
