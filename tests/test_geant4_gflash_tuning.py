@@ -67,5 +67,7 @@ def test_tuned_depth_is_closer(engines):
 
 def test_tuned_radial_width_is_close(engines):
     name, g4, bare, tuned = engines
-    # energy-weighted RMS radius: within 10 % (a 24-shower mean scatters by ~3 %)
+    # energy-weighted RMS radius: within 10 % (a 24-shower mean scatters by ~3 %; the published
+    # radii are 13 % too wide on calogan at 8 GeV) and no farther than the published one, ±3 %
     assert abs(tuned["r_rms"] / g4["r_rms"] - 1) < 0.10, (g4, bare, tuned)
+    assert abs(tuned["r_rms"] - g4["r_rms"]) < abs(bare["r_rms"] - g4["r_rms"]) + 0.03 * g4["r_rms"], (g4, bare, tuned)
