@@ -16,6 +16,7 @@ one summary statistic of the Geant4 sample:
                             sample's median energy radius (per-shower normalised)
 ``r_tail_scale``            energy-weighted mean voxel radius [mm]
 ``spot_scale``              mean ln(number of hit voxels)
+``spot_exponent_shift``     slope of ln(hit voxels) against ln(E_inc)
 ``sampling_term_scale``     RMS of (E_tot/E_inc − its mean in the energy bin)·√(E_inc/GeV)
 ``sampling_fraction_scale`` Σ visible energy in the material's layers (visible-scale files;
                             fixed-point update, not a root search)
@@ -54,6 +55,7 @@ SAMPLE = "geant4-n500-s1.h5"
 # the shape parameters, fitted after them, move the statistics smoothly
 FITS = [
     ("spot_scale", "log_hits", True, (0.25, 40.0)),
+    ("spot_exponent_shift", "hits_slope", False, (-0.6, 0.3)),
     ("sampling_term_scale", "resolution", True, (0.2, 5.0)),
     ("ln_T_shift", "cog", False, (-0.6, 0.6)),
     ("ln_alpha_shift", "long_sd", False, (-0.6, 0.6)),
@@ -64,7 +66,7 @@ FITS = [
 # centre of gravity but not the profile's width, and their 40 mm cells do not separate the radial
 # core from the tail: there only the depth and one radial scale (core and tail together) are fitted
 COARSE = {"calogan", "ds1-photons"}
-COARSE_FITS = ("spot_scale", "sampling_term_scale", "ln_T_shift", "r_scale")
+COARSE_FITS = ("spot_scale", "spot_exponent_shift", "sampling_term_scale", "ln_T_shift", "r_scale")
 REPLICAS = 2  # gflash showers per Geant4 shower: halves the fit's own statistical noise
 GFLASH_SEED = 12345
 
@@ -95,7 +97,8 @@ def statistics(geo, energy: np.ndarray, showers: np.ndarray, r_cut: float | None
     mean_b = np.bincount(b, weights=ratio, minlength=8) / np.maximum(np.bincount(b, minlength=8), 1)
     resolution = float(np.sqrt(np.mean(((ratio - mean_b[b]) * np.sqrt(e_inc / 1e3)) ** 2)))
     return {"cog": float(cog.mean()), "long_sd": float(long_sd.mean()), "core": core, "r_mean": r_mean, "r_cut": r_cut,
-            "log_hits": float(np.log1p((x > 0).sum(1)).mean()), "resolution": resolution,
+            "log_hits": float(np.log1p((x > 0).sum(1)).mean()),
+            "hits_slope": float(np.polyfit(np.log(e_inc), np.log1p((x > 0).sum(1)), 1)[0]), "resolution": resolution,
             "e_ratio": float(ratio.mean()), "layer_energy": geo.layer_energy(x).sum(0)}
 
 
@@ -182,7 +185,7 @@ def calibrate(problem: Problem, sweeps: int, start: GFlashTuning = NEUTRAL) -> t
             v = _solve(residual, lo, hi, start, log, tol=2e-3)
             tuning[problem.main] = replace(tuning[problem.main], **setting(round(v, 4)))
     after = problem.simulate(tuning)
-    keys = ["cog", "long_sd", "core", "r_mean", "log_hits", "resolution", "e_ratio"]
+    keys = ["cog", "long_sd", "core", "r_mean", "log_hits", "hits_slope", "resolution", "e_ratio"]
     report = {"geant4": {k: round(target[k], 4) for k in keys}, "gflash_before": {k: round(before[k], 4) for k in keys},
               "gflash_after": {k: round(after[k], 4) for k in keys}}
     return tuning, report

@@ -14,7 +14,7 @@ from caloforge.simulate.em import mean_parameters
 from caloforge.simulate.tuning import NEUTRAL, TUNING_FILE, GFlashTuning, load_tuning
 
 BOUNDS = {"ln_T_shift": (-0.6, 0.6), "ln_alpha_shift": (-0.6, 0.6), "r_core_scale": (0.2, 5.0),
-          "r_tail_scale": (0.2, 5.0), "spot_scale": (0.25, 40.0), "sampling_fraction_scale": (0.3, 3.0),
+          "r_tail_scale": (0.2, 5.0), "spot_scale": (0.25, 40.0), "spot_exponent_shift": (-0.6, 0.3), "sampling_fraction_scale": (0.3, 3.0),
           "sampling_term_scale": (0.2, 5.0)}
 
 

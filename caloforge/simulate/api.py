@@ -345,7 +345,7 @@ def simulate_block(stack: Stack, task: _Task, seed: int) -> ShowerData:
     energy, theta, phi, cos_tilt, slope, impact = _block_conditions(stack, task, rng)
     geo, cap = stack.geometry, stack_spot_cap(stack)
     # bound memory: sub-batches of at most MAX_SPOTS spots, drawn in order from the same stream
-    est = capped_spots(n_spots(energy, stack.main.Z, stack.sampling) * stack.tuning.spot_scale, MIN_SPOTS, cap)
+    est = capped_spots(n_spots(energy, stack.main.Z, stack.sampling) * stack.tuning.spot_factor(energy), MIN_SPOTS, cap)
     est *= 2 if part.particle == "pion" else 1
     showers = np.empty((n, geo.n_voxels), dtype=np.float32)
     lo = 0

@@ -207,7 +207,7 @@ def em_spots(
     if shower_index is None:
         shower_index = np.arange(n)
     alpha, beta, mean_alpha = sample_profiles(rng, energy, Z, Ec, sampling, tuning)
-    m, owner, k = spot_layout(n_spots(energy, Z, sampling) * tuning.spot_scale, energy, min_spots, cap)
+    m, owner, k = spot_layout(n_spots(energy, Z, sampling) * tuning.spot_factor(energy), energy, min_spots, cap)
     shift = rng.random(n)  # per-shower offset of the low-discrepancy radius quantiles
     u_t = (k + rng.random(len(owner))) / m[owner]  # stratified depth quantiles
     # Importance sampling: spots are drawn from a wider profile (shape 1 + κ(α−1), same

@@ -15,6 +15,9 @@ Fields (all dimensionless):
 * ``r_core_scale``, ``r_tail_scale``: multiply the core and tail radii;
 * ``spot_scale``: multiplies the number of energy spots (and the cap on them): finer
   spatial sampling of the deposit, hence more hit voxels at the shower's edges;
+* ``spot_exponent_shift``: added to the exponent of the spot count's energy law
+  (``N ∝ E^0.959`` in sampling media), pivoting at :data:`SPOT_PIVOT_MEV` so that it does not
+  change the count there (Geant4's hit counts grow more slowly with energy than GFlash's spots);
 * ``sampling_fraction_scale``: multiplies the layer's nominal sampling fraction (the
   visible energy; a calibrated file divides by the same product, so its scale is unchanged);
 * ``sampling_term_scale``: multiplies the layer's stochastic term.
@@ -30,8 +33,9 @@ from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["GFlashTuning", "NEUTRAL", "TUNING_FILE", "load_tuning", "tuning_for"]
+__all__ = ["GFlashTuning", "NEUTRAL", "TUNING_FILE", "SPOT_PIVOT_MEV", "load_tuning", "tuning_for"]
 
+SPOT_PIVOT_MEV = 1e4  # 10 GeV: the middle of the 1–50 GeV log-uniform calibration samples
 TUNING_FILE = Path(__file__).resolve().parent.parent / "data" / "gflash_tuning.json"
 
 
@@ -42,6 +46,7 @@ class GFlashTuning:
     r_core_scale: float = 1.0
     r_tail_scale: float = 1.0
     spot_scale: float = 1.0
+    spot_exponent_shift: float = 0.0
     sampling_fraction_scale: float = 1.0
     sampling_term_scale: float = 1.0
 
@@ -52,6 +57,15 @@ class GFlashTuning:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def spot_factor(self, energy):
+        """Multiplier of the physical spot count for showers of ``energy`` [MeV]."""
+        if self.spot_exponent_shift == 0.0:
+            return self.spot_scale
+        import numpy as np
+
+        e = np.maximum(np.asarray(energy, dtype=float), 1.0)
+        return self.spot_scale * (e / SPOT_PIVOT_MEV) ** self.spot_exponent_shift
 
 
 NEUTRAL = GFlashTuning()
