@@ -155,7 +155,7 @@ def summarise(geo: str, metrics: dict, g4: dict, gf: dict) -> dict:
 
 
 def fmt(v, nd=3) -> str:
-    return "–" if v is None else (f"{v:.{nd}g}" if isinstance(v, float) else str(v))
+    return "–" if v is None else (f"{v:.{nd}g}" if isinstance(v, (float, int)) else str(v))
 
 
 def markdown(rows: list[dict], tag: str, header: str) -> str:
@@ -164,6 +164,23 @@ def markdown(rows: list[dict], tag: str, header: str) -> str:
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(fmt(r.get(c)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compare(out: Path, tags: list[str]) -> str:
+    """One table, each geometry's rows for every tag (from the summary files of the default plan)."""
+    runs = {t: {r["geometry"]: r for r in json.loads((out / f"summary-{t}.json").read_text())} for t in tags}
+    cols = [("AUC low", "auc_low", 3), ("AUC high", "auc_high", 3), ("FPD×10³", "fpd_x1e3", 4),
+            ("KPD×10³", "kpd_x1e3", 3), ("E_tot χ²/ndf", "etot_chi2_ndf", 3), ("layer E χ²/ndf", "layer_chi2_ndf_mean", 3),
+            ("hits gflash/G4", "hit_ratio", 3), ("CoG G4", "cog_g4", 3), ("CoG gflash", "cog_gflash", 3),
+            ("r_rms G4 [mm]", "radial_rms_g4", 3), ("r_rms gflash [mm]", "radial_rms_gflash", 3),
+            ("G4 CPU [s]", "g4_cpu_s", 4), ("evaluate CPU [s]", "eval_cpu_s", 3)]
+    lines = ["| geometry | gflash | " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * (len(cols) + 2)]
+    for geo in runs[tags[0]]:
+        for t in tags:
+            r = runs[t].get(geo)
+            if r:
+                lines.append(f"| {geo} | {t} | " + " | ".join(fmt(r.get(k), nd) for _, k, nd in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -178,7 +195,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20, help="classifier epochs")
     ap.add_argument("--only-simulate", action="store_true", help="make the files, no evaluation")
     ap.add_argument("--engines", default="geant4,gflash")
+    ap.add_argument("--compare", help="TAG1,TAG2: print one table of existing summaries, run nothing")
     args = ap.parse_args()
+    if args.compare:
+        text = compare(args.out, args.compare.split(","))
+        (args.out / f"summary-{args.compare.replace(',', '-vs-')}.md").write_text(text)
+        print(text)
+        return
     os.environ.setdefault("OMP_NUM_THREADS", str(args.workers))
     rows = []
     for geo in args.geometries.split(","):
