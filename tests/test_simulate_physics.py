@@ -116,7 +116,9 @@ def test_si_w_readout_threshold_in_file_units():
 
 
 def test_em_resolution_stochastic_term(calogan_photons, clic_electrons):
-    for (energies, data), lo, hi in ((calogan_photons, 0.08, 0.14), (clic_electrons, 0.13, 0.22)):
+    # calogan: the nominal 10 %/√E term is scaled to what Geant4 gives in its 2 mm Pb / 4 mm LAr
+    # cells (≈ 7 %; Amaldi's 2.7 % √(d/f_samp) ≈ 7–8 %), caloforge/data/gflash_tuning.json
+    for (energies, data), lo, hi in ((calogan_photons, 0.06, 0.14), (clic_electrons, 0.13, 0.22)):
         e_gev = np.array(energies) / 1e3
         sig = np.array([response(d).std() / response(d).mean() for d in data])
         assert np.all(np.diff(sig) < 0), sig  # falls with energy

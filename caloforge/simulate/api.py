@@ -227,6 +227,11 @@ def spot_cap(geometry: Geometry) -> int:
     return int(np.clip(4 * geometry.n_voxels, 1000, 4000))
 
 
+def stack_spot_cap(stack: Stack) -> int:
+    """The spot cap with the material's fitted spot_scale (more spots, same growth law above it)."""
+    return max(1, int(round(spot_cap(stack.geometry) * stack.tuning.spot_scale)))
+
+
 @dataclass(frozen=True)
 class _Task:
     """Block ``block`` of part ``stream``: that slice of the part, with its own random stream."""
@@ -304,7 +309,7 @@ def _showers(stack: Stack, particle: str, rng: np.random.Generator, energy: np.n
     Z, Ec = stack.main.Z, stack.main.critical_energy
     if particle in ("photon", "electron"):
         t0 = rng.exponential(PHOTON_CONVERSION_X0, n) if particle == "photon" else np.zeros(n)
-        spots = em_spots(rng, energy, t0, Z, Ec, stack.sampling, cap)
+        spots = em_spots(rng, energy, t0, Z, Ec, stack.sampling, cap, tuning=stack.tuning)
         showers = visible(rng, stack, deposit(stack, spots, n, cos_tilt, slope, impact), threshold=stack.threshold)
     else:
         s_int = sample_interaction_depth(rng, n)  # first inelastic interaction [λ along the axis]
@@ -318,7 +323,7 @@ def _showers(stack: Stack, particle: str, rng: np.random.Generator, energy: np.n
         # the EM part: a few π⁰ showers starting at and somewhat after the interaction
         owner, e_sub, s_sub = pi0_showers(rng, f_em * e_avail, s_int)
         t_sub = stack.convert(s_sub * cos_tilt[owner], "lambda", "X0") / cos_tilt[owner]
-        em = em_spots(rng, e_sub, t_sub, Z, Ec, stack.sampling, cap, shower_index=owner)
+        em = em_spots(rng, e_sub, t_sub, Z, Ec, stack.sampling, cap, shower_index=owner, tuning=stack.tuning)
         had = hadronic_spots(rng, (1.0 - f_em) * e_avail * h_visible, s_int, cap)
         dep_em = deposit(stack, track, n, cos_tilt, slope, impact)
         deposit(stack, em, n, cos_tilt, slope, impact, out=dep_em)
@@ -355,9 +360,9 @@ def simulate_block(stack: Stack, task: _Task, seed: int) -> ShowerData:
     rng = _block_rng(task, seed)
     part, n = task.part, task.part.n
     energy, theta, phi, cos_tilt, slope, impact = _block_conditions(stack, task, rng)
-    geo, cap = stack.geometry, spot_cap(stack.geometry)
+    geo, cap = stack.geometry, stack_spot_cap(stack)
     # bound memory: sub-batches of at most MAX_SPOTS spots, drawn in order from the same stream
-    est = capped_spots(n_spots(energy, stack.main.Z, stack.sampling), MIN_SPOTS, cap)
+    est = capped_spots(n_spots(energy, stack.main.Z, stack.sampling) * stack.tuning.spot_factor(energy), MIN_SPOTS, cap)
     est *= 2 if part.particle == "pion" else 1
     showers = np.empty((n, geo.n_voxels), dtype=np.float32)
     lo = 0
@@ -652,6 +657,10 @@ def plan_digest(geometry: Geometry, parts: Sequence[Part], engine: EngineSetup, 
           list(condition_names)])
     if engine.fast_model:  # the model's bytes, not its path
         h.update(hashlib.sha256(Path(engine.fast_model).read_bytes()).digest())
+    if engine.name == "gflash":  # the fitted corrections change gflash's showers: a resumed file must match
+        from .tuning import load_tuning
+
+        feed({name: t.to_dict() for name, t in sorted(load_tuning().items())})
     return h.hexdigest()
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from caloforge.geometry import Geometry, Material
 
 from .em import Spots
+from .tuning import GFlashTuning, load_tuning
 
 __all__ = ["Stack", "GAP_DENSITY", "VISIBLE_THRESHOLD", "READOUT_THRESHOLD", "deposit", "visible", "suppress", "mip_spots"]
 
@@ -60,9 +61,14 @@ class Stack:
     voxel_fraction: np.ndarray  # (n_voxels,) sampling fraction of each voxel's layer
     voxel_term: np.ndarray  # (n_voxels,) stochastic term [√GeV] of each voxel's layer
     threshold: float = VISIBLE_THRESHOLD  # readout zero suppression [MeV visible]
+    tuning: GFlashTuning = GFlashTuning()  # the main material's fitted corrections
 
     @classmethod
-    def build(cls, geometry: Geometry) -> "Stack":
+    def build(cls, geometry: Geometry, tuning: dict[str, GFlashTuning] | None = None) -> "Stack":
+        """``tuning``: material name → corrections (default: the table fitted to Geant4,
+        :mod:`caloforge.simulate.tuning`); a material not in it keeps the published GFlash."""
+        table = load_tuning() if tuning is None else tuning
+        tune = lambda m: table.get(m.name, GFlashTuning())  # noqa: E731
         segs: list[tuple[float, float, Material, float, int]] = []  # z, thick, material, density, layer
         thick_layers = [(i, L) for i, L in enumerate(geometry.layers) if L.thickness > 0]
         first = thick_layers[0][1]
@@ -101,9 +107,12 @@ class Stack:
             cum_lambda=np.concatenate([[0.0], np.cumsum(th / lam)]),
             main=main,
             sampling=sampling,
-            voxel_fraction=np.array([L.sampling_fraction for L in geometry.layers])[geometry.voxel_layer],
-            voxel_term=np.array([L.sampling_term for L in geometry.layers])[geometry.voxel_layer],
+            voxel_fraction=np.array([L.sampling_fraction * tune(L.material).sampling_fraction_scale
+                                     for L in geometry.layers])[geometry.voxel_layer],
+            voxel_term=np.array([L.sampling_term * tune(L.material).sampling_term_scale
+                                 for L in geometry.layers])[geometry.voxel_layer],
             threshold=READOUT_THRESHOLD.get(geometry.name, VISIBLE_THRESHOLD),
+            tuning=tune(main),
         )
 
     @property

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtri
 
+from .tuning import NEUTRAL, GFlashTuning
+
 __all__ = ["Spots", "GFlashParameters", "mean_parameters", "sample_profiles", "n_spots", "em_spots",
            "radial_parameters", "gamma_quantile", "capped_spots", "spot_layout", "lorentz_radii"]
 
@@ -86,11 +88,13 @@ def _ln_y(energy: np.ndarray, Ec: float) -> np.ndarray:
     return np.log(np.maximum(np.asarray(energy, dtype=float) / Ec, np.exp(1.2)))
 
 
-def mean_parameters(energy: np.ndarray, Z: float, Ec: float, sampling: bool = False) -> GFlashParameters:
-    """GFlash means/sigmas/correlation of ln T and ln α for energies [MeV]."""
+def mean_parameters(energy: np.ndarray, Z: float, Ec: float, sampling: bool = False,
+                    tuning: GFlashTuning = NEUTRAL) -> GFlashParameters:
+    """GFlash means/sigmas/correlation of ln T and ln α for energies [MeV] (``tuning``:
+    the material's fitted shifts of the two means, :mod:`caloforge.simulate.tuning`)."""
     ly = _ln_y(energy, Ec)
-    mean_ln_T = np.log(ly - 0.812)
-    mean_ln_alpha = np.log(0.81 + (0.458 + 2.26 / Z) * ly)
+    mean_ln_T = np.log(ly - 0.812) + tuning.ln_T_shift
+    mean_ln_alpha = np.log(0.81 + (0.458 + 2.26 / Z) * ly) + tuning.ln_alpha_shift
     if sampling:  # sampling-calorimeter fluctuations (hep-ex/0001020, sec. 4)
         den_T, den_a, rho = -2.5 + 1.25 * ly, -0.82 + 0.79 * ly, 0.784 - 0.023 * ly
     else:
@@ -101,9 +105,10 @@ def mean_parameters(energy: np.ndarray, Z: float, Ec: float, sampling: bool = Fa
     return GFlashParameters(mean_ln_T, sigma_ln_T, mean_ln_alpha, sigma_ln_alpha, np.clip(rho, -0.99, 0.99))
 
 
-def sample_profiles(rng: np.random.Generator, energy: np.ndarray, Z: float, Ec: float, sampling: bool = False):
+def sample_profiles(rng: np.random.Generator, energy: np.ndarray, Z: float, Ec: float, sampling: bool = False,
+                    tuning: GFlashTuning = NEUTRAL):
     """Draw each shower's (α, β [1/X0], ⟨α⟩) with the correlated GFlash fluctuations."""
-    p = mean_parameters(energy, Z, Ec, sampling)
+    p = mean_parameters(energy, Z, Ec, sampling, tuning)
     n = len(p.mean_ln_T)
     g1, g2 = rng.standard_normal(n), rng.standard_normal(n)
     c1, c2 = np.sqrt((1 + p.rho) / 2), np.sqrt((1 - p.rho) / 2)
@@ -189,18 +194,20 @@ def em_spots(
     cap: int,
     min_spots: int = MIN_SPOTS,
     shower_index: np.ndarray | None = None,
+    tuning: GFlashTuning = NEUTRAL,
 ) -> Spots:
     """Spots of EM showers of ``energy`` [MeV] starting at depth ``t_start`` [X0 along the axis].
 
     Showers with zero energy get no spots.  ``shower_index`` maps the showers to rows
-    of the output block (default: ``arange``).
+    of the output block (default: ``arange``).  ``tuning``: the material's corrections
+    (depth, shape, radii, spot count); ``cap`` is taken as already scaled by its spot_scale.
     """
     energy = np.asarray(energy, dtype=float)
     n = len(energy)
     if shower_index is None:
         shower_index = np.arange(n)
-    alpha, beta, mean_alpha = sample_profiles(rng, energy, Z, Ec, sampling)
-    m, owner, k = spot_layout(n_spots(energy, Z, sampling), energy, min_spots, cap)
+    alpha, beta, mean_alpha = sample_profiles(rng, energy, Z, Ec, sampling, tuning)
+    m, owner, k = spot_layout(n_spots(energy, Z, sampling) * tuning.spot_factor(energy), energy, min_spots, cap)
     shift = rng.random(n)  # per-shower offset of the low-discrepancy radius quantiles
     u_t = (k + rng.random(len(owner))) / m[owner]  # stratified depth quantiles
     # Importance sampling: spots are drawn from a wider profile (shape 1 + κ(α−1), same
@@ -220,6 +227,7 @@ def em_spots(
     ma = mean_alpha[owner]
     tau = t * b / a * ma / (ma - 1.0)
     r_core, r_tail, p_core = radial_parameters(energy[owner], tau, Z)
+    r_core, r_tail = r_core * tuning.r_core_scale, r_tail * tuning.r_tail_scale
     q_core = CORE_SHARE * p_core
     r_tail_q = r_tail * WIDEN_TAIL
     radius = np.where(rng.random(len(owner)) < q_core, r_core, r_tail_q)
