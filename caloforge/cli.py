@@ -50,7 +50,11 @@ def user_errors(fn: Callable) -> Callable:
         try:
             # a stop signal swallowed by a __del__ is re-raised, not lost; SIGTERM/SIGHUP act as Ctrl-C
             with interrupt.handle_signals():
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+            # the work is complete and the process only exits now: a stop signal arriving during the
+            # interpreter's teardown must not turn a finished run into a death by signal
+            interrupt.ignore_stop_signals()
+            return result
         except CaloforgeError as exc:
             fail(str(exc).replace("\n", " "), code=exc.exit_code)
         except KeyboardInterrupt:
