@@ -51,9 +51,8 @@ def user_errors(fn: Callable) -> Callable:
             # a stop signal swallowed by a __del__ is re-raised, not lost; SIGTERM/SIGHUP act as Ctrl-C
             with interrupt.handle_signals():
                 result = fn(*args, **kwargs)
-            # the work is complete and the process only exits now: a stop signal arriving during the
-            # interpreter's teardown must not turn a finished run into a death by signal
-            interrupt.ignore_stop_signals()
+            if _ENTRY_POINT:  # the process only exits now: a stop signal arriving during the
+                interrupt.ignore_stop_signals()  # interpreter's teardown must not kill a finished run
             return result
         except CaloforgeError as exc:
             fail(str(exc).replace("\n", " "), code=exc.exit_code)
@@ -901,7 +900,12 @@ def bench_cmd(
         print(f"json: {json_out}")
 
 
+_ENTRY_POINT = False  # True when this process is the `caloforge` command (not a library caller)
+
+
 def main() -> None:  # console-script entry point
+    global _ENTRY_POINT
+    _ENTRY_POINT = True
     app()
 
 
