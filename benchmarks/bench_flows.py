@@ -1,6 +1,6 @@
 """Flow-based models against the CaloShowerGAN demo config, side by side, at the same CPU budget.
 
-Protocol (issue 11): simulate one training set of a CaloChallenge preset (``--dataset``:
+Protocol: simulate one training set of a CaloChallenge preset (``--dataset``:
 ``ds1-photons`` by default, ``ds1-pions``, ``ds2``) and an independent held-out set (another
 seed); every config is trained on that preset's geometry (its ``model.geometry`` is replaced); train every model on the same file for the same budget on the same
 number of threads; generate one shower per held-out shower (``--like``); evaluate

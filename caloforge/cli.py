@@ -299,7 +299,7 @@ def geant4_calibrate_cmd(
     console.print(table)
 
 
-# --- simulate-paper (issue 12: the CaloGAN and ATLAS GAN data sets) ------------------
+# --- simulate-paper: the CaloGAN and ATLAS GAN data sets ----------------------------
 @app.command("simulate-paper")
 @user_errors
 def simulate_paper_cmd(
