@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from caloforge.errors import EngineError
-from caloforge.geometry import Geometry, Layer, Sampling
+from caloforge.geometry import MATERIALS, Geometry, Layer, Sampling
 
 from .build import Build, cache_dir, ensure_built
 from .runner import DEFAULT_CUT_MM, G4Showers, Geant4Process
@@ -82,9 +82,6 @@ def _calibration_geometry(sampling: Sampling) -> Geometry:
     x0 = _x0_of(sampling)
     depth = CALIBRATION_MAX_MM if x0 is None else min(CALIBRATION_MAX_MM, CALIBRATION_DEPTH_X0 * x0)
     n_cells = max(1, math.ceil(depth / cell))
-    material = None
-    from caloforge.geometry import MATERIALS
-
     material = next(iter(MATERIALS.values()))  # the effective material is not used by Geant4
     one = Sampling(slabs=sampling.slabs, repeats=1)
     layers = tuple(Layer(id=i, kind="cartesian", z_front=i * cell, thickness=cell, material=material, nx=1, ny=1,
@@ -105,7 +102,7 @@ def measure_sampling_fraction(sampling: Sampling, build: Build, cut_mm: float = 
         return float(json.loads(path.read_text())["sampling_fraction"])
     except (OSError, ValueError, KeyError):
         pass
-    rng = np.random.default_rng(np.random.SeedSequence([20261207, len(key)]))
+    rng = np.random.default_rng(np.random.SeedSequence([20261207, len(key)]))  # fixed: constants, not a run
     n = CALIBRATION_EVENTS
     seeds = rng.integers(1, 2**63 - 1, n, dtype=np.uint64)
     with Geant4Process(_calibration_geometry(sampling), cut_mm=cut_mm, build=build) as g4:
