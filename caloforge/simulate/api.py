@@ -542,14 +542,26 @@ def _dead_worker(processes: dict, workers: int) -> WorkerDied:
     return WorkerDied(f"{what}; the run was stopped. Rerun with fewer --workers or more memory")
 
 
-def _result(future) -> ShowerData:
-    """The future's result, polling so that a Ctrl-C swallowed elsewhere is acted on within 0.1 s."""
+def _result(future, processes: dict | None = None) -> ShowerData:
+    """The future's result, polling so that a Ctrl-C swallowed elsewhere is acted on within 0.1 s.
+
+    The executor notices a killed worker by itself almost always; where it does not (a worker
+    killed while it held the call queue's lock), a dead worker still ends the run within seconds."""
+    dead_since = None
     while True:
         interrupt.check()
         try:
             return future.result(timeout=0.1)
         except FuturesTimeout:
+            pass
+        try:
+            dead = any(p.exitcode not in (None, 0) for p in list((processes or {}).values()))
+        except RuntimeError:  # the executor's dict changed size while we looked: look again
             continue
+        if dead:
+            dead_since = dead_since or time.monotonic()
+            if time.monotonic() - dead_since > 3.0:
+                raise BrokenProcessPool("a worker process died")
 
 
 def _run_tasks(geo: Geometry, tasks: Sequence[_Task], seed: int, workers: int,
@@ -574,9 +586,9 @@ def _run_tasks(geo: Geometry, tasks: Sequence[_Task], seed: int, workers: int,
             for t in tasks:
                 pending.append(pool.submit(_run_task, (t, seed)))
                 if len(pending) >= 2 * workers:
-                    yield _result(pending.popleft())
+                    yield _result(pending.popleft(), processes)
             while pending:
-                yield _result(pending.popleft())
+                yield _result(pending.popleft(), processes)
         except BrokenProcessPool:
             err = _dead_worker(processes, workers)
             if any(p.exitcode in _GROUP_SIGNALS for p in processes.values()):
