@@ -162,7 +162,7 @@ def simulate_preset_to_file(path: str | Path, name: str, seed: int = 0, scale: f
 
 
 # ----------------------------------------------------------------------------------
-# Angled Si-W samples of the 3DGAN and BIB-AE papers (issue 13)
+# Angled Si-W samples of the 3DGAN and BIB-AE papers
 # ----------------------------------------------------------------------------------
 # The BIB-AE photons enter at one fixed point; ours 80 mm below the centre of the 300 mm (y) face,
 # so that showers from 30° (leaning +y) to 90° (straight) all stay on the 60-cell grid
@@ -201,7 +201,7 @@ def _ild_angled_test(particle: str, scale: float) -> list[Part]:
 
 
 
-# --- issue 12: the ATLAS GAN photon set-up (Ghosh & Rousseau 2019) ------------------------------------
+# --- the ATLAS GAN photon set-up (Ghosh & Rousseau 2019) ------------------------------------
 # Impact η uniform in 0.20–0.25, drawn as the impact x (the η direction of ``atlas-4layer``, 1500 mm per
 # unit η at the middle layer); :mod:`caloforge.simulate.paper_data` stores it as the ``impact_eta`` condition.
 ATLAS_GAN_ENERGIES_GEV = (1, 2, 4, 8, 16, 32, 65, 131, 262)
