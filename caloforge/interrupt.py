@@ -142,12 +142,8 @@ def _quiet_hook(old_hook):
 @contextmanager
 def deferred() -> Iterator[None]:
     """A critical section: a stop signal inside it is raised when it ends, not in the middle."""
-    global _defer_depth
-    _defer_depth += 1
-    try:
+    with held():
         yield
-    finally:
-        _defer_depth -= 1
     check()
 
 
