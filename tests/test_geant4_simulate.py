@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from caloforge.geant4.build import require_geant4
-from caloforge.geometry import PRESETS, load_geometry
+from caloforge.geometry import GEOMETRIES, load_geometry
 from caloforge.simulate import block_size, simulate
 
 _MISSING = require_geant4()
@@ -36,7 +36,7 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
 def test_every_preset_geometry_runs_in_geant4(name):
     """Two 1 GeV showers in every preset's physical structure land in its readout."""
     geo = load_geometry(name)

@@ -11,7 +11,7 @@ import yaml
 
 from caloforge.errors import GeometryError
 from caloforge.geometry import (
-    PRESETS,
+    GEOMETRIES,
     Geometry,
     geometry_from_dict,
     geometry_from_xml,
@@ -57,7 +57,7 @@ def test_package_ships_identical_binning_files(reference_xml_dir: Path, fname: s
 def test_preset_voxel_totals(name: str, total: int) -> None:
     geo = load_geometry(name)
     assert geo.n_voxels == total
-    assert set(PRESETS) == set(PRESET_TOTALS)
+    assert set(GEOMETRIES) == set(PRESET_TOTALS)
 
 
 def test_ds1_layers_follow_xml_ids_and_empty_layers_have_no_voxels() -> None:

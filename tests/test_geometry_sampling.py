@@ -11,7 +11,7 @@ import yaml
 from caloforge.errors import GeometryError
 from caloforge.geant4.description import describe_text, write_description
 from caloforge.geometry import (
-    PRESETS,
+    GEOMETRIES,
     Geometry,
     Layer,
     Sampling,
@@ -52,7 +52,7 @@ def total_x0(geo: Geometry) -> float:
 # ----------------------------------------------------------------------------------
 # presets
 # ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", list(GEOMETRIES))
 def test_every_preset_layer_has_a_structure_that_fills_it(name: str) -> None:
     geo = load_geometry(name)
     geo.require_sampling()
@@ -161,7 +161,7 @@ def test_structure_agrees_with_the_effective_material_where_they_describe_the_sa
 # ----------------------------------------------------------------------------------
 # dict / YAML
 # ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", list(GEOMETRIES))
 def test_presets_round_trip_through_yaml(tmp_path: Path, name: str) -> None:
     geo = load_geometry(name)
     path = tmp_path / f"{name}.yaml"
