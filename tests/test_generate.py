@@ -113,9 +113,9 @@ def test_reference_energies_streams_energies_and_conditions(tmp_path):
     e = np.linspace(1000.0, 5000.0, 11)
     write_showers(path, e, np.ones((11, 6)), conditions={"incident_theta": e / 1e4})
     with pytest.MonkeyPatch.context() as mp:  # several chunks, concatenated in order
-        import caloforge.io as io
+        import caloforge.io.formats as formats
 
-        mp.setattr(io, "DEFAULT_CHUNK_BYTES", 8 * 6 * 4)
+        mp.setattr(formats, "DEFAULT_CHUNK_BYTES", 8 * 6 * 4)
         energy, conditions, n_voxels = reference_energies(path)
     assert energy.tolist() == e.tolist() and conditions["incident_theta"].tolist() == (e / 1e4).tolist()
     assert n_voxels == 6

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from caloforge.errors import ConfigError
 from caloforge.geometry import load_geometry
 from caloforge.simulate import simulate
-from caloforge.simulate.presets import PRESETS, simulate_preset
+from caloforge.simulate.presets import SIMULATION_PRESETS, simulate_preset
 from caloforge.train import load_config, train
 
 # a small Si-W grid: 6 layers of 8 × 8 cells of 5 mm (the CLIC layer material)
@@ -63,13 +63,14 @@ def test_angled_geometries_have_the_papers_grids():
 
 
 def test_angled_presets_follow_the_papers():
-    clic = PRESETS["clic-angled"].parts("electron", 0.001)
-    assert PRESETS["clic-angled"].geometry == "clic-angled" and PRESETS["clic-angled"].default_particle == "electron"
+    clic = SIMULATION_PRESETS["clic-angled"].parts("electron", 0.001)
+    clic_preset = SIMULATION_PRESETS["clic-angled"]
+    assert clic_preset.geometry == "clic-angled" and clic_preset.default_particle == "electron"
     assert clic[0].energies.low == 10e3 and clic[0].energies.high == 500e3
     assert np.allclose(np.degrees(clic[0].theta), (60, 120))
-    ild = PRESETS["ild-angled"].parts(None, 0.01)[0]
+    ild = SIMULATION_PRESETS["ild-angled"].parts(None, 0.01)[0]
     assert (ild.energies.low, ild.energies.high) == (10e3, 100e3) and np.allclose(np.degrees(ild.theta), (30, 90))
-    test = PRESETS["ild-angled-test"].parts(None, 0.001)
+    test = SIMULATION_PRESETS["ild-angled-test"].parts(None, 0.001)
     points = {(float(p.energies[0]), round(math.degrees(p.theta))) for p in test}
     assert len(points) == 9 and {e for e, _ in points} == {20e3, 50e3, 80e3} and {t for _, t in points} == {40, 60, 80}
 

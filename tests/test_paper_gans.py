@@ -279,12 +279,12 @@ def test_atlas_gan_learns_the_energy_response(tmp_path):
 # ----------------------------------------------------------------------------------
 def test_atlas_gan_presets_and_eta():
     from caloforge.simulate.paper_data import simulate_atlas_gan
-    from caloforge.simulate.presets import PRESETS
+    from caloforge.simulate.presets import SIMULATION_PRESETS
 
-    parts = PRESETS["atlas-gan"].parts("photon", scale=0.001)
+    parts = SIMULATION_PRESETS["atlas-gan"].parts("photon", scale=0.001)
     assert sorted(set(np.round(parts[0].energies / 1e3))) == [1, 2, 4, 8, 16, 32, 65, 131, 262]
-    assert sum(p.n for p in PRESETS["atlas-gan"].parts("photon")) == 88_200
-    assert set(PRESETS["atlas-gan-25gev"].parts("photon", 0.001)[0].energies) == {25_000.0}
+    assert sum(p.n for p in SIMULATION_PRESETS["atlas-gan"].parts("photon")) == 88_200
+    assert set(SIMULATION_PRESETS["atlas-gan-25gev"].parts("photon", 0.001)[0].energies) == {25_000.0}
     data = simulate_atlas_gan("atlas-gan-25gev", seed=1, scale=0.003, workers=1)
     eta = data.conditions["impact_eta"]
     assert eta.min() >= 0.2 and eta.max() <= 0.25 and eta.std() > 0.01

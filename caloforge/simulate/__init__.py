@@ -30,12 +30,18 @@ from .api import (
     spot_cap,
     write_plan,
 )
-from .presets import PRESETS, get_preset, preset_parts, simulate_preset, simulate_preset_to_file
+from .presets import (
+    SIMULATION_PRESETS,
+    get_preset,
+    preset_parts,
+    simulate_preset,
+    simulate_preset_to_file,
+)
 from .units import parse_angle, parse_energy, parse_energy_list, parse_range
 
 __all__ = [
     "simulate", "simulate_to_file", "simulate_preset", "simulate_preset_to_file", "simulate_plan",
-    "iter_plan", "write_plan", "EnergySpec", "Part", "PARTICLES", "PRESETS", "get_preset", "preset_parts",
-    "normalize_particle", "parse_energy", "parse_energy_list", "parse_range", "parse_angle",
+    "iter_plan", "write_plan", "EnergySpec", "Part", "PARTICLES", "SIMULATION_PRESETS", "get_preset",
+    "preset_parts", "normalize_particle", "parse_energy", "parse_energy_list", "parse_range", "parse_angle",
     "block_size", "spot_cap",
 ]

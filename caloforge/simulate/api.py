@@ -719,7 +719,7 @@ def _progress(enabled: bool, description: str, total: int) -> Iterator[Callable[
 
 
 # Conditions a dataset derives from the simulated ones, by name: f(block conditions) → per-shower values
-# (e.g. the ATLAS GAN's impact η from the impact x, :data:`caloforge.simulate.presets.PRESETS`)
+# (e.g. the ATLAS GAN's impact η from the impact x, :data:`caloforge.simulate.presets.SIMULATION_PRESETS`)
 Derived = Mapping[str, Callable[[Mapping[str, np.ndarray]], np.ndarray]]
 
 

@@ -15,7 +15,7 @@ writes energies in its dataset's convention (``energy_scale`` and ``convention``
 * ``clic`` and ``ild``: visible: the energy in the silicon cells (3DGAN shows the sampling
   fraction E_sum / E_p; BIB-AE the MIP peak of the hit spectrum).
 
->>> p = PRESETS["ds1-photons"]
+>>> p = SIMULATION_PRESETS["ds1-photons"]
 >>> p.geometry, p.default_particle, sum(part.n for part in p.parts("photon"))
 ('ds1-photons', 'photon', 121000)
 """
@@ -34,8 +34,8 @@ from caloforge.io import ShowerData
 
 from .api import EnergySpec, Part, normalize_particle, simulate_plan, write_plan
 
-__all__ = ["Preset", "PRESETS", "DS1_ENERGIES", "get_preset", "preset_parts", "simulate_preset", "simulate_preset_to_file",
-           "impact_eta_from_x"]
+__all__ = ["Preset", "SIMULATION_PRESETS", "DS1_ENERGIES", "get_preset", "preset_parts", "simulate_preset",
+           "simulate_preset_to_file", "impact_eta_from_x"]
 
 DS1_ENERGIES = 2.0 ** np.arange(8, 23)  # 256 MeV … 4.19 TeV
 DS1_PHOTON_COUNTS = [10_000] * 11 + [5_000, 3_000, 2_000, 1_000]  # 121k
@@ -84,7 +84,7 @@ def _clic(particle: str, scale: float) -> list[Part]:
             Part(particle, spec, n, theta=(math.radians(60), math.radians(120)), phi=0.0)]
 
 
-PRESETS: dict[str, Preset] = {
+SIMULATION_PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
         Preset("ds1-photons", "ds1-photons", ("photon",),
@@ -124,9 +124,9 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
-    return PRESETS[name]
+    if name not in SIMULATION_PRESETS:
+        raise ConfigError(f"unknown preset {name!r}: use one of {', '.join(SIMULATION_PRESETS)}")
+    return SIMULATION_PRESETS[name]
 
 
 def preset_parts(name: str, particle: str | None = None, scale: float = 1.0) -> list[Part]:
@@ -227,7 +227,7 @@ def _atlas_gan(part: str, energies_gev, count: int, scale: float) -> list[Part]:
     return [Part(part, e, len(e), impact=(_ATLAS_GAN_X, 0.0))]
 
 
-PRESETS.update({
+SIMULATION_PRESETS.update({
     p.name: p
     for p in [
         Preset("clic-perpendicular", "clic", ("electron",),
