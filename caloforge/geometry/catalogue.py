@@ -29,7 +29,7 @@ def _binning_file(fname: str) -> Path:
 
 
 # Physical sampling structures (for the Geant4 engine).  Each readout layer keeps the
-# thickness of its effective-material description above; the slabs below fill it.
+# thickness of its effective-material description (MATERIALS); the slabs below fill it.
 # Materials are Geant4 NIST names; "*" in Sampling.describe() marks the active slabs.
 
 

@@ -48,7 +48,6 @@ class Material:
     critical_energy: float  # [MeV]
 
 
-
 # A Geant4 NIST material name, as slabs declare them
 G4_MATERIAL = re.compile(r"^G4_[A-Za-z0-9_-]+$")
 READOUT_FRAMES = ("detector", "particle")

@@ -155,7 +155,6 @@ def _chunk_rows(n_voxels: int, chunk_size: int | None) -> int:
     return max(DEFAULT_CHUNK_BYTES // (8 * max(n_voxels, 1)), 1)
 
 
-
 def iter_showers(
     path: str | Path,
     geometry: Geometry | str | None = None,

@@ -100,5 +100,5 @@ def check_showers(data: ShowerData, source: str, n_voxels: int | None = None) ->
     if n_voxels is not None and data.n_voxels != n_voxels:
         raise DataError(f"{source}: showers have {data.n_voxels} voxels, expected {n_voxels}")
     validate_rows(Path(source), ("incident_energies", "showers"), np.asarray(data.incident_energy),
-                   np.asarray(data.showers), data.conditions, 0)
+                  np.asarray(data.showers), data.conditions, 0)
     return data
