@@ -56,8 +56,10 @@ CLASSIFIER_SETTINGS: dict[str, Any] = {
 }
 FPD_SETTINGS: dict[str, Any] = {"min_samples": 10_000}  # jetnet.evaluation.fpd in evaluate.py
 KPD_SETTINGS: dict[str, Any] = {"batch_size": 10_000}  # jetnet.evaluation.kpd in evaluate.py
-# lower edge of the log-binned layer-energy and voxel-energy histograms [MeV] (args.min_energy)
-HIST_MIN_ENERGY = {"1-photons": 10.0, "1-pions": 10.0, "2": 0.5e-3 / 0.033, "3": 0.5e-3 / 0.033}
+# lower edge of the log-binned layer-energy and voxel-energy histograms [MeV]: the official
+# evaluator's ``args.min_energy``, the same value as its voxel cut (1 MeV for DS1 since the
+# evaluator of 2023-11; the 10 MeV of the 2022 evaluator shifted the E-layer separation powers)
+HIST_MIN_ENERGY = {"1-photons": 1.0, "1-pions": 1.0, "2": 0.5e-3 / 0.033, "3": 0.5e-3 / 0.033}
 
 
 def dataset_of(geometry: Geometry | str) -> str | None:
@@ -109,7 +111,8 @@ def feature_edges(name: str, dataset: str, reference: np.ndarray | None = None,
     official code has no histogram of it.
 
     * ``E_ratio`` (E_tot / E_inc): 0.5 … 1.5 in 100 bins;
-    * ``E_layer_i``: 39 log bins from ``HIST_MIN_ENERGY`` to the reference maximum;
+    * ``E_layer_i``: 39 log bins from ``HIST_MIN_ENERGY`` to the reference maximum (the reference
+      after the voxel cut; layer energies below the lower edge, zeros included, are dropped);
     * ``CE_eta/CE_phi_layer_i``: ±30 mm (DS2/3), ±500 mm (DS1 layers 12, 13), ±100 mm, 100 bins;
     * ``width_eta/width_phi_layer_i``: 0 … 30 / 400 / 100 mm likewise;
     * ``sparsity_layer_i``: 0 … 1 in 19 bins (the official plot histograms 1 − sparsity);
