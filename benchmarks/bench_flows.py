@@ -140,7 +140,7 @@ def _n_params(path: Path) -> int:
 def _evaluate(holdout: Path, generated: Path, out: Path, classifier: bool = True, epochs: int | None = None,
               dataset: str = "ds1-photons") -> dict:
     from caloforge.evaluate import compare
-    from caloforge.evaluate.compare import json_safe
+    from caloforge.evaluate.result import json_safe
 
     if (out / "metrics.json").exists():  # a rerun reuses finished evaluations
         m = json.loads((out / "metrics.json").read_text())

@@ -41,7 +41,7 @@ from caloforge.geometry import Geometry
 __all__ = [
     "PROTOCOLS", "DATASETS", "CLASSIFIER_SETTINGS", "FPD_SETTINGS", "KPD_SETTINGS", "HIST_MIN_ENERGY",
     "dataset_of", "default_protocol", "resolve_protocol", "voxel_cut", "apply_cut", "feature_edges",
-    "per_energy_ratio_edges", "separation_power", "official_name", "classifier_settings",
+    "per_energy_ratio_edges", "separation_power", "official_name", "classifier_settings", "describe_protocol",
     "write_official_outputs",
 ]
 
@@ -204,6 +204,22 @@ def classifier_settings(overrides: Mapping[str, Any] | None = None) -> dict[str,
     out = dict(CLASSIFIER_SETTINGS)
     out.update(overrides or {})
     return out
+
+
+def describe_protocol(protocol: str, dataset: str | None, cut: float,
+                      overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What produced the numbers (``overrides``: the classifier settings asked for): stored
+    with them and shown by the report."""
+    if protocol == "calochallenge":
+        clf = classifier_settings(overrides)
+        return {"name": protocol, "dataset": dataset, "voxel_cut_mev": cut, "hl_columns": "calochallenge (30 for DS1 γ)",
+                "binning": "official fixed ranges; entries outside dropped from the separation power",
+                "fpd": dict(FPD_SETTINGS), "kpd": dict(KPD_SETTINGS),
+                "classifier": {k: list(v) if isinstance(v, tuple) else v for k, v in clf.items()},
+                "official_classifier": all(clf[k] == v for k, v in CLASSIFIER_SETTINGS.items())}
+    return {"name": protocol, "dataset": dataset, "voxel_cut_mev": 0.0, "hl_columns": "caloforge (14 for DS1 γ)",
+            "binning": "pooled equal-count bins, explicit zero bin", "fpd": {"min_samples": 20_000},
+            "kpd": {"batch_size": 5_000}, "classifier": dict(overrides or {}), "official_classifier": False}
 
 
 def write_official_outputs(metrics: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
