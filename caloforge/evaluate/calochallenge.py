@@ -112,7 +112,9 @@ def feature_edges(name: str, dataset: str, reference: np.ndarray | None = None,
 
     * ``E_ratio`` (E_tot / E_inc): 0.5 … 1.5 in 100 bins;
     * ``E_layer_i``: 39 log bins from ``HIST_MIN_ENERGY`` to the reference maximum (the reference
-      after the voxel cut; layer energies below the lower edge, zeros included, are dropped);
+      after the voxel cut; layer energies below the lower edge, zeros included, are dropped; the
+      upper edge is 10 ** log10(max) with log10 in the reference's dtype, float32 for caloforge's
+      features as for the official float32 layer sums);
     * ``CE_eta/CE_phi_layer_i``: ±30 mm (DS2/3), ±500 mm (DS1 layers 12, 13), ±100 mm, 100 bins;
     * ``width_eta/width_phi_layer_i``: 0 … 30 / 400 / 100 mm likewise;
     * ``sparsity_layer_i``: 0 … 1 in 19 bins (the official plot histograms 1 − sparsity);
@@ -129,7 +131,9 @@ def feature_edges(name: str, dataset: str, reference: np.ndarray | None = None,
     if stem == "E":  # E_layer_i
         if reference is None or not np.any(np.isfinite(reference)):
             return None
-        top = float(np.nanmax(reference))
+        # the maximum keeps the reference's dtype: the official evaluator takes log10 of the float32
+        # layer energy, and that rounding moves the top edge (often just below the maximum itself)
+        top = np.nanmax(np.asarray(reference))
         lo = HIST_MIN_ENERGY[dataset]
         return np.logspace(np.log10(lo), np.log10(top), 40) if top > lo else None
     if stem in ("CE_eta", "CE_phi"):
