@@ -25,7 +25,7 @@ from caloforge.evaluate.result import EnergyPoints, FeatureHistogram, SampleSumm
 from caloforge.evaluate.scan import VOXEL_SPECTRUM_EDGES
 from caloforge.geometry import Geometry
 
-__all__ = ["CONTINUOUS_ENERGY_BINS", "FeatureTable", "energy_points", "feature_histograms", "feature_summary",
+__all__ = ["CONTINUOUS_ENERGY_BINS", "FeatureTable", "EnergyPoints", "energy_points", "feature_histograms", "feature_summary",
            "voxel_spectrum", "mean_profiles"]
 
 # continuous incident-energy spectra are compared in this many log bins

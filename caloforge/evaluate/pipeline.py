@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from caloforge.errors import DataError
@@ -51,7 +50,7 @@ from caloforge.evaluate import calochallenge as CC
 from caloforge.evaluate import distances as D
 from caloforge.evaluate import histograms as H
 from caloforge.evaluate.classifier import classifier_metrics, classifier_sample_size
-from caloforge.evaluate.result import EvaluationResult, SampleSummary, json_safe
+from caloforge.evaluate.result import EvaluationResult, FeatureHistogram, SampleSummary, json_safe
 from caloforge.evaluate.scan import (ShowerSource, count, load_source, radial_bins, random_rows, scan_pair,
                                      scan_sample)
 from caloforge.evaluate.suites import SuiteInputs, run_suites
@@ -133,18 +132,16 @@ def compare(
     geo = load_geometry(geometry)
     protocol = CC.resolve_protocol(protocol, geo)
     official = protocol == "calochallenge"
-    dataset = CC.dataset_of(geo)
-    cut = CC.voxel_cut(dataset) if official else 0.0
+    cut = CC.voxel_cut(CC.dataset_of(geo)) if official else 0.0
     reference = load_source(reference, "reference", geo)
     generated = load_source(generated, "generated", geo)
     training = load_source(training, "training", geo) if training is not None else None
-    n_clf = classifier_sample_size(geo, classifier_max) if classifier else 0
-    hl: bool | str = fpd_kpd or classifier or training is not None
-    if hl and official:
-        hl = "calochallenge"
     timings: dict[str, float] = {}
     step = _steps(progress, timings)
+    hl: bool | str = ("calochallenge" if official else True) if fpd_kpd or classifier or training is not None else False
+    n_clf = classifier_sample_size(geo, classifier_max) if classifier else 0
 
+    # 1. scan: one pass over each sample, side by side
     def scan(i: int, source: ShowerSource, cancel) -> SampleSummary:
         n_total = min(count(source), max_showers or 1 << 62)
         with step(f"reading {labels[i]}", n_total) as advance:
@@ -154,13 +151,52 @@ def compare(
     t0 = time.perf_counter()
     ref, gen = scan_pair(reference, generated, geo, scan=scan)
     timings["features"] = time.perf_counter() - t0
+    # 2. histograms
     points = H.energy_points(ref, gen)
     with step("histograms", len(ref.features), key="histograms") as advance:
         hists, table = H.feature_histograms(ref, gen, points, geo, protocol=protocol, per_energy=per_energy,
                                             advance=advance)
     spectrum = H.voxel_spectrum(ref, gen)
-    metrics: dict[str, Any] = {
-        "protocol": CC.describe_protocol(protocol, dataset, cut, classifier_settings),
+    metrics = _histogram_metrics(geo, protocol, cut, classifier_settings, labels, ref, gen, points, table, spectrum)
+    # 3. distances and 4. the classifier; samples too small for one of them skip it with a note
+    # instead of losing every other number
+    notes: list[str] = []
+    if fpd_kpd:
+        with step("FPD / KPD", key="fpd_kpd"), _noted(notes, "FPD/KPD"):
+            metrics.update(D.fpd_kpd(ref, gen, seed, official))
+    if classifier:
+        with step("classifier (low + high level)", key="classifier"), _noted(notes, "classifier"):
+            metrics["classifier"] = classifier_metrics(ref, gen, geo, seed=seed, device=device, official=official,
+                                                       settings=dict(classifier_settings or {}))
+    if training is not None:
+        t0 = time.perf_counter()
+        with step("reading training sample", min(count(training), max_showers or 1 << 62)) as advance:
+            train = scan_sample(training, geo, max_showers=max_showers, chunk_size=chunk_size, advance=advance,
+                                hl_matrix=hl, cut=cut)
+        metrics["memorisation"] = D.memorisation(train, ref, gen, seed)
+        timings["memorisation"] = time.perf_counter() - t0
+    # 5. the observable suites that apply to this geometry
+    metrics.update(run_suites(SuiteInputs(reference, generated, geo, training=training, max_showers=max_showers,
+                                          chunk_size=chunk_size, seed=seed), step=step))
+    metrics.update(notes=notes, timings_s=timings)
+    return _result(geo, metrics, hists, points, ref, gen, spectrum, labels, per_energy)
+
+
+@contextmanager
+def _noted(notes: list[str], what: str) -> Iterator[None]:
+    """A :class:`~caloforge.errors.DataError` (e.g. a sample too small) becomes a note."""
+    try:
+        yield
+    except DataError as exc:
+        notes.append(f"{what} skipped: {exc}")
+
+
+def _histogram_metrics(geo: Geometry, protocol: str, cut: float, classifier_settings: Mapping[str, Any] | None,
+                       labels: tuple[str, str], ref: SampleSummary, gen: SampleSummary, points: H.EnergyPoints,
+                       table: H.FeatureTable, spectrum: FeatureHistogram) -> dict[str, Any]:
+    """The metrics of the scan and histogram stages; the later stages' keys start empty."""
+    return {
+        "protocol": CC.describe_protocol(protocol, CC.dataset_of(geo), cut, classifier_settings),
         "geometry": geo.name, "n_reference": ref.n, "n_generated": gen.n, "labels": list(labels),
         "energy_points": points.table, "energy_points_discrete": points.discrete,
         "total_energy": D.total_energy(ref, gen, points.discrete),
@@ -170,39 +206,11 @@ def compare(
         "voxel_spectrum": dict(spectrum.stats),
         "fpd": None, "kpd": None, "classifier": None, "memorisation": None,
     }
-    # samples too small for FPD/KPD or the classifier skip that step with a note instead of losing
-    # every other number
-    notes: list[str] = []
-    if fpd_kpd:
-        with step("FPD / KPD", key="fpd_kpd"):
-            try:
-                metrics.update(D.fpd_kpd(ref, gen, seed, official))
-            except DataError as exc:
-                notes.append(f"FPD/KPD skipped: {exc}")
-    if classifier:
-        with step("classifier (low + high level)", key="classifier"):
-            try:
-                metrics["classifier"] = classifier_metrics(ref, gen, geo, seed=seed, device=device, official=official,
-                                                           settings=dict(classifier_settings or {}))
-            except DataError as exc:
-                notes.append(f"classifier skipped: {exc}")
-    if training is not None:
-        t0 = time.perf_counter()
-        with step("reading training sample", min(count(training), max_showers or 1 << 62)) as advance:
-            train = scan_sample(training, geo, max_showers=max_showers, chunk_size=chunk_size, advance=advance,
-                                hl_matrix="calochallenge" if official else True, cut=cut)
-        metrics["memorisation"] = D.memorisation(train, ref, gen, seed)
-        timings["memorisation"] = time.perf_counter() - t0
-    suites = SuiteInputs(reference, generated, geo, training=training, max_showers=max_showers,
-                         chunk_size=chunk_size, seed=seed)
-    metrics.update(run_suites(suites, step=step))
-    metrics["notes"] = notes
-    metrics["timings_s"] = timings
-    return _result(geo, metrics, hists, points, ref, gen, spectrum, labels, per_energy)
 
 
-def _result(geo: Geometry, metrics: dict[str, Any], hists, points: H.EnergyPoints, ref: SampleSummary,
-            gen: SampleSummary, spectrum, labels: tuple[str, str], per_energy: bool) -> EvaluationResult:
+def _result(geo: Geometry, metrics: dict[str, Any], hists: dict[str, FeatureHistogram], points: H.EnergyPoints,
+            ref: SampleSummary, gen: SampleSummary, spectrum: FeatureHistogram, labels: tuple[str, str],
+            per_energy: bool) -> EvaluationResult:
     """The plot inputs (mean shower, profiles per energy point) next to the JSON-safe metrics."""
     n_points = len(points.table) if per_energy else 0
     result = EvaluationResult(
