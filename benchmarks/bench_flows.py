@@ -140,7 +140,7 @@ def _n_params(path: Path) -> int:
 def _evaluate(holdout: Path, generated: Path, out: Path, classifier: bool = True, epochs: int | None = None,
               dataset: str = "ds1-photons") -> dict:
     from caloforge.evaluate import compare
-    from caloforge.evaluate.compare import json_safe
+    from caloforge.evaluate.result import etot_chi2_ndf, json_safe
 
     if (out / "metrics.json").exists():  # a rerun reuses finished evaluations
         m = json.loads((out / "metrics.json").read_text())
@@ -155,7 +155,7 @@ def _evaluate(holdout: Path, generated: Path, out: Path, classifier: bool = True
     return {"auc_low": (clf.get("low") or {}).get("auc"), "auc_high": (clf.get("high") or {}).get("auc"),
             "fpd_x1e3": (m.get("fpd") or {}).get("value", math.nan) * 1e3,
             "kpd_x1e3": (m.get("kpd") or {}).get("value", math.nan) * 1e3,
-            "etot_chi2_ndf": m["total_energy"]["chi2_ndf"],
+            "etot_chi2_ndf": etot_chi2_ndf(m),
             "layer_chi2_ndf": float(np.mean(layers)) if layers else None}
 
 

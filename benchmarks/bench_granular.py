@@ -208,7 +208,7 @@ def fidelity(args) -> dict:
     return rows
 
 
-_HEADLINE = (("E_tot χ²/ndf", "chi2_ndf_etot"), ("AUC low-level", "auc_low"), ("AUC high-level", "auc_high"),
+_HEADLINE = (("E_tot χ²/ndf", "etot_chi2_ndf"), ("AUC low-level", "auc_low"), ("AUC high-level", "auc_high"),
              ("FPD ×10³", "fpd"), ("KPD ×10³", "kpd"))
 
 
@@ -235,7 +235,7 @@ def markdown_table(rows: dict) -> str:
 
 def _headline(row: dict, key: str):
     h = row["headline"]
-    aliases = {"chi2_ndf_etot": ("chi2_ndf_etot", "etot_chi2_ndf", "chi2_etot"),
+    aliases = {"etot_chi2_ndf": ("etot_chi2_ndf", "chi2_ndf_etot", "chi2_etot"),  # older rows: the other two
                "auc_low": ("auc_low", "classifier_auc_low", "auc_low_level"),
                "auc_high": ("auc_high", "classifier_auc_high", "auc_high_level"),
                "fpd": ("fpd", "FPD"), "kpd": ("kpd", "KPD")}

@@ -79,13 +79,65 @@ def test_official_bin_edges():
     assert np.array_equal(e("width_eta_layer_1", "2"), np.linspace(0, 30, 101))
     assert np.array_equal(e("sparsity_layer_3", "1-photons"), np.linspace(0, 1, 20))
     layer = e("E_layer_12", "1-photons", np.array([3.0, 5e4]))
-    assert len(layer) == 40 and layer[0] == pytest.approx(10.0) and layer[-1] == pytest.approx(5e4)
+    assert len(layer) == 40 and layer[0] == pytest.approx(1.0) and layer[-1] == pytest.approx(5e4)
     assert e("E_layer_5", "2", np.array([1.0]))[0] == pytest.approx(0.5e-3 / 0.033)
     assert e("n_hits", "1-photons") is None  # not an official histogram
     # E_tot / E_inc per DS1 energy: 0.4–1.4 in 20 bins, 0.9–1.1 for photons from 4 GeV
     assert np.array_equal(CC.per_energy_ratio_edges("1-photons", 2048.0), np.linspace(0.4, 1.4, 21))
     assert np.array_equal(CC.per_energy_ratio_edges("1-photons", 4096.0), np.linspace(0.9, 1.1, 21))
     assert np.array_equal(CC.per_energy_ratio_edges("1-pions", 65536.0), np.linspace(0.4, 1.4, 21))
+
+
+def _official_layer_separation_power(reference: np.ndarray, generated: np.ndarray, min_energy: float) -> float:
+    """``plot_E_layers`` + ``_separation_power`` of the official evaluator, written out from its
+    definition: 40 log-spaced edges from ``min_energy`` to the largest *reference* layer energy
+    (``np.log10`` of that maximum in the layer sums' own dtype: float32 for float32 files), both
+    histograms ``density=True`` over those edges (entries outside, zeros among them, are dropped),
+    densities times bin widths, then ½ Σ (p − q)² / (p + q + 1e-16)."""
+    bins = np.logspace(np.log10(min_energy), np.log10(reference.max()), 40)
+    p, _ = np.histogram(reference, bins=bins, density=True)
+    q, _ = np.histogram(generated, bins=bins, density=True)
+    p, q = p * np.diff(bins), q * np.diff(bins)
+    return float(0.5 * np.sum((p - q) ** 2 / (p + q + 1e-16)))
+
+
+def test_layer_energy_separation_power_matches_the_official_formula():
+    """Layer energies with many exact zeros (after the 1 MeV cut) and over three decades of range, stored
+    as float32 like the CaloChallenge files: the E-layer separation powers of ``compare`` equal the
+    official histogram's, layer by layer (its lower edge, its zeros, its float32 upper edge)."""
+    rng = np.random.default_rng(3)
+
+    def sample(n: int, slope: float) -> ShowerData:
+        # integer voxel energies (so every float32 layer sum is exact, whatever the summation order),
+        # log-uniform over 0.1 MeV … 10^slope MeV: most voxels round to 0 or fall below the cut
+        v = np.round(10.0 ** rng.uniform(-1.0, slope, (n, DS1.n_voxels)))
+        occupancy = 10.0 ** rng.uniform(-2.5, -0.3, (n, 1))  # from a voxel or two to half the shower
+        v[rng.random((n, DS1.n_voxels)) > occupancy] = 0.0
+        for sl in DS1.layer_slices:  # every layer empty in about a fifth of the showers
+            v[rng.random(n) < 0.2, sl] = 0.0
+        v *= np.round(10.0 ** rng.uniform(0.0, 1.5, (n, 1)))  # per-shower scale: a wider range, still integer
+        return ShowerData(rng.choice([256.0, 2.0**14, 2.0**20], n), v.astype(np.float32))
+
+    ref, gen = sample(600, 3.0), sample(500, 3.2)
+    res = compare(ref, gen, DS1, protocol="calochallenge", per_energy=False, fpd_kpd=False)
+    cut = CC.voxel_cut("1-photons")
+    checked = 0
+    for layer_id in DS1.active_layers:
+        sl = DS1.layer_slices[layer_id]
+        # the official order: cut the voxels, then sum each layer in the file's dtype
+        e_ref = np.where(ref.showers < cut, 0, ref.showers)[:, sl].sum(axis=1)
+        e_gen = np.where(gen.showers < cut, 0, gen.showers)[:, sl].sum(axis=1)
+        assert e_ref.dtype == np.float32 and np.mean(e_ref == 0) > 0.0  # zeros present (dropped officially)
+        assert e_ref.max() / e_ref[e_ref > 0].min() > 1e3
+        want = _official_layer_separation_power(e_ref, e_gen, cut)
+        got = res.metrics["features"][f"E_layer_{layer_id}"]["inclusive"]["separation_power"]
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-12), f"E layer {layer_id}"
+        checked += 1
+    assert checked == 5
+    # the float32 upper edge of the official code lies below the reference maximum here: that shower
+    # is outside the histogram in both
+    top = float(np.logspace(0.0, np.log10(e_ref.max()), 40)[-1])
+    assert top != float(e_ref.max())
 
 
 def test_official_separation_power_drops_entries_outside_the_range():

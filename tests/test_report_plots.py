@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from caloforge.evaluate.compare import FeatureHistogram
-from caloforge.evaluate.plots import _hist_panel, _plt, feature_axis, ratio_limits
+from caloforge.evaluate.plots import _hist_panel, feature_axis, ratio_limits
+from caloforge.evaluate.render import pyplot
+from caloforge.evaluate.result import FeatureHistogram
 
 
 def _hist(name: str, factor: float) -> FeatureHistogram:
@@ -24,7 +25,7 @@ def _hist(name: str, factor: float) -> FeatureHistogram:
     ("E_ratio", "E_tot / E_inc", "1/N dN/dx"),
 ])
 def test_histogram_axes_are_labelled_with_units(name, xlabel, ylabel):
-    plt = _plt()
+    plt = pyplot()
     fig = plt.figure()
     ax, rax = fig.add_subplot(211), fig.add_subplot(212)
     _hist_panel(ax, rax, _hist(name, 2.5), ("reference", "generated"), name)

@@ -41,7 +41,7 @@ from caloforge.geometry import Geometry
 __all__ = [
     "PROTOCOLS", "DATASETS", "CLASSIFIER_SETTINGS", "FPD_SETTINGS", "KPD_SETTINGS", "HIST_MIN_ENERGY",
     "dataset_of", "default_protocol", "resolve_protocol", "voxel_cut", "apply_cut", "feature_edges",
-    "per_energy_ratio_edges", "separation_power", "official_name", "classifier_settings",
+    "per_energy_ratio_edges", "separation_power", "official_name", "classifier_settings", "describe_protocol",
     "write_official_outputs",
 ]
 
@@ -56,8 +56,10 @@ CLASSIFIER_SETTINGS: dict[str, Any] = {
 }
 FPD_SETTINGS: dict[str, Any] = {"min_samples": 10_000}  # jetnet.evaluation.fpd in evaluate.py
 KPD_SETTINGS: dict[str, Any] = {"batch_size": 10_000}  # jetnet.evaluation.kpd in evaluate.py
-# lower edge of the log-binned layer-energy and voxel-energy histograms [MeV] (args.min_energy)
-HIST_MIN_ENERGY = {"1-photons": 10.0, "1-pions": 10.0, "2": 0.5e-3 / 0.033, "3": 0.5e-3 / 0.033}
+# lower edge of the log-binned layer-energy and voxel-energy histograms [MeV]: the official
+# evaluator's ``args.min_energy``, the same value as its voxel cut (1 MeV for DS1 since the
+# evaluator of 2023-11; the 10 MeV of the 2022 evaluator shifted the E-layer separation powers)
+HIST_MIN_ENERGY = {"1-photons": 1.0, "1-pions": 1.0, "2": 0.5e-3 / 0.033, "3": 0.5e-3 / 0.033}
 
 
 def dataset_of(geometry: Geometry | str) -> str | None:
@@ -109,7 +111,10 @@ def feature_edges(name: str, dataset: str, reference: np.ndarray | None = None,
     official code has no histogram of it.
 
     * ``E_ratio`` (E_tot / E_inc): 0.5 … 1.5 in 100 bins;
-    * ``E_layer_i``: 39 log bins from ``HIST_MIN_ENERGY`` to the reference maximum;
+    * ``E_layer_i``: 39 log bins from ``HIST_MIN_ENERGY`` to the reference maximum (the reference
+      after the voxel cut; layer energies below the lower edge, zeros included, are dropped; the
+      upper edge is 10 ** log10(max) with log10 in the reference's dtype, float32 for caloforge's
+      features as for the official float32 layer sums);
     * ``CE_eta/CE_phi_layer_i``: ±30 mm (DS2/3), ±500 mm (DS1 layers 12, 13), ±100 mm, 100 bins;
     * ``width_eta/width_phi_layer_i``: 0 … 30 / 400 / 100 mm likewise;
     * ``sparsity_layer_i``: 0 … 1 in 19 bins (the official plot histograms 1 − sparsity);
@@ -126,7 +131,9 @@ def feature_edges(name: str, dataset: str, reference: np.ndarray | None = None,
     if stem == "E":  # E_layer_i
         if reference is None or not np.any(np.isfinite(reference)):
             return None
-        top = float(np.nanmax(reference))
+        # the maximum keeps the reference's dtype: the official evaluator takes log10 of the float32
+        # layer energy, and that rounding moves the top edge (often just below the maximum itself)
+        top = np.nanmax(np.asarray(reference))
         lo = HIST_MIN_ENERGY[dataset]
         return np.logspace(np.log10(lo), np.log10(top), 40) if top > lo else None
     if stem in ("CE_eta", "CE_phi"):
@@ -201,6 +208,22 @@ def classifier_settings(overrides: Mapping[str, Any] | None = None) -> dict[str,
     out = dict(CLASSIFIER_SETTINGS)
     out.update(overrides or {})
     return out
+
+
+def describe_protocol(protocol: str, dataset: str | None, cut: float,
+                      overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What produced the numbers (``overrides``: the classifier settings asked for): stored
+    with them and shown by the report."""
+    if protocol == "calochallenge":
+        clf = classifier_settings(overrides)
+        return {"name": protocol, "dataset": dataset, "voxel_cut_mev": cut, "hl_columns": "calochallenge (30 for DS1 γ)",
+                "binning": "official fixed ranges; entries outside dropped from the separation power",
+                "fpd": dict(FPD_SETTINGS), "kpd": dict(KPD_SETTINGS),
+                "classifier": {k: list(v) if isinstance(v, tuple) else v for k, v in clf.items()},
+                "official_classifier": all(clf[k] == v for k, v in CLASSIFIER_SETTINGS.items())}
+    return {"name": protocol, "dataset": dataset, "voxel_cut_mev": 0.0, "hl_columns": "caloforge (14 for DS1 γ)",
+            "binning": "pooled equal-count bins, explicit zero bin", "fpd": {"min_samples": 20_000},
+            "kpd": {"batch_size": 5_000}, "classifier": dict(overrides or {}), "official_classifier": False}
 
 
 def write_official_outputs(metrics: Mapping[str, Any], out_dir: str | Path) -> list[Path]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from caloforge.errors import ConfigError, DataError
 from caloforge.geometry import Geometry, load_geometry
 
 __all__ = [
+    "CLASSIFIER_MAX_BYTES",
+    "classifier_sample_size",
+    "classifier_metrics",
     "prepare_low",
     "prepare_high",
     "roc_auc",
@@ -374,3 +377,40 @@ def classifier_test(reference: Any, generated: Any, *, geometry: Geometry | str 
     result = classifier_test_arrays(x_ref, x_gen, seed=seed, epochs=epochs, device=device, **settings)
     result["mode"] = mode
     return result
+
+
+# ----------------------------------------------------------------------------------
+# the evaluation's classifier stage
+# ----------------------------------------------------------------------------------
+# the low-level classifier keeps at most this many bytes of voxels per sample (float32):
+# all of DS1/DS2-sized samples up to 100k showers… ~3.3k showers of DS3
+CLASSIFIER_MAX_BYTES = 512 << 20
+
+
+def classifier_sample_size(geometry: Geometry, classifier_max: int) -> int:
+    """Showers per sample kept with their voxels for the low-level classifier: at most
+    ``classifier_max`` and at most :data:`CLASSIFIER_MAX_BYTES` of float32 voxels (≥ 1000)."""
+    return min(classifier_max, max(CLASSIFIER_MAX_BYTES // (4 * geometry.n_voxels), 1000))
+
+
+def classifier_metrics(reference: Any, generated: Any, geometry: Geometry, *, seed: int, device: str,
+                       settings: Mapping[str, Any], official: bool = False) -> dict[str, Any]:
+    """The two-sample test of the evaluation on two :class:`~caloforge.evaluate.result.SampleSummary`:
+    low level on their kept voxel subsamples, high level on every shower's feature matrix.
+    ``official``: the CaloChallenge classifier (:data:`~caloforge.evaluate.calochallenge.CLASSIFIER_SETTINGS`,
+    ``settings`` override it) with voxel / E_inc inputs."""
+    from caloforge.evaluate.calochallenge import classifier_settings
+
+    def scalars(res: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in res.items() if isinstance(v, (int, float, np.integer, np.floating, str))}
+
+    settings = classifier_settings(settings) if official else dict(settings)
+    low_settings = dict(settings, percent=False) if official else settings
+    low = classifier_test(reference.classifier_sample, generated.classifier_sample, geometry=geometry, mode="low",
+                          seed=seed, device=device, **low_settings)
+    high = classifier_test_arrays(reference.hl_matrix, generated.hl_matrix, seed=seed, device=device, **settings)
+    high["mode"] = "high"
+    return {"low": scalars(low), "high": scalars(high),
+            "n_per_sample_low": min(len(reference.classifier_sample), len(generated.classifier_sample)),
+            "n_per_sample_high": min(reference.n, generated.n)}
+

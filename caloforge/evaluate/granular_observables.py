@@ -33,15 +33,18 @@ import html
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from caloforge.errors import ConfigError
+from caloforge.evaluate.grid import grid_centres, grid_shape, mip_per_layer, regular_grid
+from caloforge.evaluate.render import figures_html, number, pyplot, save_figure
+from caloforge.evaluate.suites import PlotRow, SuiteInputs
+from caloforge.geometry import Geometry, load_geometry
 from caloforge.io import ShowerData, iter_showers
 
 __all__ = ["HIT_THRESHOLD_MIP", "SPECTRUM_EDGES_MIP", "GranularSummary", "applies", "summarise",
-           "compare_granular", "granular_html", "plot_granular", "SCALARS"]
+           "compare_granular", "granular_html", "plot_granular", "SCALARS", "GranularSuite", "SUITE"]
 
 HIT_THRESHOLD_MIP = 0.5
 SPECTRUM_EDGES_MIP = np.logspace(-2, 4, 61)
@@ -53,15 +56,10 @@ WINDOW_HALF_DEG = 3.0
 MAX_POINTS = 20  # at most this many distinct (E, θ) points are treated as test points
 
 
-def applies(geometry) -> bool:
+def applies(geometry: Geometry) -> bool:
     """True for geometries whose readout layers are all the same Cartesian grid, ≥ 5 layers deep."""
-    from caloforge.models.grid3d import grid_shape
-
-    try:
-        z, _, _ = grid_shape(geometry)
-    except ConfigError:
-        return False
-    return z >= 5
+    shape = regular_grid(geometry)
+    return shape is not None and shape[0] >= 5
 
 
 @dataclass
@@ -92,13 +90,9 @@ def _chunks(source, geometry, chunk_size: int | None, max_showers: int | None) -
 def summarise(source: ShowerData | str | Path, geometry, *, threshold_mip: float = HIT_THRESHOLD_MIP,
               max_showers: int | None = None, chunk_size: int | None = None) -> GranularSummary:
     """Stream ``source`` once (memory: one chunk of ~64 MiB) and compute the observables above."""
-    from caloforge.geometry import load_geometry
-    from caloforge.models.grid3d import GridCoordinates, grid_shape, mip_per_layer
-
     geo = load_geometry(geometry)
     Z, Y, X = grid_shape(geo, "evaluate")
-    coords = GridCoordinates.from_geometry(geo)
-    z, y, x = (np.asarray(v, dtype=np.float64) for v in (coords.z, coords.y, coords.x))
+    z, y, x = grid_centres(geo)
     mip = mip_per_layer(geo)
     seg = np.array_split(np.arange(Z), 3)
     energies, thetas, cols = [], [], {k: [] for k in SCALARS}
@@ -259,12 +253,6 @@ def compare_sources(reference, generated, geometry, *, max_showers: int | None =
 # ----------------------------------------------------------------------------------
 # report
 # ----------------------------------------------------------------------------------
-def _f(v: Any, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
-
-
 _LABELS = {"visible_mip": "visible energy [MIP]", "n_hits": "hits ≥ threshold", "sampling_frac": "E_vis / E_inc",
            "n_nonzero": "non-zero cells", "seg1": "front third / total", "seg2": "middle third / total",
            "seg3": "back third / total", "cog_x": "CoG x [mm]", "cog_y": "CoG y [mm]", "cog_z": "CoG z [mm]",
@@ -277,26 +265,26 @@ def granular_html(metrics: Mapping[str, Any]) -> str:
     if not g:
         return ""
     rows = "".join(
-        f"<tr><td class='name'>{html.escape(_LABELS.get(k, k))}</td><td>{_f(v['mean_reference'])}</td>"
-        f"<td>{_f(v['mean_generated'])}</td><td>{_f(v['chi2_ndf'])}</td><td>{_f(v['separation_power'])}</td></tr>"
+        f"<tr><td class='name'>{html.escape(_LABELS.get(k, k))}</td><td>{number(v['mean_reference'])}</td>"
+        f"<td>{number(v['mean_generated'])}</td><td>{number(v['chi2_ndf'])}</td><td>{number(v['separation_power'])}</td></tr>"
         for k, v in g["features"].items())
     pts = "".join(
         f"<tr><td class='name'>{html.escape(p['label'])}</td><td>{p['n_reference']}/{p['n_generated']}</td>"
-        f"<td>{_f(p['visible_mip']['mean_reference'])}/{_f(p['visible_mip']['mean_generated'])}</td>"
-        f"<td>{_f(p['n_hits']['mean_reference'])}/{_f(p['n_hits']['mean_generated'])}</td>"
-        f"<td>{_f(p['seg1']['mean_reference'])}/{_f(p['seg1']['mean_generated'])}</td>"
-        f"<td>{_f(p['seg3']['mean_reference'])}/{_f(p['seg3']['mean_generated'])}</td>"
-        f"<td>{_f(p['angular_response']['bias_deg_reference'])}/{_f(p['angular_response']['bias_deg_generated'])}</td>"
-        f"<td>{_f(p['angular_response']['resolution_deg_reference'])}/"
-        f"{_f(p['angular_response']['resolution_deg_generated'])}</td></tr>"
+        f"<td>{number(p['visible_mip']['mean_reference'])}/{number(p['visible_mip']['mean_generated'])}</td>"
+        f"<td>{number(p['n_hits']['mean_reference'])}/{number(p['n_hits']['mean_generated'])}</td>"
+        f"<td>{number(p['seg1']['mean_reference'])}/{number(p['seg1']['mean_generated'])}</td>"
+        f"<td>{number(p['seg3']['mean_reference'])}/{number(p['seg3']['mean_generated'])}</td>"
+        f"<td>{number(p['angular_response']['bias_deg_reference'])}/{number(p['angular_response']['bias_deg_generated'])}</td>"
+        f"<td>{number(p['angular_response']['resolution_deg_reference'])}/"
+        f"{number(p['angular_response']['resolution_deg_generated'])}</td></tr>"
         for p in g["points"])
     ang = g["angular_response"]
     return (
         f"<h2>Highly granular observables (3DGAN / BIB-AE)</h2>"
-        f"<p class='meta'>Cells in MIP units of their layer; hits ≥ {_f(g['threshold_mip'])} MIP. Hit-spectrum "
-        f"separation power {_f(g['hit_spectrum']['separation_power'])}. Angular response (θ of the principal axis − "
-        f"true θ): bias {_f(ang['bias_deg_reference'])}° / {_f(ang['bias_deg_generated'])}°, resolution "
-        f"{_f(ang['resolution_deg_reference'])}° / {_f(ang['resolution_deg_generated'])}° (reference / generated).</p>"
+        f"<p class='meta'>Cells in MIP units of their layer; hits ≥ {number(g['threshold_mip'])} MIP. Hit-spectrum "
+        f"separation power {number(g['hit_spectrum']['separation_power'])}. Angular response (θ of the principal axis − "
+        f"true θ): bias {number(ang['bias_deg_reference'])}° / {number(ang['bias_deg_generated'])}°, resolution "
+        f"{number(ang['resolution_deg_reference'])}° / {number(ang['resolution_deg_generated'])}° (reference / generated).</p>"
         "<table><tr><th class='name'>observable</th><th>mean ref</th><th>mean gen</th><th>χ²/ndf</th>"
         f"<th>separation</th></tr>{rows}</table>"
         + ("<h3>Per point (reference / generated)</h3><table><tr><th class='name'>point</th><th>showers</th>"
@@ -311,9 +299,7 @@ def plot_granular(metrics: Mapping[str, Any], out_dir: str | Path, labels=("refe
     g = metrics.get("granular")
     if not g:
         return []
-    from caloforge.evaluate.plots import _plt
-
-    plt = _plt()
+    plt = pyplot()
     out_dir = Path(out_dir)
     rows = []
 
@@ -339,8 +325,7 @@ def plot_granular(metrics: Mapping[str, Any], out_dir: str | Path, labels=("refe
     axes[2].set(yscale="log", xlabel="radius from CoG [mm]", ylabel="mean energy [MIP]")
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(out_dir / "granular_profiles.png")
-    plt.close(fig)
+    save_figure(fig, out_dir / "granular_profiles.png", tight=False)
     rows.append(("profiles", "hit spectrum [MIP], longitudinal and radial profiles", "granular_profiles.png"))
 
     names = [k for k in SCALARS if k in g["features"]]
@@ -352,7 +337,33 @@ def plot_granular(metrics: Mapping[str, Any], out_dir: str | Path, labels=("refe
             step(ax, e, np.asarray(f[key])[1:-1], lab)
         ax.set_xlabel(_LABELS.get(k, k), fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "granular_features.png")
-    plt.close(fig)
+    save_figure(fig, out_dir / "granular_features.png", tight=False)
     rows.append(("features", "granular observables (3DGAN / BIB-AE)", "granular_features.png"))
     return rows
+
+
+class GranularSuite:
+    """The 3DGAN / BIB-AE observables as an observable suite (``metrics["granular"]``)."""
+
+    key = "granular"
+    title = "granular observables"
+
+    def applies(self, geometry: Geometry, data: SuiteInputs) -> bool:
+        return applies(geometry)
+
+    def compute(self, source: ShowerData | str | Path, data: SuiteInputs) -> GranularSummary:
+        return summarise(source, data.geometry, max_showers=data.max_showers, chunk_size=data.chunk_size)
+
+    def compare(self, reference: GranularSummary, generated: GranularSummary, data: SuiteInputs) -> dict[str, Any]:
+        return compare_granular(reference, generated)
+
+    def plot(self, section: Mapping[str, Any], geometry: Geometry | str, out_dir: Path,
+             labels: Sequence[str]) -> list[PlotRow]:
+        return plot_granular({"granular": section}, out_dir, tuple(labels))
+
+    def html(self, section: Mapping[str, Any] | None, plots: Sequence[PlotRow], out_dir: Path | None) -> str:
+        return granular_html({"granular": section}) + figures_html(plots, out_dir) if section else ""
+
+
+SUITE = GranularSuite()
+

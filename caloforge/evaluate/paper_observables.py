@@ -32,19 +32,21 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from caloforge.errors import DataError
 from caloforge.evaluate import features as F
 from caloforge.evaluate.metrics import compare_feature, memorisation
+from caloforge.evaluate.render import figure_html, number, pyplot, save_figure
+from caloforge.evaluate.suites import PlotRow, SuiteInputs
 from caloforge.geometry import Geometry, load_geometry
 from caloforge.io import ShowerData, read_showers
 
 __all__ = ["PAPER_GEOMETRIES", "paper_observables", "calogan_observables", "atlas_observables",
            "nearest_neighbours", "particle_classifier_proxy", "write_paper_plots", "paper_html",
-           "ETA_MM_PER_UNIT", "ETA_CENTRE"]
+           "ETA_MM_PER_UNIT", "ETA_CENTRE", "PaperSuite", "SUITE"]
 
 PAPER_GEOMETRIES = {"calogan": "calogan", "atlas-4layer": "atlas"}
 ETA_MM_PER_UNIT = 1500.0  # atlas-4layer: 37.5 mm middle cell ≡ Δη 0.025
@@ -254,9 +256,7 @@ def paper_observables(reference: ShowerData | str | Path, generated: ShowerData 
 def write_paper_plots(m: Mapping[str, Any], geometry: Geometry | str, out_dir: str | Path,
                       labels: tuple[str, str] = ("reference", "generated")) -> list[tuple[str, str]]:
     """PNGs of the paper's figures into ``out_dir``; returns (title, file name) pairs."""
-    from caloforge.evaluate.plots import _plt, _save
-
-    plt = _plt()
+    plt = pyplot()
     geo = load_geometry(geometry)
     out_dir = Path(out_dir)
     rows: list[tuple[str, str]] = []
@@ -277,7 +277,7 @@ def write_paper_plots(m: Mapping[str, Any], geometry: Geometry | str, out_dir: s
             ax.axis("off")
         axes.flat[0].legend(fontsize=8)
         fig.suptitle(title)
-        _save(fig, out_dir / name)
+        save_figure(fig, out_dir / name)
         rows.append((title, name))
 
     if m.get("paper") == "calogan":
@@ -290,7 +290,7 @@ def write_paper_plots(m: Mapping[str, Any], geometry: Geometry | str, out_dir: s
                 axes[r, i].imshow(np.log10(a + 1e-3), aspect="auto", cmap="viridis")
                 axes[r, i].set_title(f"{labels[r]} layer {i}", fontsize=9)
         fig.suptitle("Average shower per layer, log10(E/MeV) (PRL 2018, Fig. 1)")
-        _save(fig, out_dir / "paper_calogan_mean_images.png")
+        save_figure(fig, out_dir / "paper_calogan_mean_images.png")
         rows.append(("Average shower per layer", "paper_calogan_mean_images.png"))
         nn_ = m.get("nearest_neighbours")
         if nn_:
@@ -307,7 +307,7 @@ def write_paper_plots(m: Mapping[str, Any], geometry: Geometry | str, out_dir: s
                         if j == 0:
                             ax.set_ylabel(f"L{i} {lab}", fontsize=7)
             fig.suptitle("Generated showers and their nearest training showers (PRL 2018, Fig. 2)")
-            _save(fig, out_dir / "paper_calogan_nearest.png")
+            save_figure(fig, out_dir / "paper_calogan_nearest.png")
             rows.append(("Nearest training shower of generated ones", "paper_calogan_nearest.png"))
     elif m.get("paper") == "atlas":
         for key in ("etot_gev", "Eratio", "f3", "weta1"):
@@ -325,19 +325,9 @@ def write_paper_plots(m: Mapping[str, Any], geometry: Geometry | str, out_dir: s
                 ax.plot(mid, mid, "k:", lw=1)
                 ax.set_xlabel("particle impact η"), ax.set_ylabel(f"average shower η ({layer})")
             axes[0].legend()
-            _save(fig, out_dir / "paper_atlas_eta.png")
+            save_figure(fig, out_dir / "paper_atlas_eta.png")
             rows.append(("Average η vs particle η", "paper_atlas_eta.png"))
     return rows
-
-
-def _num(v: Any, d: int = 3) -> str:
-    return "–" if v is None else (f"{v:.{d}g}" if isinstance(v, float) else html.escape(str(v)))
-
-
-def _data_uri(path):
-    import base64
-
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def paper_html(m: Mapping[str, Any] | None, plots: list[tuple[str, str]] = (), out_dir=None) -> str:
@@ -349,9 +339,9 @@ def paper_html(m: Mapping[str, Any] | None, plots: list[tuple[str, str]] = (), o
         parts.append("<h2>CaloGAN paper observables</h2><table><tr><th class='name'>observable</th>"
                      "<th>χ²/ndf</th><th>separation</th><th>mean ref</th><th>mean gen</th></tr>")
         for k, f in m["features"].items():
-            parts.append(f"<tr><td class='name'>{html.escape(k)}</td><td>{_num(f.get('chi2_ndf'))}</td>"
-                         f"<td>{_num(f.get('separation_power'))}</td><td>{_num(f.get('mean_reference'))}</td>"
-                         f"<td>{_num(f.get('mean_generated'))}</td></tr>")
+            parts.append(f"<tr><td class='name'>{html.escape(k)}</td><td>{number(f.get('chi2_ndf'))}</td>"
+                         f"<td>{number(f.get('separation_power'))}</td><td>{number(f.get('mean_reference'))}</td>"
+                         f"<td>{number(f.get('mean_generated'))}</td></tr>")
         parts.append("</table>")
     else:
         parts.append("<h2>ATLAS GAN paper observables (χ²/ndf per energy point)</h2><table><tr>"
@@ -359,13 +349,42 @@ def paper_html(m: Mapping[str, Any] | None, plots: list[tuple[str, str]] = (), o
                      "<th>f3</th><th>weta1</th></tr>")
         for p in m["energy_points"]:
             parts.append(f"<tr><td class='name'>{p['energy_gev']:g}</td>"
-                         + "".join(f"<td>{_num(v)}</td>" for v in (
+                         + "".join(f"<td>{number(v)}</td>" for v in (
                              p["etot_gev"].get("chi2_ndf"), p["resolution_reference"], p["resolution_generated"],
                              p["Eratio"].get("chi2_ndf"), p["f3"].get("chi2_ndf"), p["weta1"].get("chi2_ndf")))
                          + "</tr>")
         parts.append("</table>")
     for title, f in plots:  # embedded, like every plot of the report: report.html travels alone
-        src = _data_uri(out_dir / f) if out_dir is not None else html.escape(f)
-        parts.append(f'<figure><img src="{src}" alt="{html.escape(title)}" loading="lazy">'
-                     f"<figcaption>{html.escape(title)}</figcaption></figure>")
+        parts.append(figure_html(title, f, out_dir))
     return "".join(parts)
+
+
+class PaperSuite:
+    """The CaloGAN / ATLAS GAN papers' own observables as an observable suite (``metrics["paper"]``)."""
+
+    key = "paper"
+    title = "paper observables"
+    max_showers = 50_000  # showers per sample when the evaluation sets no limit (they are loaded whole)
+
+    def applies(self, geometry: Geometry, data: SuiteInputs) -> bool:
+        return geometry.name in PAPER_GEOMETRIES
+
+    def compute(self, source: ShowerData | str | Path, data: SuiteInputs) -> ShowerData:
+        return _load(source, data.max_showers or self.max_showers)
+
+    def compare(self, reference: ShowerData, generated: ShowerData, data: SuiteInputs) -> dict[str, Any] | None:
+        if PAPER_GEOMETRIES[data.geometry.name] == "atlas":
+            return atlas_observables(reference, generated, data.geometry)
+        training = self.compute(data.training, data) if data.training is not None else None
+        return calogan_observables(reference, generated, data.geometry, training, data.seed)
+
+    def plot(self, section: Mapping[str, Any], geometry: Geometry | str, out_dir: Path,
+             labels: Sequence[str]) -> list[PlotRow]:
+        return [(self.key, title, f) for title, f in write_paper_plots(section, geometry, out_dir, tuple(labels))]
+
+    def html(self, section: Mapping[str, Any] | None, plots: Sequence[PlotRow], out_dir: Path | None) -> str:
+        return paper_html(section, [(title, f) for _, title, f in plots], out_dir)
+
+
+SUITE = PaperSuite()
+

@@ -1,4 +1,4 @@
-"""PNG plots of an :class:`~caloforge.evaluate.compare.EvaluationResult` (matplotlib Agg, mplhep style).
+"""PNG plots of an :class:`~caloforge.evaluate.result.EvaluationResult` (matplotlib Agg, mplhep style).
 
 * feature histograms with a generated/reference ratio panel, grouped per layer;
 * per-incident-energy grids of the same;
@@ -16,27 +16,18 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from caloforge.evaluate.compare import EvaluationResult, FeatureHistogram
+from caloforge.evaluate.render import pyplot, save_figure
+from caloforge.evaluate.result import EvaluationResult, FeatureHistogram
 
 __all__ = ["plot_all", "feature_axis", "ratio_limits", "feature_grid", "per_energy_grid", "mean_images", "profiles", "group_features"]
 
 REF_COLOUR = "#4a6fa5"
 GEN_COLOUR = "#d1495b"
 MAX_PANELS = 48  # per figure
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)  # no display needed; a no-op when a backend is already active
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 _RC = {"font.size": 11, "axes.labelsize": 11, "axes.titlesize": 11, "legend.fontsize": 9,
@@ -50,23 +41,13 @@ def _styled(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        plt = _plt()
+        plt = pyplot()
         import mplhep
 
         with plt.style.context([mplhep.style.ROOT, _RC]):
             return fn(*args, **kwargs)
 
     return wrapper
-
-
-def _save(fig, path: Path, tight: bool = True) -> None:
-    from caloforge.io import atomic_path
-
-    with atomic_path(path) as tmp:  # "tight" draws the figure twice: grids set their margins instead
-        fig.savefig(tmp, format="png", bbox_inches="tight" if tight else None)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------
@@ -256,7 +237,7 @@ def feature_grid(hists: Sequence["FeatureHistogram"], path: Path, title: str = "
     from matplotlib.patches import Patch
     from matplotlib.lines import Line2D
 
-    plt = _plt()
+    plt = pyplot()
     n = len(hists)
     ncols = ncols or min(n, 5)
     nrows = math.ceil(n / ncols)
@@ -280,7 +261,7 @@ def feature_grid(hists: Sequence["FeatureHistogram"], path: Path, title: str = "
                bbox_to_anchor=(0.5, 1 - (0.42 if title else 0.05) / height))
     if title:
         fig.suptitle(title, fontsize=13, y=1 - 0.12 / height)
-    _save(fig, path, tight=False)
+    save_figure(fig, path, tight=False)
     return path
 
 
@@ -324,7 +305,7 @@ def mean_images(result: "EvaluationResult", out_dir: Path, stem: str = "mean_ima
     """Average shower per layer: reference, generated and their ratio (up to 8 layers per figure)."""
     from matplotlib.colors import LogNorm
 
-    plt = _plt()
+    plt = pyplot()
     geo = result.geometry
     ref_layers = geo.split(result.mean_shower["reference"])
     gen_layers = geo.split(result.mean_shower["generated"])
@@ -362,7 +343,7 @@ def mean_images(result: "EvaluationResult", out_dir: Path, stem: str = "mean_ima
                             fontsize=9)
         fig.suptitle("mean energy per voxel [MeV]", fontsize=12)
         path = out_dir / (f"{stem}.png" if len(active) <= per_fig else f"{stem}_{page + 1}.png")
-        _save(fig, path)
+        save_figure(fig, path)
         paths.append(path)
     return paths
 
@@ -396,7 +377,7 @@ def _profile_panel(ax, rax, x_edges, ref, gen, labels, xlabel, ylabel, log_y=Tru
 def profiles(result: "EvaluationResult", out_dir: Path) -> list[Path]:
     """Longitudinal (energy per layer) and radial (energy density per ring) profiles,
     inclusive, and per energy point when they were computed."""
-    plt = _plt()
+    plt = pyplot()
     geo = result.geometry
     active = np.asarray(geo.active_layers)
     x_long = np.arange(len(active) + 1) - 0.5
@@ -415,7 +396,7 @@ def profiles(result: "EvaluationResult", out_dir: Path) -> list[Path]:
                    "r [mm]", "mean energy density [MeV/mm²]", density=ring_area)
     fig.suptitle("shower profiles (all energies)", fontsize=12)
     path = out_dir / "profiles.png"
-    _save(fig, path)
+    save_figure(fig, path)
     paths.append(path)
     n_pts = result.longitudinal["reference"].shape[0] - 1
     if n_pts > 0:
@@ -440,7 +421,7 @@ def profiles(result: "EvaluationResult", out_dir: Path) -> list[Path]:
                 ax.set_title(p["label"], fontsize=10)
             fig.suptitle(f"{kind} profile per incident energy", fontsize=12, y=1.0 + 0.03 / nrows)
             path = out_dir / f"profile_{kind}_per_energy.png"
-            _save(fig, path)
+            save_figure(fig, path)
             paths.append(path)
     return paths
 
@@ -448,7 +429,7 @@ def profiles(result: "EvaluationResult", out_dir: Path) -> list[Path]:
 @_styled
 def voxel_spectrum(result: "EvaluationResult", path: Path) -> Path:
     """Energy spectrum of non-zero voxels (hits), log-log."""
-    plt = _plt()
+    plt = pyplot()
     h = result.voxel_spectrum
     edges = np.asarray(h.edges, float)
     fig = plt.figure(figsize=(6, 4.6))
@@ -467,7 +448,7 @@ def voxel_spectrum(result: "EvaluationResult", path: Path) -> Path:
     sp = h.stats.get("separation_power")
     if sp is not None and math.isfinite(sp):
         ax.set_title(f"voxel energy spectrum — separation power {sp:.3g}", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 

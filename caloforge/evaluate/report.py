@@ -7,17 +7,17 @@ server and no network; the PNGs are also written beside it for papers and slides
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
+from caloforge.evaluate.render import figure_html
+from caloforge.evaluate.result import ETOT_CHI2_NDF, EvaluationResult, energy_label
+from caloforge.evaluate.suites import registered_suites
 from caloforge.io import atomic_path, check_output_dir
 
-if TYPE_CHECKING:
-    from caloforge.evaluate.compare import EvaluationResult
 
 __all__ = ["write_report", "write_metrics", "format_headline"]
 
@@ -81,7 +81,7 @@ def format_headline(headline: dict[str, Any]) -> str:
     >>> format_headline({"etot_chi2_ndf": 1.0, "kpd": 2e-6})
     'E_tot χ²/ndf 1  ·  KPD ×10³ 0.002'
     """
-    parts = [f"E_tot χ²/ndf {_fmt(headline.get('etot_chi2_ndf'), 3)}"]
+    parts = [f"E_tot χ²/ndf {_fmt(headline.get(ETOT_CHI2_NDF), 3)}"]
     if headline.get("protocol"):  # which definitions produced the numbers below
         parts.insert(0, f"{headline['protocol']} protocol:")
     if headline.get("classifier_auc") is not None:
@@ -93,7 +93,7 @@ def format_headline(headline: dict[str, Any]) -> str:
     return "  ·  ".join(parts).replace("protocol:  ·  ", "protocol: ")
 
 
-def write_metrics(result: "EvaluationResult", path: str | Path) -> Path:
+def write_metrics(result: EvaluationResult, path: str | Path) -> Path:
     """``metrics.json`` (strict JSON, sorted keys), written atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -103,8 +103,8 @@ def write_metrics(result: "EvaluationResult", path: str | Path) -> Path:
 
 def _cards(m: dict[str, Any]) -> str:
     h = m["headline"]
-    cards = [("E<sub>tot</sub>/E<sub>inc</sub> χ²/ndf (Σ energy points)", _fmt(h.get("etot_chi2_ndf"), 3),
-              _chi2_class(h.get("etot_chi2_ndf")))]
+    cards = [("E<sub>tot</sub>/E<sub>inc</sub> χ²/ndf (Σ energy points)", _fmt(h.get(ETOT_CHI2_NDF), 3),
+              _chi2_class(h.get(ETOT_CHI2_NDF)))]
     clf = m.get("classifier")
     if clf:
         for mode in ("low", "high"):
@@ -187,9 +187,7 @@ def _energy_table(m: dict[str, Any]) -> str:
 
 def _point_key(p: dict[str, Any]) -> str:
     # total_energy per_point entries are labelled by the point's (centre) energy
-    from caloforge.evaluate.compare import _energy_label
-
-    return _energy_label(p["energy"])
+    return energy_label(p["energy"])
 
 
 def _classifier_table(m: dict[str, Any]) -> str:
@@ -231,13 +229,8 @@ def _memorisation_table(m: dict[str, Any]) -> str:
     )
 
 
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-def _html(result: "EvaluationResult", plots: list[tuple[str, str, str]], out_dir: Path | None = None) -> str:
-    from caloforge.evaluate.granular_observables import granular_html  # 3DGAN / BIB-AE grids only
-
+def _html(result: EvaluationResult, plots: list[tuple[str, str, str]], out_dir: Path | None = None,
+          suite_sections: str = "") -> str:
     m = result.metrics
     title = f"caloforge evaluation — {m['geometry']}"
     sections = {"features": "Feature histograms", "per-energy": "Per incident energy",
@@ -248,11 +241,7 @@ def _html(result: "EvaluationResult", plots: list[tuple[str, str, str]], out_dir
         if not items:
             continue
         figs.append(f"<h2>{heading}</h2>")
-        for t, f in items:
-            src = _data_uri(out_dir / f) if out_dir is not None else html.escape(f)  # embedded: one file
-            figs.append(f'<figure><img src="{src}" alt="{html.escape(t)}">'
-                        f"<figcaption>{html.escape(t)} <span class='meta'>({html.escape(f)})</span>"
-                        "</figcaption></figure>")
+        figs += [figure_html(t, f, out_dir, note=f"({f})") for t, f in items]  # embedded: one file
     fpd, kpd = m.get("fpd"), m.get("kpd")
     dist = ""
     if fpd:
@@ -278,34 +267,33 @@ def _html(result: "EvaluationResult", plots: list[tuple[str, str, str]], out_dir
 <p class="meta">χ²/ndf: green &lt; 1.5, yellow &lt; 5, red ≥ 5. Separation power ½Σ(p−q)²/(p+q): 0 identical, 1 disjoint.</p>
 {_feature_table(m)}
 <h2>χ²/ndf per incident energy</h2>{_per_energy_table(m)}
-{granular_html(m)}
 {''.join(figs)}
+{suite_sections}
 </body></html>
 """
 
 
-def write_report(result: "EvaluationResult", out_dir: str | Path, *, plots: bool = True,
+def write_report(result: EvaluationResult, out_dir: str | Path, *, plots: bool = True,
                  progress: Callable[[int], None] | None = None) -> Path:
-    """Write ``metrics.json``, the PNGs and ``report.html`` into ``out_dir``; returns the HTML path."""
+    """Write ``metrics.json``, the PNGs and ``report.html`` into ``out_dir``; returns the HTML path.
+    Every observable suite with a section in the metrics adds its plots and its part of the page."""
     out_dir = check_output_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(result, out_dir / "metrics.json")
     rows: list[tuple[str, str, str]] = []
-    from caloforge.evaluate.paper_observables import paper_html, write_paper_plots
-
-    paper, paper_rows = result.metrics.get("paper"), []
     if plots:
         from caloforge.evaluate.plots import plot_all
 
         rows = plot_all(result, out_dir, progress=progress)
-        from caloforge.evaluate.granular_observables import plot_granular
-
-        rows += plot_granular(result.metrics, out_dir, result.labels)
-        if paper:
-            paper_rows = write_paper_plots(paper, result.metrics["geometry"], out_dir,
-                                           tuple(result.metrics.get("labels", ("reference", "generated"))))
+    labels = tuple(result.metrics.get("labels", ("reference", "generated")))
+    sections = []
+    for suite in registered_suites():
+        section = result.metrics.get(suite.key)
+        if not section:
+            continue
+        suite_rows = suite.plot(section, result.metrics["geometry"], out_dir, labels) if plots else []
+        sections.append(suite.html(section, suite_rows, out_dir))
     path = out_dir / "report.html"
     with atomic_path(path) as tmp:
-        page = _html(result, rows, out_dir).replace("</body>", paper_html(paper, paper_rows, out_dir) + "\n</body>")
-        tmp.write_text(page, encoding="utf-8")
+        tmp.write_text(_html(result, rows, out_dir, "\n".join(sections)), encoding="utf-8")
     return path
