@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caloforge.config import load_config
+from caloforge.models import load_config
 from caloforge.generate import ShowerGenerator, generate
 from caloforge.models import fit
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caloforge.config import load_config
+from caloforge.models import load_config
 from caloforge.evaluate import compare
 from caloforge.evaluate.metrics import total_energy_chi2
 from caloforge.evaluate.paper_observables import particle_classifier_proxy

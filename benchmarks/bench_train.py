@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from caloforge.config import load_config
+from caloforge.models import load_config
 from caloforge.models import BatchSource, count_parameters, fit
 from caloforge.runtime import resolve_device
 

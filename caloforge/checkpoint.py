@@ -28,7 +28,7 @@ import torch
 
 from caloforge.errors import DataError
 
-__all__ = ["FORMAT", "VERSION", "REFUSED_SUFFIXES", "write_checkpoint", "read_config", "load_model",
+__all__ = ["FORMAT", "VERSION", "REFUSED_SUFFIXES", "write_checkpoint", "read_config", "restore_model",
            "load_training_state", "model_dir", "list_checkpoints", "latest_checkpoint", "point_best",
            "checkpoint_name", "rng_state", "set_rng_state", "MAX_PARAMETERS"]
 
@@ -239,30 +239,29 @@ def _rename(key: str, renames: Mapping[str, str]) -> str:
     return key
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode on ``device``, upgraded config.json) from a checkpoint or run directory.
+def restore_model(path: str | Path, device: str | torch.device = "cpu"):
+    """(the :class:`~caloforge.models.base.ShowerModel` in eval mode on ``device``, upgraded config.json)
+    from a checkpoint or run directory.  :func:`caloforge.generate.load_model` wraps it for generation.
 
-    Every problem is one :class:`DataError` line naming the file: a missing, corrupt
+    The model gets this function as its :class:`~caloforge.models.base.ModelLoader` (a student
+    loads its teacher with it).  Every problem is one :class:`DataError` line naming the file: a missing, corrupt
     or truncated file, a config that the family rejects, weights that do not match the
     config (checked before any weights are allocated), a pickled file.
     """
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    from caloforge.config import from_dict, requirement
     from caloforge.errors import CaloforgeError
-    from caloforge.models.base import build, get_family
+    from caloforge.models.base import build, model_config
     from caloforge.runtime import resolve_device
 
     mdir = model_dir(path)
     meta, renames = read_config(mdir)
     cfg_file, weights = mdir / "config.json", mdir / "model.safetensors"
     try:
-        family = get_family(meta["model"].get("name", meta.get("family", "")), str(cfg_file))
-        config = from_dict(family.Config, meta["model"], "model.", str(cfg_file))
-        config.check(requirement(str(cfg_file)), str(cfg_file))
+        config = model_config({"name": meta.get("family", ""), **meta["model"]}, str(cfg_file))
         with torch.device("meta"):
-            skeleton = build(config, meta["state"])
+            skeleton = build(config, meta["state"], restore_model)
     except CaloforgeError as exc:
         raise DataError(str(exc)) from None
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -284,7 +283,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
                f"{wrong[0]} is {shapes[wrong[0]]} in the file, {expected[wrong[0]]} by the config")
         raise DataError(f"{weights}: weights do not match config.json ({why})")
     dev = resolve_device(device)
-    model = build(config, meta["state"])
+    model = build(config, meta["state"], restore_model)
     try:
         state = {_rename(k, renames): v for k, v in load_file(weights, device="cpu").items()}
         model.load_state_dict(state)

@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from caloforge.cli import app
-from caloforge.config import load_config
+from caloforge.models import load_config
 from caloforge.errors import ConfigError, DataError
 from caloforge.export import (TOLERANCE, example_inputs, export_model, max_relative_deviation, onnx_session,
                               read_onnx_metadata)

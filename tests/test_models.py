@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from caloforge.config import load_config
+from caloforge.models import load_config
 from caloforge.models import CaloShowerGANConfig, EnergySplit, count_parameters, families, fit, get_family
 from caloforge.preprocessing import ScaleByEnergy
 

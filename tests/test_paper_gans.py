@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from caloforge.conditions import ConditionEncoder
-from caloforge.config import load_config
+from caloforge.models import load_config
 from caloforge.errors import ConfigError, DataError
 from caloforge.geometry import load_geometry
 from caloforge.io import ShowerData, read_showers, write_showers

@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from caloforge.cli import app
-from caloforge.config import load_config
+from caloforge.models import load_config
 from caloforge.errors import ConfigError
 from caloforge.io import write_showers
 from caloforge.tuning import SearchSpace, TuneOptions, run_worker
