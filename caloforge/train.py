@@ -466,7 +466,7 @@ def _train_loop(cfg, tc, train_data, val_data, train_print, source, run_dir, res
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)
         model = fit(cfg.model, showers.cpu(), energy.cpu(), {k: v.cpu() for k, v in conditions.items()}, source,
-                    ckpt.restore_model)
+                    ckpt.model_loader)
     del showers, energy, conditions
     model.to(dev).train()
     optimizers = model.configure_optimizers()

@@ -513,7 +513,7 @@ def test_student_of_a_caloflow_or_radially_split_teacher(tmp_path, data, teacher
 def test_shipped_student_stays_the_size_of_the_gan_photon_generator(tmp_path, data):
     """student-photons distilled from the shipped flow-matching-photons (radially split: 408
     outputs) stays within the CaloShowerGAN photon generator's 0.26 M parameters (issue 11)."""
-    from caloforge.checkpoint import write_checkpoint
+    from caloforge.checkpoint import model_loader, write_checkpoint
     from caloforge.models.base import fit
 
     teacher_cfg = load_config("flow-matching-photons").model
@@ -522,7 +522,7 @@ def test_shipped_student_stays_the_size_of_the_gan_photon_generator(tmp_path, da
     write_checkpoint(tmp_path / "teacher", fit(teacher_cfg, torch.as_tensor(data.showers), e, {}))
     cfg = load_config("student-photons").model
     cfg.teacher = str(tmp_path / "teacher")
-    student = fit(cfg, torch.as_tensor(data.showers), e, {})
+    student = fit(cfg, torch.as_tensor(data.showers), e, {}, model_loader=model_loader)
     assert student.generator_net[-1].out_features == 5 + 368 + 16 + 19
     assert sum(p.numel() for p in student.parameters() if p.requires_grad) <= 0.26e6
     # it ships with the marginal map: one bin per DS1 energy, no trainable parameter

@@ -18,7 +18,7 @@ Families never import each other: what several share lives in :mod:`caloforge.mo
 and what one family needs of another's models is a :class:`typing.Protocol` here
 (:class:`Teacher`).  A family that builds on another trained model (the student on its
 teacher) gets it through a :class:`ModelLoader` handed to :func:`fit` / :func:`build` by the
-code that loads checkpoints (:func:`caloforge.checkpoint.restore_model`), never by importing it.
+code that loads checkpoints (:func:`caloforge.checkpoint.model_loader`), never by importing it.
 
 >>> from caloforge.models import get_family
 >>> get_family("caloshowergan").Config.__name__
@@ -404,7 +404,7 @@ def _coerce(value: Any, kind: type) -> Any:
 
 class ModelLoader(Protocol):
     """Loads a trained model (eval mode, CPU) from a checkpoint or run directory; :class:`DataError`
-    with one line otherwise (:func:`caloforge.checkpoint.restore_model`)."""
+    with one line otherwise (:func:`caloforge.checkpoint.model_loader`)."""
 
     def __call__(self, path: str | Path) -> ShowerModel: ...
 

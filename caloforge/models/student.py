@@ -19,7 +19,7 @@ The student copies the teacher's fitted state (condition encoding, preprocessing
 its own checkpoint: generation needs only the student's directory.  The teacher is
 loaded when training starts or resumes, by the :class:`~caloforge.models.base.ModelLoader` that
 the code building the student hands to :func:`~caloforge.models.base.fit` /
-:func:`~caloforge.models.base.build` (:func:`caloforge.checkpoint.restore_model`); any model
+:func:`~caloforge.models.base.build` (:func:`caloforge.checkpoint.model_loader`); any model
 with a :meth:`~caloforge.models.base.Teacher.transport` map is a teacher.  ``val_distill`` is the regression loss on held-out conditions at
 fixed noise.
 
@@ -102,7 +102,7 @@ def load_teacher(cfg: StudentConfig, geometry_name: str, model_loader: ModelLoad
     path = Path(cfg.teacher)
     if model_loader is None:
         raise ConfigError(f"{source}: model.teacher: the student was built without a model loader, so it cannot "
-                          "load its teacher (build or fit it with model_loader=caloforge.checkpoint.restore_model)")
+                          "load its teacher (build or fit it with model_loader=caloforge.checkpoint.model_loader)")
     try:
         teacher = model_loader(path)
     except DataError as exc:
