@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from caloforge.cli import app
-from caloforge.models import load_config
 from caloforge.errors import ConfigError
 from caloforge.generate import generate, load_model
 from caloforge.io import ShowerData, read_showers, write_showers
+from caloforge.models import load_config
 from caloforge.models.flow_matching import integrate
 from caloforge.models.parts.flows import FlowConfig, conditional_flow, flow_inverse, flow_log_prob
 from caloforge.train import train
