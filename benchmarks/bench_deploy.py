@@ -35,7 +35,7 @@ warnings.simplefilter("ignore")
 
 
 def photon_model():
-    from caloforge.config import load_config
+    from caloforge.models import load_config
     from caloforge.models import fit
 
     cfg = load_config("caloshowergan-photons").model
@@ -323,7 +323,7 @@ def untrained_checkpoint(config: str, output: str) -> None:
     from pathlib import Path
 
     from caloforge.checkpoint import point_best, write_checkpoint
-    from caloforge.config import load_config
+    from caloforge.models import load_config
     from caloforge.geometry import load_geometry
     from caloforge.models import fit
 

@@ -122,7 +122,7 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def _trained(out: Path, case: Case, teacher: Path | None) -> Path:
     """RUN/best of ``case.config`` after ``case.iterations`` training iterations (cached)."""
-    from caloforge.config import load_config
+    from caloforge.models import load_config
     from caloforge.train import train
 
     run = out / "runs" / case.config

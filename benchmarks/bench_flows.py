@@ -100,7 +100,7 @@ def _simulate(out: Path, scale: float, holdout_scale: float, seed: int, dataset:
 
 def _train(config: str, train_file: Path, run: Path, minutes: float, threads: int, teacher: Path | None,
            clock: str = "cpu", overrides: dict | None = None, dataset: str = "ds1-photons") -> dict:
-    from caloforge.config import load_config
+    from caloforge.models import load_config
     from caloforge.train import train
 
     cfg = load_config(config).to_dict()

@@ -39,7 +39,7 @@ def export(spec: str, workdir: Path) -> tuple[Path, dict]:
     options = {k: int(v) for k, v in (o.split("=") for o in opt.split(",") if o)}
     if path.endswith(".pt") and not options:
         return Path(path), {}
-    model, meta = checkpoint.load_model(path, device="cpu")
+    model, meta = checkpoint.restore_model(path, device="cpu")
     if options:
         model.set_sampling(**options)
     out = workdir / f"{abs(hash(spec))}.pt"

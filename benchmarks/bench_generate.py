@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caloforge.config import load_config
 from caloforge.generate import ShowerGenerator, generate
-from caloforge.models import fit
+from caloforge.models import fit, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "caloforge" / "configs"
 # showers generated per batch size: enough for a stable per-shower time

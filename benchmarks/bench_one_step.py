@@ -49,17 +49,17 @@ def _legacy_decode(gen):
     """The decode before the float32 envelope: float64 throughout, sorted water-filling, whole batches."""
     import torch
 
-    from caloforge.models import flow_parts
+    from caloforge.models.parts import envelope
 
     rep = gen.model.representation
-    original_decode, original_newton = rep.decode, flow_parts.water_fill_newton
+    original_decode, original_newton = rep.decode, envelope.water_fill_newton
     rep.decode = lambda y1, y2, e, dtype=torch.float64: original_decode(y1, y2, e, dtype=torch.float64)
-    flow_parts.water_fill_newton = flow_parts.water_fill_sorted
+    envelope.water_fill_newton = envelope.water_fill_sorted
     try:
         with _whole_batch(gen):
             yield
     finally:
-        rep.decode, flow_parts.water_fill_newton = original_decode, original_newton
+        rep.decode, envelope.water_fill_newton = original_decode, original_newton
 
 
 def main() -> None:

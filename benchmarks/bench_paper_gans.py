@@ -37,12 +37,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caloforge.config import load_config
 from caloforge.evaluate import compare
 from caloforge.evaluate.metrics import total_energy_chi2
 from caloforge.evaluate.paper_observables import particle_classifier_proxy
 from caloforge.generate import generate, load_model
 from caloforge.io import ShowerData
+from caloforge.models import load_config
 from caloforge.simulate.paper_data import simulate_atlas_gan, simulate_calogan
 from caloforge.train import train
 

@@ -28,8 +28,7 @@ from pathlib import Path
 
 import torch
 
-from caloforge.config import load_config
-from caloforge.models import BatchSource, count_parameters, fit
+from caloforge.models import BatchSource, count_parameters, fit, load_config
 from caloforge.runtime import resolve_device
 
 CONFIGS = Path(__file__).resolve().parents[1] / "caloforge" / "configs"

@@ -70,7 +70,7 @@ def main() -> None:
     if args.checkpoint_every:
         import yaml
 
-        from caloforge.config import load_config
+        from caloforge.models import load_config
 
         cfg = load_config("demo").to_dict()
         cfg["training"]["checkpoint_every"] = args.checkpoint_every

@@ -1,6 +1,6 @@
 """Give a caloflow / flow-matching model trained before the fraction envelope existed its envelope.
 
-The envelope (:class:`caloforge.models.flow_parts.FractionEnvelope`) is fitted on the model's
+The envelope (:class:`caloforge.models.parts.envelope.FractionEnvelope`) is fitted on the model's
 training showers only (the same validation split as the run, the same dequantisation seed as
 ``fit_state``); the weights are not touched, so the copy costs no training.  Used by the issue-11
 benchmark to measure the envelope on the 60-CPU-minute caloflow of ``runs/flows60`` without
@@ -30,11 +30,11 @@ def main() -> None:
 
     from dataclasses import replace
 
-    from caloforge.checkpoint import load_model
+    from caloforge.checkpoint import restore_model
     from caloforge.io import read_showers
     from caloforge.train import split_validation
 
-    model, meta = load_model(args.checkpoint)
+    model, meta = restore_model(args.checkpoint)
     training = meta["training"]
     data, _ = split_validation(read_showers(args.training_file), training["validation_fraction"], training["seed"])
     config = replace(model.config, envelope_bins=args.bins)

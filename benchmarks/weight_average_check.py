@@ -25,7 +25,7 @@ def main() -> None:
 
     import torch
 
-    from caloforge.checkpoint import list_checkpoints, load_model
+    from caloforge.checkpoint import list_checkpoints, restore_model
     from caloforge.io import read_showers
     from caloforge.models.base import Batch
     from caloforge.train import _score_subset, split_validation
@@ -39,7 +39,7 @@ def main() -> None:
     batch = Batch(torch.as_tensor(val.showers), torch.as_tensor(val.incident_energy), {})
     print(f"{args.run}: {len(val)} held-out showers")
     for iteration, path in list_checkpoints(args.run):
-        model, _ = load_model(path)
+        model, _ = restore_model(path)
         if model.average is None:
             raise SystemExit(f"{path}: trained without model.ema_decay")
         averaged = model.validation_metrics(batch)

@@ -24,7 +24,7 @@ the granular grids (69 – 83 for the small CPU 3DGAN and BIB-AE, 8 – 10 at th
 the block is smaller and the same seed gives other showers than a fixed 10 000 did — pass
 ``--batch-size 10000`` to reproduce those.  The family's activations are counted per
 shower as if unchunked, which over-estimates the 3D families (they decode in chunks of
-≤ 512 MiB of activations, :func:`caloforge.models.grid3d.generation_chunk`) and is exact
+≤ 512 MiB of activations, :func:`caloforge.models.parts.grid.generation_chunk`) and is exact
 for the ONNX Runtime engine, which runs a whole block at once.
 
 >>> nice_floor(7_341), nice_floor(627.5), nice_floor(12.9), nice_floor(0.3)

@@ -28,8 +28,8 @@ import torch
 
 from caloforge.errors import DataError
 
-__all__ = ["FORMAT", "VERSION", "REFUSED_SUFFIXES", "write_checkpoint", "read_config", "load_model",
-           "load_training_state", "model_dir", "list_checkpoints", "latest_checkpoint", "point_best",
+__all__ = ["FORMAT", "VERSION", "REFUSED_SUFFIXES", "write_checkpoint", "read_config", "restore_model",
+           "model_loader", "load_training_state", "model_dir", "list_checkpoints", "latest_checkpoint", "point_best",
            "checkpoint_name", "rng_state", "set_rng_state", "MAX_PARAMETERS"]
 
 FORMAT = "caloforge-checkpoint"
@@ -239,30 +239,29 @@ def _rename(key: str, renames: Mapping[str, str]) -> str:
     return key
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode on ``device``, upgraded config.json) from a checkpoint or run directory.
+def restore_model(path: str | Path, device: str | torch.device = "cpu"):
+    """(the :class:`~caloforge.models.base.ShowerModel` in eval mode on ``device``, upgraded config.json)
+    from a checkpoint or run directory.  :func:`caloforge.generate.load_model` wraps it for generation.
 
-    Every problem is one :class:`DataError` line naming the file: a missing, corrupt
+    The model gets :func:`model_loader` to load the trained models it builds on (a student's
+    teacher).  Every problem is one :class:`DataError` line naming the file: a missing, corrupt
     or truncated file, a config that the family rejects, weights that do not match the
     config (checked before any weights are allocated), a pickled file.
     """
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    from caloforge.config import from_dict, requirement
     from caloforge.errors import CaloforgeError
-    from caloforge.models.base import build, get_family
+    from caloforge.models.base import build, model_config
     from caloforge.runtime import resolve_device
 
     mdir = model_dir(path)
     meta, renames = read_config(mdir)
     cfg_file, weights = mdir / "config.json", mdir / "model.safetensors"
     try:
-        family = get_family(meta["model"].get("name", meta.get("family", "")), str(cfg_file))
-        config = from_dict(family.Config, meta["model"], "model.", str(cfg_file))
-        config.check(requirement(str(cfg_file)), str(cfg_file))
+        config = model_config({"name": meta.get("family", ""), **meta["model"]}, str(cfg_file))
         with torch.device("meta"):
-            skeleton = build(config, meta["state"])
+            skeleton = build(config, meta["state"], model_loader)
     except CaloforgeError as exc:
         raise DataError(str(exc)) from None
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -284,7 +283,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
                f"{wrong[0]} is {shapes[wrong[0]]} in the file, {expected[wrong[0]]} by the config")
         raise DataError(f"{weights}: weights do not match config.json ({why})")
     dev = resolve_device(device)
-    model = build(config, meta["state"])
+    model = build(config, meta["state"], model_loader)
     try:
         state = {_rename(k, renames): v for k, v in load_file(weights, device="cpu").items()}
         model.load_state_dict(state)
@@ -292,6 +291,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
         raise DataError(f"{weights}: corrupt or truncated safetensors file ({str(exc).splitlines()[0]})") from None
     model.to(dev).eval()
     return model, meta
+
+
+def model_loader(path: str | Path):
+    """The model alone of :func:`restore_model` (eval mode, CPU): the
+    :class:`~caloforge.models.base.ModelLoader` handed to the families through
+    :func:`~caloforge.models.base.fit` and :func:`~caloforge.models.base.build`."""
+    return restore_model(path)[0]
 
 
 def load_training_state(path: str | Path, model, optimizers: Mapping[str, torch.optim.Optimizer],

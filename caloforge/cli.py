@@ -489,7 +489,7 @@ def train_cmd(
     """Train a model of any family; checkpoints are scored by the E_tot χ² on held-out showers."""
     import os
 
-    from caloforge.config import load_config
+    from caloforge.models import load_config
     from caloforge.runtime import usable_cpus
     from caloforge.train import train
 

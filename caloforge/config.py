@@ -9,14 +9,16 @@ A config file has three top-level keys::
     training:    :class:`TrainingConfig`, the generic keys every family shares:
                  batch size, budgets, checkpointing, validation split, seed
 
+This module knows no model family: :func:`parse_run_config` reads the file and the
+``training:`` section and hands the ``model:`` section to a parser it is given.
+:func:`caloforge.models.load_config` is that parser put together with the family registry.
+
 Values are checked against the dataclass field types; unknown keys get a
 did-you-mean, bad values one line naming the key.
 
->>> cfg = load_config({"model": {"name": "caloshowergan", "geometry": "ds1-photons"},
-...                    "training": {"batch_size": 64}})
->>> cfg.model.critic_hidden, cfg.training.batch_size, cfg.model.critic_steps
-([368, 368, 368], 64, 8)
->>> load_config({"training": {"batchsize": 64}})
+>>> from_dict(TrainingConfig, {"batch_size": 64}).batch_size
+64
+>>> parse_run_config({"training": {"batchsize": 64}}, lambda model, source: model)
 Traceback (most recent call last):
 ...
 caloforge.errors.ConfigError: config: unknown key training.batchsize (did you mean training.batch_size?)
@@ -36,7 +38,7 @@ from typing import Any, Callable, Mapping
 
 from caloforge.errors import ConfigError
 
-__all__ = ["TrainingConfig", "RunConfig", "load_config", "from_dict", "parse_duration", "flatten",
+__all__ = ["TrainingConfig", "RunConfig", "parse_run_config", "from_dict", "requirement", "parse_duration", "flatten",
            "SHIPPED_CONFIGS", "shipped_config_names"]
 
 SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -254,14 +256,14 @@ def _read_yaml(path_or_name: str | Path) -> tuple[Any, str]:
     return data, str(path)
 
 
-def load_config(path_or_dict: str | Path | Mapping | RunConfig) -> RunConfig:
+def parse_run_config(path_or_dict: str | Path | Mapping | RunConfig,
+                     model_section: Callable[[Mapping[str, Any], str], Any]) -> RunConfig:
     """Read and validate a config (YAML file, shipped config name, mapping, or RunConfig).
 
-    The family named by ``model.name`` (default ``caloshowergan``) validates its own
-    section; unknown keys and bad values raise :class:`ConfigError` naming the key.
+    ``model_section(mapping, source)`` turns the ``model:`` mapping into the family's validated
+    config (:func:`caloforge.models.base.model_config`); unknown keys and bad values raise
+    :class:`ConfigError` naming the key.
     """
-    from caloforge.models import get_family
-
     if isinstance(path_or_dict, RunConfig):
         return path_or_dict
     if isinstance(path_or_dict, Mapping):
@@ -280,9 +282,7 @@ def load_config(path_or_dict: str | Path | Mapping | RunConfig) -> RunConfig:
     model = data.get("model") or {}
     if not isinstance(model, Mapping):
         raise ConfigError(f"{source}: model must be a mapping, got {model!r}")
-    family = get_family(model.get("name", "caloshowergan"), source)
-    model_cfg = from_dict(family.Config, model, "model.", source)
-    model_cfg.check(requirement(source), source)
+    model_cfg = model_section(model, source)
     training = from_dict(TrainingConfig, data.get("training"), "training.", source)
     _check_training(training, source)
     return RunConfig(model_cfg, training, _check_type(data.get("description", ""), str, "description", source))

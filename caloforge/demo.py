@@ -53,7 +53,7 @@ def run_demo(
     synchronisation).
     """
     from caloforge import io
-    from caloforge.config import load_config
+    from caloforge.models import load_config
     from caloforge.errors import ConfigError
     from caloforge.evaluate import compare
     from caloforge.evaluate.report import write_report

@@ -330,7 +330,7 @@ def export_model(model, fmt: str, output: str | Path, *, tolerance: float = TOLE
         from caloforge import checkpoint
 
         source = source or str(checkpoint.model_dir(model))
-        model, checkpoint_meta = checkpoint.load_model(model, device="cpu")
+        model, checkpoint_meta = checkpoint.restore_model(model, device="cpu")
     elif hasattr(model, "model") and hasattr(model, "path"):  # a ShowerGenerator
         source = source or str(model.path)
         checkpoint_meta = checkpoint_meta or {"iteration": model.iteration}

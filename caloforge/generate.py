@@ -76,7 +76,7 @@ def load_model(path: str | Path, device: str = "cpu") -> ShowerGenerator:
     """
     from caloforge import checkpoint
 
-    model, meta = checkpoint.load_model(path, device=device)
+    model, meta = checkpoint.restore_model(path, device=device)
     e_min, e_max = model.energy_limits
     return ShowerGenerator(model, checkpoint.model_dir(path), model.geometry.name, model.n_voxels, float(e_min),
                            float(e_max), int(meta.get("iteration", 0)), meta.get("score"), dict(meta["model"]))

@@ -53,9 +53,10 @@ import torch
 from caloforge import checkpoint as ckpt
 from caloforge import interrupt
 from caloforge import distributed as dist
-from caloforge.config import BUDGET_CLOCKS, RunConfig, TrainingConfig, flatten, load_config, parse_duration
+from caloforge.config import BUDGET_CLOCKS, RunConfig, TrainingConfig, flatten, parse_duration
 from caloforge.errors import ConfigError, DataError
 from caloforge.io import ShowerData, atomic_path, check_showers, read_showers
+from caloforge.models.base import load_config
 
 __all__ = ["TrainResult", "StopTraining", "train", "split_validation", "split_indices", "load_config", "parse_duration",
            "TrainingConfig", "RunConfig", "latest_checkpoint"]
@@ -464,7 +465,8 @@ def _train_loop(cfg, tc, train_data, val_data, train_print, source, run_dir, res
         showers, energy, conditions = sample.showers, sample.incident_energy, sample.conditions
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)
-        model = fit(cfg.model, showers.cpu(), energy.cpu(), {k: v.cpu() for k, v in conditions.items()}, source)
+        model = fit(cfg.model, showers.cpu(), energy.cpu(), {k: v.cpu() for k, v in conditions.items()}, source,
+                    ckpt.model_loader)
     del showers, energy, conditions
     model.to(dev).train()
     optimizers = model.configure_optimizers()

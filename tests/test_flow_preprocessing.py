@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from caloforge.models.flow_parts import ShowerRepresentation
+from caloforge.models.parts.representation import ShowerRepresentation
 from caloforge.preprocessing import (Chain, LayerEnergyRatios, Log, Logit, RadialSplit, ScaleByEnergy, Standardize,
                                      split_layers, transform_from_state, transform_state)
 
@@ -215,7 +215,7 @@ def test_envelope_caps_a_leaked_voxel_and_keeps_the_layer_energy():
 def test_envelope_bins_follow_the_incident_energy():
     """One bin per distinct energy for DS1-like data, quantile bins for continuous energies; the cap
     of a shower is its own energy's bin, the nearest one outside the fitted range."""
-    from caloforge.models.flow_parts import FractionEnvelope
+    from caloforge.models.parts.envelope import FractionEnvelope
 
     e = torch.tensor([256.0, 256.0, 4096.0, 65536.0], dtype=torch.float64)
     f = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.2, 0.8], [0.9, 0.1]], dtype=torch.float64)
@@ -254,7 +254,7 @@ def _bisection_water_fill(p: np.ndarray, cap: np.ndarray) -> np.ndarray:
 def test_water_fill_solvers_agree_with_bisection(seed, dtype):
     """Newton (generation) and the sorted solution (exported graphs) both give the capped fractions
     with every layer summing to one and no voxel above its cap, for wild leaks and long cascades."""
-    from caloforge.models.flow_parts import water_fill_newton, water_fill_sorted
+    from caloforge.models.parts.envelope import water_fill_newton, water_fill_sorted
 
     rng = np.random.default_rng(seed)
     sizes = [int(n) for n in rng.integers(1, 40, size=rng.integers(1, 5))]

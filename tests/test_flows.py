@@ -14,12 +14,12 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from caloforge.cli import app
-from caloforge.config import load_config
 from caloforge.errors import ConfigError
 from caloforge.generate import generate, load_model
 from caloforge.io import ShowerData, read_showers, write_showers
+from caloforge.models import load_config
 from caloforge.models.flow_matching import integrate
-from caloforge.models.flow_parts import FlowConfig, conditional_flow, flow_inverse, flow_log_prob
+from caloforge.models.parts.flows import FlowConfig, conditional_flow, flow_inverse, flow_log_prob
 from caloforge.train import train
 
 
@@ -418,8 +418,8 @@ def test_student_layer_weight_config_and_resume_of_older_runs(tmp_path, teacher_
 def test_marginal_map_carries_each_marginal_per_energy_bin_and_keeps_the_order():
     """Fitted on paired rows, the map carries every coordinate's marginal onto the target's, bin by
     bin; it is monotone (the source's order survives); unfitted or empty bins stay the identity."""
-    from caloforge.models.flow_parts import energy_bin_edges
-    from caloforge.models.marginal_map import MarginalMap
+    from caloforge.models.parts.energy_bins import energy_bin_edges
+    from caloforge.models.parts.marginal_map import MarginalMap
 
     g = torch.Generator().manual_seed(0)
     n = 20000
@@ -513,7 +513,7 @@ def test_student_of_a_caloflow_or_radially_split_teacher(tmp_path, data, teacher
 def test_shipped_student_stays_the_size_of_the_gan_photon_generator(tmp_path, data):
     """student-photons distilled from the shipped flow-matching-photons (radially split: 408
     outputs) stays within the CaloShowerGAN photon generator's 0.26 M parameters (issue 11)."""
-    from caloforge.checkpoint import write_checkpoint
+    from caloforge.checkpoint import model_loader, write_checkpoint
     from caloforge.models.base import fit
 
     teacher_cfg = load_config("flow-matching-photons").model
@@ -522,7 +522,7 @@ def test_shipped_student_stays_the_size_of_the_gan_photon_generator(tmp_path, da
     write_checkpoint(tmp_path / "teacher", fit(teacher_cfg, torch.as_tensor(data.showers), e, {}))
     cfg = load_config("student-photons").model
     cfg.teacher = str(tmp_path / "teacher")
-    student = fit(cfg, torch.as_tensor(data.showers), e, {})
+    student = fit(cfg, torch.as_tensor(data.showers), e, {}, model_loader=model_loader)
     assert student.generator_net[-1].out_features == 5 + 368 + 16 + 19
     assert sum(p.numel() for p in student.parameters() if p.requires_grad) <= 0.26e6
     # it ships with the marginal map: one bin per DS1 energy, no trainable parameter
@@ -536,7 +536,7 @@ def test_representation_bounds_change_no_shower(data):
     rounding of the box edges), and the box is tight."""
     from caloforge.geometry import load_geometry
     from caloforge.models.base import layer_sizes
-    from caloforge.models.flow_parts import ShowerRepresentation
+    from caloforge.models.parts.representation import ShowerRepresentation
 
     e = torch.as_tensor(data.incident_energy)
     rep = ShowerRepresentation.fit(torch.as_tensor(data.showers), e, layer_sizes(load_geometry("ds1-photons")))
@@ -634,13 +634,13 @@ def test_shipped_flow_configs_load(name):
         from caloforge.conditions import ConditionEncoder
         from caloforge.geometry import load_geometry
         from caloforge.models.base import layer_sizes
-        from caloforge.models.flow_parts import ShowerRepresentation
+        from caloforge.models.parts.representation import ShowerRepresentation
         from caloforge.models.student import Student
 
         geo = load_geometry("ds1-photons")
         e = torch.tensor([256.0, 4194304.0], dtype=torch.float64)
         showers = torch.rand(2, 368, dtype=torch.float64)
-        from caloforge.models.flow_parts import radial_rings
+        from caloforge.models.parts.representation import radial_rings
 
         # the representation of the shipped teacher (flow-matching-photons: radially split, 5 + 403 columns)
         state = {"conditions": ConditionEncoder.fit({"incident_energy": "log"}, e, {}).state(),

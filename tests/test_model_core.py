@@ -200,7 +200,7 @@ def test_a_0_1_checkpoint_cannot_be_resumed_and_says_so(tmp_path):
     from caloforge import checkpoint
 
     shutil.copytree(DATA / "v1-caloshowergan", tmp_path / "c")
-    model, _ = checkpoint.load_model(tmp_path / "c")
+    model, _ = checkpoint.restore_model(tmp_path / "c")
     with pytest.raises(DataError, match="caloforge 0.1.*start a new run"):
         checkpoint.load_training_state(tmp_path / "c", model, model.configure_optimizers(), torch.device("cpu"))
 

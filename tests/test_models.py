@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from caloforge.config import load_config
-from caloforge.models import CaloShowerGANConfig, EnergySplit, count_parameters, families, fit, get_family
+from caloforge.models import CaloShowerGANConfig, EnergySplit, count_parameters, families, fit, get_family, load_config
 from caloforge.preprocessing import ScaleByEnergy
 
 CONFIGS = Path(__file__).resolve().parents[1] / "caloforge" / "configs"
@@ -167,3 +166,34 @@ def test_shipped_split_photon_configs_follow_the_paper(split, sizes):
     model = _fit(cfg, 368, [256.0, 4096.0, 8192.0, 262144.0, 4194304.0])
     assert [p.generator.net[0].out_features for p in model.parts] == [50] * split
     assert all(s.latent_dim == 100 and s.critic_steps == 8 for s in subs)
+
+
+def _caloforge_imports(path: Path) -> set[str]:
+    """Every caloforge module a file imports, at module level or inside functions."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return {m for m in found if m.startswith("caloforge")}
+
+
+def test_families_import_only_base_parts_and_modules_outside_models():
+    """A family file uses models.base, models.parts and the rest of caloforge, never another family;
+    config and the parts know no family."""
+    models = Path(__file__).resolve().parents[1] / "caloforge" / "models"
+    shared = {"caloforge.models.base", "caloforge.models.parts"}
+    for path in sorted(models.glob("*.py")):
+        if path.stem in ("__init__", "base", "grid3d"):
+            continue
+        inside = {m for m in _caloforge_imports(path) if m.startswith("caloforge.models")}
+        wrong = {m for m in inside if not any(m == s or m.startswith(s + ".") for s in shared)}
+        assert not wrong, f"{path.name} imports {sorted(wrong)}"
+    for path in [models.parents[0] / "config.py", *sorted((models / "parts").glob("*.py"))]:
+        inside = {m for m in _caloforge_imports(path) if m.startswith("caloforge.models")}
+        wrong = {m for m in inside if not any(m == s or m.startswith(s + ".") for s in shared)}
+        assert not wrong and not (path.name == "config.py" and inside), f"{path.name} imports {sorted(inside)}"
+    assert "caloforge.checkpoint" not in set().union(*(_caloforge_imports(p) for p in models.rglob("*.py")))

@@ -11,11 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from caloforge.conditions import ConditionEncoder
-from caloforge.config import load_config
 from caloforge.errors import ConfigError, DataError
 from caloforge.geometry import load_geometry
 from caloforge.io import ShowerData, read_showers, write_showers
-from caloforge.models import count_parameters, fit
+from caloforge.models import count_parameters, fit, load_config
 from caloforge.models.atlas_gan import AtlasGAN, TrainableSwish, with_sum
 from caloforge.models.calogan import (CaloGAN, LocallyConnected2d, MinibatchDiscrimination, resize_image)
 from caloforge.train import train

@@ -14,9 +14,9 @@ import yaml
 from typer.testing import CliRunner
 
 from caloforge.cli import app
-from caloforge.config import load_config
 from caloforge.errors import ConfigError
 from caloforge.io import write_showers
+from caloforge.models import load_config
 from caloforge.tuning import SearchSpace, TuneOptions, run_worker
 
 # A tiny GAN.  The two voxel_scale choices make pruning deterministic: with voxel_scale 1

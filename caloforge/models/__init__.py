@@ -18,7 +18,11 @@ student            one-step MLP distilled from a flow_matching / caloflow teache
 =================  ==========================================================
 
 Adding a family is one new file here (a config dataclass + a ``ShowerModel``
-subclass decorated with ``@register("name")``), its import below, and a config.
+subclass decorated with ``@register("name")``), its import below, and a config.  A family
+file imports :mod:`caloforge.models.base`, the shared pieces in :mod:`caloforge.models.parts`
+and modules outside ``caloforge.models``, never another family.
+
+:func:`load_config` reads a whole training config, the ``model:`` section validated by its family.
 
 >>> from caloforge.models import families
 >>> "caloshowergan" in families() and "energy_split" in families()
@@ -29,11 +33,15 @@ from caloforge.models.base import (
     Batch,
     BatchSource,
     ModelConfig,
+    ModelLoader,
     ShowerModel,
+    Teacher,
     build,
     families,
     fit,
     get_family,
+    load_config,
+    model_config,
     register,
 )
 from caloforge.models import atlas_gan, calogan, caloshowergan, energy_split  # noqa: F401,E402  (registers the shipped families)
@@ -42,6 +50,6 @@ from caloforge.models.caloshowergan import CaloShowerGAN, CaloShowerGANConfig, c
 from caloforge.models.energy_split import EnergySplit, EnergySplitConfig  # noqa: E402
 from caloforge.models import bibae, gan3d  # noqa: F401,E402  (3D-convolutional families on Cartesian grids)
 
-__all__ = ["Batch", "BatchSource", "ModelConfig", "ShowerModel", "build", "families", "fit", "get_family",
-           "register", "CaloShowerGAN", "CaloShowerGANConfig", "count_parameters", "EnergySplit",
-           "EnergySplitConfig"]
+__all__ = ["Batch", "BatchSource", "ModelConfig", "ModelLoader", "ShowerModel", "Teacher", "build", "families", "fit",
+           "get_family", "load_config", "model_config", "register", "CaloShowerGAN", "CaloShowerGANConfig",
+           "count_parameters", "EnergySplit", "EnergySplitConfig"]

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from caloforge.models.base import BatchSource, ModelConfig, ShowerModel, register
-from caloforge.models.caloshowergan import AdamConfig, gradient_penalty
+from caloforge.models.parts.gan import AdamConfig, critic_terms
 from caloforge.preprocessing import ScaleByEnergy, transform_from_state, transform_state
 
 __all__ = ["AtlasGANConfig", "AtlasGAN", "TrainableSwish", "AtlasGenerator", "AtlasCritic", "EnergySumCritic"]
@@ -198,12 +198,12 @@ class AtlasGAN(ShowerModel):
             real, c = self._real(b), self.encode_conditions(b.incident_energy, b.conditions)
             with torch.no_grad():
                 fake = self.generator(self.sample_noise(len(b), generator), c)
-            d_real, d_fake, gp = gradient_penalty(self.critic, real, fake, c, generator)
+            d_real, d_fake, gp = critic_terms(self.critic, real, fake, c, generator)
             d_loss = d_fake - d_real + cfg.gp_lambda * gp
             self.optimize(optimizers["critic"], d_loss)
             if self.sum_critic is not None:
-                s_real, s_fake, gp2 = gradient_penalty(self.sum_critic, with_sum(real, True), with_sum(fake, True),
-                                                       c, generator)
+                s_real, s_fake, gp2 = critic_terms(self.sum_critic, with_sum(real, True), with_sum(fake, True), c,
+                                                   generator)
                 d2_loss = s_fake - s_real + cfg.sum_critic_gp_lambda * gp2
                 self.optimize(optimizers["sum_critic"], d2_loss)
                 w2 = s_real - s_fake

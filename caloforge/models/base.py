@@ -14,16 +14,27 @@ A family is one file: a config dataclass (subclass of :class:`ModelConfig`) and 
 
 The trainer (:mod:`caloforge.train`) knows nothing else about a family.
 
+Families never import each other: what several share lives in :mod:`caloforge.models.parts`,
+and what one family needs of another's models is a :class:`typing.Protocol` here
+(:class:`Teacher`).  A family that builds on another trained model (the student on its
+teacher) gets it through a :class:`ModelLoader` handed to :func:`fit` / :func:`build` by the
+code that loads checkpoints (:func:`caloforge.checkpoint.model_loader`), never by importing it.
+
 >>> from caloforge.models import get_family
 >>> get_family("caloshowergan").Config.__name__
 'CaloShowerGANConfig'
+>>> cfg = load_config({"model": {"name": "caloshowergan", "geometry": "ds1-photons"},
+...                    "training": {"batch_size": 64}})
+>>> cfg.model.critic_hidden, cfg.training.batch_size, cfg.model.critic_steps
+([368, 368, 368], 64, 8)
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -31,10 +42,11 @@ from torch import Tensor, nn
 
 from caloforge import distributed
 from caloforge.conditions import ConditionEncoder, check_conditions_config
+from caloforge.config import RunConfig, from_dict, parse_run_config, requirement
 from caloforge.errors import ConfigError
 
-__all__ = ["ModelConfig", "Batch", "BatchSource", "ShowerModel", "register", "get_family", "families",
-           "as_conditions"]
+__all__ = ["ModelConfig", "Batch", "BatchSource", "ShowerModel", "ModelLoader", "Teacher", "register", "get_family",
+           "families", "model_config", "load_config", "build", "fit", "as_conditions"]
 
 _REGISTRY: dict[str, type["ShowerModel"]] = {}
 
@@ -171,8 +183,20 @@ class ShowerModel(nn.Module):
         self.geometry = geometry
         self.fitted = dict(state)
         self.condition_encoder = ConditionEncoder.from_state(state["conditions"])
+        self.model_loader: ModelLoader | None = None  # set by fit / build: how to load another trained model
 
     # --- construction ---------------------------------------------------------------
+    @classmethod
+    def from_training_data(cls, config: ModelConfig, showers: Tensor, incident_energy: Tensor,
+                           conditions: Mapping[str, Tensor], geometry, source: str,
+                           model_loader: "ModelLoader | None" = None) -> "ShowerModel":
+        """The model with its preprocessing fitted on training data (:meth:`fit_state`).
+
+        ``model_loader`` loads other trained models the family builds on (none by default)."""
+        model = cls(config, geometry, cls.fit_state(config, showers, incident_energy, conditions, geometry, source))
+        model.model_loader = model_loader
+        return model
+
     @classmethod
     def fit_state(cls, config: ModelConfig, showers: Tensor, incident_energy: Tensor,
                   conditions: Mapping[str, Tensor], geometry, source: str) -> dict[str, Any]:
@@ -378,6 +402,42 @@ def _coerce(value: Any, kind: type) -> Any:
     return kind(value)
 
 
+class ModelLoader(Protocol):
+    """Loads a trained model (eval mode, CPU) from a checkpoint or run directory; :class:`DataError`
+    with one line otherwise (:func:`caloforge.checkpoint.model_loader`)."""
+
+    def __call__(self, path: str | Path) -> ShowerModel: ...
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """A model whose deterministic noise → representation map another model learns (the student's teacher).
+
+    Besides :meth:`transport`, a teacher is a :class:`ShowerModel` whose ``fitted`` state has a
+    ``representation`` (:class:`~caloforge.models.parts.representation.ShowerRepresentation`)
+    and whose :attr:`~ShowerModel.noise_dim` equals that representation's L + V columns;
+    ``caloflow`` and ``flow_matching`` are teachers
+    (:class:`~caloforge.models.parts.two_stage.TwoStageFamily`).
+    """
+
+    family: str
+    geometry: Any
+    fitted: dict[str, Any]
+    condition_encoder: ConditionEncoder
+
+    @property
+    def noise_dim(self) -> int: ...
+
+    def transport(self, noise: Tensor, incident_energy: Tensor,
+                  conditions: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Noise (N, noise_dim) → (y₁, y₂): the layer and voxel vectors before the inverse preprocessing."""
+        ...
+
+    def default_sampling(self) -> dict[str, Any]: ...
+
+    def set_sampling(self, **options: Any) -> None: ...
+
+
 def register(name: str) -> Callable[[type[ShowerModel]], type[ShowerModel]]:
     """Class decorator: make a family available as ``model.name: NAME``."""
 
@@ -395,7 +455,7 @@ _PLUGINS_LOADED = False
 
 
 def _load_plugins() -> None:
-    """Import the shipped families, then families from other packages.
+    """Import families from other packages (the shipped ones register when :mod:`caloforge.models` is imported).
 
     Other packages register a family with an entry point in the group
     ``caloforge.models`` (``name = "package.module"``), or a user lists modules in
@@ -410,8 +470,7 @@ def _load_plugins() -> None:
     import os
     from importlib.metadata import entry_points
 
-    from caloforge import models  # noqa: F401  (imports the shipped families)
-
+    # the shipped families are registered already: importing this module runs caloforge/models/__init__.py
     names = [ep.value for ep in entry_points(group="caloforge.models")]
     names += [m.strip() for m in os.environ.get("CALOFORGE_MODELS", "").split(",") if m.strip()]
     for module in names:
@@ -437,22 +496,41 @@ def get_family(name: str, source: str = "config") -> type[ShowerModel]:
     return _REGISTRY[name]
 
 
-def build(config: ModelConfig, state: Mapping[str, Any]) -> ShowerModel:
-    """Instantiate the family of ``config`` with a fitted ``state`` (no data needed)."""
+def model_config(section: Mapping[str, Any], source: str = "config") -> ModelConfig:
+    """The validated config dataclass of a ``model:`` mapping; ``model.name`` picks the family
+    (default ``caloshowergan``), which checks its own keys."""
+    family = get_family(section.get("name", "caloshowergan"), source)
+    config = from_dict(family.Config, section, "model.", source)
+    config.check(requirement(source), source)
+    return config
+
+
+def load_config(path_or_dict: str | Path | Mapping | RunConfig) -> RunConfig:
+    """Read and validate a training config (YAML file, shipped config name, mapping, or RunConfig):
+    :func:`caloforge.config.parse_run_config` with the family registry for the ``model:`` section."""
+    return parse_run_config(path_or_dict, model_config)
+
+
+def build(config: ModelConfig, state: Mapping[str, Any], model_loader: ModelLoader | None = None) -> ShowerModel:
+    """Instantiate the family of ``config`` with a fitted ``state`` (no data needed).
+
+    ``model_loader`` loads the trained models the family builds on (the student's teacher)."""
     from caloforge.geometry import load_geometry
 
     cls = get_family(config.name)
-    return cls(config, load_geometry(config.geometry), state)
+    model = cls(config, load_geometry(config.geometry), state)
+    model.model_loader = model_loader
+    return model
 
 
 def fit(config: ModelConfig, showers: Tensor, incident_energy: Tensor, conditions: Mapping[str, Tensor],
-        source: str = "training data") -> ShowerModel:
-    """Fit the family's preprocessing on training data and build the model."""
+        source: str = "training data", model_loader: ModelLoader | None = None) -> ShowerModel:
+    """Fit the family's preprocessing on training data and build the model (see :func:`build`)."""
     from caloforge.geometry import load_geometry
 
     cls = get_family(config.name)
     geo = load_geometry(config.geometry)
-    return cls(config, geo, cls.fit_state(config, showers, incident_energy, conditions, geo, source))
+    return cls.from_training_data(config, showers, incident_energy, conditions, geo, source, model_loader)
 
 
 def layer_sizes(geometry) -> Sequence[int]:

@@ -45,7 +45,7 @@ describe it:
 The stages are a schedule in the config, ``stages: [main, postprocessor]`` iterations,
 followed by :meth:`training_step` from a persistent iteration counter, so a checkpoint
 (weights + buffers: counter, KDE points, Cholesky factor, flags) resumes bit-identically.
-Cells are handled in MIP units of their layer (:func:`~caloforge.models.grid3d.mip_per_layer`):
+Cells are handled in MIP units of their layer (:func:`~caloforge.models.parts.grid.mip_per_layer`):
 the encoder sees log(1 + cell), the decoder and post-processor emit cells ≥ 0 (ReLU).
 
 Where the slides are vague we followed the authors' public code (FLC-QU-hep/getting_high,
@@ -73,14 +73,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from caloforge.models.base import BatchSource, ModelConfig, ShowerModel, register
-from caloforge.models.grid3d import (gaussian_mmd, generation_chunk, grid_shape, mip_per_layer, sorted_kernel_mmd,
-                                     to_flat, to_image)
+from caloforge.models.parts.gan import gradient_penalty
+from caloforge.models.parts.grid import (gaussian_mmd, generation_chunk, grid_shape, mip_per_layer, sorted_kernel_mmd,
+                                        to_flat, to_image)
 
 __all__ = ["BibAEConfig", "BibAE", "Encoder3D", "Decoder3D", "DualCritic", "LatentCritic", "PostProcessor"]
 
@@ -283,14 +283,6 @@ class PostProcessor(nn.Module):
         return F.relu(cells + self.last(self.body(h)))
 
 
-def _gradient_penalty(critic, real: Tensor, fake: Tensor, generator: torch.Generator) -> Tensor:
-    """WGAN-GP: (‖∇ critic(x̂)‖ − 1)² at random interpolates x̂ of ``real`` and ``fake``."""
-    eps = torch.rand(len(real), *([1] * (real.dim() - 1)), generator=generator, device=real.device)
-    mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(mix).sum(), mix, create_graph=True)
-    return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
-
-
 @register("bibae")
 class BibAE(ShowerModel):
     """Encoder, decoder, critics, post-processor and the fitted latent density; see the module docstring."""
@@ -375,7 +367,7 @@ class BibAE(ShowerModel):
         return torch.cat([z, torch.randn(n, cfg.random_dim, generator=generator, device=dev)], dim=1)
 
     def decode(self, noise, incident_energy, conditions):
-        """MeV (N, V) float32, decoded in chunks (:func:`~caloforge.models.grid3d.generation_chunk`)."""
+        """MeV (N, V) float32, decoded in chunks (:func:`~caloforge.models.parts.grid.generation_chunk`)."""
         cond = self.encode_conditions(incident_energy, conditions)
         cfg = self.config
         step = generation_chunk(self.n_voxels, max(cfg.decoder_channels + [cfg.decoder_seed_channels,
@@ -474,12 +466,12 @@ class BibAE(ShowerModel):
             d_losses = []
             for critic, optimizer in critics:
                 d_real, d_fake = critic(x, x, cond).mean(), critic(x, recon, cond).mean()
-                gp = _gradient_penalty(lambda m, c=critic: c(x, m, cond), x, recon, generator)
+                gp = gradient_penalty(lambda m, c=critic: c(x, m, cond), x, recon, generator)
                 d_losses.append(d_fake - d_real + cfg.gp_lambda * gp)
                 self.optimize(optimizer, d_losses[-1])
             prior = torch.randn(z.shape, generator=generator, device=z.device)
             l_real, l_fake = self.latent_critic(prior).mean(), self.latent_critic(z).mean()
-            l_gp = _gradient_penalty(self.latent_critic, prior, z, generator)
+            l_gp = gradient_penalty(self.latent_critic, prior, z, generator)
             l_loss = l_fake - l_real + cfg.gp_lambda * l_gp
             self.optimize(optimizers["latent_critic"], l_loss)
         frozen = [c for c, _ in critics] + [self.latent_critic]

@@ -71,7 +71,7 @@ from torch import Tensor, nn
 
 from caloforge.errors import ConfigError
 from caloforge.models.base import BatchSource, ModelConfig, ShowerModel, register
-from caloforge.models.caloshowergan import AdamConfig
+from caloforge.models.parts.gan import AdamConfig
 
 __all__ = ["CaloGANConfig", "CaloGAN", "LocallyConnected2d", "MinibatchDiscrimination", "resize_image",
            "LayerGenerator", "LayerDiscriminator", "Attention"]

@@ -43,10 +43,11 @@ import torch
 from torch import Tensor, nn
 
 from caloforge.models.base import BatchSource, ModelConfig, ShowerModel, register
+from caloforge.models.parts.gan import AdamConfig, critic_terms
 from caloforge.preprocessing import ScaleByEnergy, transform_from_state, transform_state
 
-__all__ = ["AdamConfig", "CaloShowerGANConfig", "CaloShowerGAN", "Generator", "Critic", "ACTIVATIONS",
-           "INITIALIZERS", "count_parameters", "gradient_penalty"]
+__all__ = ["CaloShowerGANConfig", "CaloShowerGAN", "Generator", "Critic", "ACTIVATIONS", "INITIALIZERS",
+           "count_parameters"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "swish": nn.SiLU,
@@ -77,24 +78,6 @@ def _torch_default(weight: Tensor) -> None:
 
 
 INITIALIZERS = {"glorot_normal": _glorot_normal, "he_uniform": _he_uniform, "torch_default": _torch_default}
-
-
-@dataclass
-class AdamConfig:
-    """Adam hyperparameters."""
-
-    lr: float = 1e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-
-    def check(self, require, key: str) -> None:
-        require(self.lr > 0, f"{key}.lr", "positive", self.lr)
-        require(0 <= self.beta1 < 1, f"{key}.beta1", "in [0, 1)", self.beta1)
-        require(0 <= self.beta2 < 1, f"{key}.beta2", "in [0, 1)", self.beta2)
-
-    def build(self, module: nn.Module) -> torch.optim.Adam:
-        """An Adam optimiser over ``module``'s parameters with these settings."""
-        return torch.optim.Adam(module.parameters(), lr=self.lr, betas=(self.beta1, self.beta2))
 
 
 @dataclass
@@ -187,21 +170,6 @@ class Critic(nn.Module):
         return self.net(torch.cat([x, condition], dim=1)).reshape(-1)
 
 
-def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, condition: Tensor,
-                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """WGAN-GP: (mean critic score on real, on fake, (‖∇ₓD(x̂)‖ − 1)² at random interpolates x̂).
-
-    One critic pass over [real, fake, interpolates] (batch-norm-free critics only).
-    """
-    n = len(real)
-    eps = torch.rand(n, 1, generator=generator, device=real.device)
-    mix = (eps * real + (1.0 - eps) * fake).requires_grad_(True)
-    scores = critic(torch.cat([real, fake, mix]), torch.cat([condition, condition, condition]))
-    (grad,) = torch.autograd.grad(scores[2 * n:].sum(), mix, create_graph=True)
-    gp = ((grad.norm(2, dim=1) - 1.0) ** 2).mean()
-    return scores[:n].mean(), scores[n:2 * n].mean(), gp
-
-
 @register("caloshowergan")
 class CaloShowerGAN(ShowerModel):
     """One generator + critic pair; see the module docstring."""
@@ -251,7 +219,7 @@ class CaloShowerGAN(ShowerModel):
             c = self.encode_conditions(b.incident_energy, b.conditions)
             with torch.no_grad():
                 fake = self.generator(self.sample_noise(len(b), generator), c)
-            d_real, d_fake, gp = gradient_penalty(self.critic, real, fake, c, generator)
+            d_real, d_fake, gp = critic_terms(self.critic, real, fake, c, generator)
             d_loss = d_fake - d_real + cfg.gp_lambda * gp
             self.optimize(optimizers["critic"], d_loss)
         b = data.next()

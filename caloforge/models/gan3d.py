@@ -14,7 +14,7 @@ What the paper (slides) states, and this family does:
   the primary energy times the sampling fraction (fitted on the training data as a linear
   function of log E and cos θ, stored with the model); the *angle term* — the polar angle
   measured on the generated shower from its per-layer centroids
-  (:func:`~caloforge.models.grid3d.measured_theta`) against the conditioned θ; the
+  (:func:`~caloforge.models.parts.grid.measured_theta`) against the conditioned θ; the
   *energy-spectrum constraint* — per-shower counts of cells in bins of cell energy compared
   with those of the real batch.
 * the loss is a weighted sum: binary cross-entropy (weight 3), energy MAPE (0.1), angle MAE
@@ -28,7 +28,7 @@ ReLU keeps cells ≥ 0); a discriminator of 3D convolutions (16, 8, 8, 8 filters
 dropout 0.2, batch norm) and average pooling; RMSprop, one discriminator update on a real
 and one on a generated batch with 5 % label flips, then two generator updates.  Their
 spectrum constraint counts cells in hard bins (no gradient; it is disabled in their later
-code); ours uses soft bin walls (:func:`~caloforge.models.grid3d.soft_histogram`) so it
+code); ours uses soft bin walls (:func:`~caloforge.models.parts.grid.soft_histogram`) so it
 trains the generator.  The paper's networks are sized for 51×51×25; any regular grid
 works (the coarse grid is ``ceil(shape / upsample)``).
 
@@ -54,8 +54,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from caloforge.models.base import BatchSource, ModelConfig, ShowerModel, register
-from caloforge.models.grid3d import (GridCoordinates, generation_chunk, grid_shape, measured_theta, soft_histogram,
-                                     to_flat, to_image)
+from caloforge.models.parts.grid import (GridCoordinates, generation_chunk, grid_shape, measured_theta, soft_histogram,
+                                        to_flat, to_image)
 
 __all__ = ["Gan3DConfig", "Gan3D", "Generator3D", "Discriminator3D", "count_parameters"]
 
@@ -243,7 +243,7 @@ class Gan3D(ShowerModel):
         return self.config.latent_dim
 
     def decode(self, noise, incident_energy, conditions):
-        """MeV (N, V) float32, decoded in chunks of :func:`~caloforge.models.grid3d.generation_chunk`
+        """MeV (N, V) float32, decoded in chunks of :func:`~caloforge.models.parts.grid.generation_chunk`
         showers so that memory stays bounded whatever N."""
         cond = self.encode_conditions(incident_energy, conditions)
         step = generation_chunk(self.n_voxels, max(self.config.generator_channels + [self.config.seed_channels]))

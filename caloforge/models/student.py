@@ -17,11 +17,14 @@ inverse preprocessing, i.e. the cost of a GAN generator.
 
 The student copies the teacher's fitted state (condition encoding, preprocessing) into
 its own checkpoint: generation needs only the student's directory.  The teacher is
-loaded (safetensors + JSON, :func:`caloforge.checkpoint.load_model`) when training
-starts or resumes.  ``val_distill`` is the regression loss on held-out conditions at
+loaded when training starts or resumes, by the :class:`~caloforge.models.base.ModelLoader` that
+the code building the student hands to :func:`~caloforge.models.base.fit` /
+:func:`~caloforge.models.base.build` (:func:`caloforge.checkpoint.model_loader`); any model
+with a :meth:`~caloforge.models.base.Teacher.transport` map is a teacher.  ``val_distill`` is the regression loss on held-out conditions at
 fixed noise.
 
-With ``calibration_bins`` > 0 the student's outputs pass through a :class:`~caloforge.models.marginal_map.MarginalMap`
+With ``calibration_bins`` > 0 the student's outputs pass through a
+:class:`~caloforge.models.parts.marginal_map.MarginalMap`
 before decoding: per incident-energy bin and output coordinate, the monotone map that carries the
 student's marginal onto the teacher's.  A regression student is under-dispersed where its MLP cannot
 follow the teacher (every coordinate's spread ~5 % short, the empty-voxel mode of the sparse layers
@@ -41,16 +44,18 @@ from torch import Tensor, nn
 
 from caloforge.conditions import ConditionEncoder
 from caloforge.errors import ConfigError, DataError
-from caloforge.models.base import Batch, BatchSource, ModelConfig, ShowerModel, register
-from caloforge.models.flow_parts import (ACTIVATIONS, MLP, ShowerRepresentation, check_schedule_keys,
-                                        energy_bin_edges, optimizer_steps, scheduled_step)
-from caloforge.models.marginal_map import MarginalMap
+from caloforge.models.base import Batch, BatchSource, ModelConfig, ModelLoader, ShowerModel, Teacher, register
+from caloforge.models.parts.energy_bins import energy_bin_edges
+from caloforge.models.parts.marginal_map import MarginalMap
+from caloforge.models.parts.mlp import ACTIVATIONS, MLP
+from caloforge.models.parts.representation import ShowerRepresentation
+from caloforge.models.parts.schedules import ScheduleKeys, check_schedule_keys, optimizer_steps, scheduled_step
 
 __all__ = ["StudentConfig", "Student", "load_teacher"]
 
 
 @dataclass
-class StudentConfig(ModelConfig):
+class StudentConfig(ScheduleKeys, ModelConfig):
     """The ``model:`` section of a student config; the default MLP is ≈ 0.25 M parameters on DS1 photons."""
 
     name: str = "student"
@@ -68,10 +73,6 @@ class StudentConfig(ModelConfig):
     calibration_bins: int = 0
     calibration_knots: int = 33  # uniform knots of each coordinate's piecewise-linear map
     calibration_size: int = 32768  # teacher pairs it is fitted on (drawn once, refitted at every checkpoint)
-    lr: float = 1e-3
-    lr_min: float = 1e-5
-    lr_decay_iterations: int = 0
-    grad_clip: float = 10.0
 
     def check(self, require, source: str) -> None:
         super().check(require, source)
@@ -94,16 +95,19 @@ class StudentConfig(ModelConfig):
         check_schedule_keys(self, require)
 
 
-def load_teacher(cfg: StudentConfig, geometry_name: str, source: str = "config"):
-    """The teacher model (eval mode, CPU) named by ``model.teacher``; one-line errors."""
-    from caloforge import checkpoint
-
+def load_teacher(cfg: StudentConfig, geometry_name: str, model_loader: ModelLoader | None,
+                 source: str = "config") -> Teacher:
+    """The teacher model (eval mode, CPU) named by ``model.teacher``, loaded with ``model_loader``;
+    one-line errors."""
     path = Path(cfg.teacher)
+    if model_loader is None:
+        raise ConfigError(f"{source}: model.teacher: the student was built without a model loader, so it cannot "
+                          "load its teacher (build or fit it with model_loader=caloforge.checkpoint.model_loader)")
     try:
-        teacher, _ = checkpoint.load_model(path)
+        teacher = model_loader(path)
     except DataError as exc:
         raise ConfigError(f"{source}: model.teacher: {exc}") from None
-    if not hasattr(teacher, "transport"):
+    if not isinstance(teacher, Teacher):
         raise ConfigError(f"{source}: model.teacher {path} is a {teacher.family} model; the student distils "
                           "flow_matching or caloflow models")
     if teacher.geometry.name != geometry_name:
@@ -137,8 +141,19 @@ class Student(ShowerModel):
                                        config.calibration_knots, *self.target_box) if calibration else None
 
     @classmethod
-    def fit_state(cls, config, showers, incident_energy, conditions, geometry, source):
-        teacher = load_teacher(config, geometry.name, source)
+    def from_training_data(cls, config, showers, incident_energy, conditions, geometry, source,
+                           model_loader=None) -> "Student":
+        teacher = load_teacher(config, geometry.name, model_loader, source)
+        state = cls.fit_state(config, showers, incident_energy, conditions, geometry, source, teacher=teacher)
+        model = cls(config, geometry, state)
+        model.model_loader = model_loader  # the teacher itself is loaded again when training needs it
+        return model
+
+    @classmethod
+    def fit_state(cls, config, showers, incident_energy, conditions, geometry, source, teacher: Teacher | None = None):
+        """The teacher's fitted state (conditions, representation), with the student's own marginal-map bins."""
+        if teacher is None:
+            raise ConfigError(f"{source}: a student is fitted with its teacher (caloforge.models.fit with a model loader)")
         want = ConditionEncoder.fit(config.conditions, incident_energy, conditions,
                                     energy_condition=config.energy_condition, particle=config.particle,
                                     energy_range=config.energy_range, source=source)
@@ -155,10 +170,10 @@ class Student(ShowerModel):
 
     # the teacher is not a submodule: its weights stay out of the student's checkpoint
     @property
-    def teacher(self):
+    def teacher(self) -> Teacher:
         t = self.__dict__.get("_teacher")
         if t is None:
-            t = load_teacher(self.config, self.geometry.name)
+            t = load_teacher(self.config, self.geometry.name, self.model_loader)
             self.__dict__["_teacher"] = t.to(self.device)
         return t
 

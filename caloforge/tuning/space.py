@@ -16,7 +16,7 @@ unknown key gets a did-you-mean, and the base config with each range end (each
 choice) put in must itself be a valid config, so a range the model would refuse fails
 here, in one line, rather than in trial 17.
 
->>> from caloforge.config import load_config
+>>> from caloforge.models import load_config
 >>> space = SearchSpace.from_mapping({"model.critic_steps": {"type": "int", "low": 1, "high": 4},
 ...                                   "model.generator_hidden": [[8], [16, 16]]}, load_config("demo"))
 >>> cfg = space.apply(load_config("demo"), {"model.critic_steps": 2, "model.generator_hidden": "[16, 16]"})
@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from caloforge.config import RunConfig, flatten, load_config
+from caloforge.config import RunConfig, flatten
+from caloforge.models import load_config
 from caloforge.errors import CaloforgeError, ConfigError
 
 __all__ = ["Parameter", "SearchSpace", "load_space", "FIXED_KEYS"]

@@ -50,7 +50,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from caloforge.config import RunConfig, load_config, parse_duration
+from caloforge.config import RunConfig, parse_duration
+from caloforge.models import load_config
 from caloforge.errors import CaloforgeError, ConfigError
 from caloforge.tuning.space import SearchSpace, load_space
 

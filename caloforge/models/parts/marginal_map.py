@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from caloforge.models.flow_parts import energy_bin_index
+from caloforge.models.parts.energy_bins import energy_bin_index
 
 __all__ = ["MarginalMap"]
 
@@ -58,7 +58,7 @@ def _quantiles(x: Tensor, levels: Tensor) -> Tensor:
 
 
 class MarginalMap(nn.Module):
-    """Per incident-energy bin (``log_energy_edges``: :func:`~caloforge.models.flow_parts.energy_bin_edges`)
+    """Per incident-energy bin (``log_energy_edges``: :func:`~caloforge.models.parts.energy_bins.energy_bin_edges`)
     and per coordinate, a monotone piecewise-linear map on ``knots`` uniform knots; the identity on
     [lo, hi] until :meth:`fit_` is called.  The tables are buffers: they travel with the weights.
 
