@@ -112,6 +112,7 @@ def _geant4_apps(run: Run) -> list[int]:
     return [p for p in run.workers() if "caloforge-g4" in cmdline(p)]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_geant4_missing() is not None, reason=f"Geant4 unavailable: {_geant4_missing()}")
 @pytest.mark.parametrize("fault", [*FAULTS, "kill-geant4"])
 def test_geant4_simulate_under_faults(tmp_path, fault):
@@ -165,6 +166,7 @@ def _started(out: Path) -> bool:
     return (out / "log.csv").exists() and len((out / "log.csv").read_text().splitlines()) > 2  # in the loop
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["group-int", "main-int", "main-term"])
 def test_train_checkpoints_on_a_stop_signal(tmp_path, train_files, fault):
     out = tmp_path / "run"
@@ -178,6 +180,7 @@ def test_train_checkpoints_on_a_stop_signal(tmp_path, train_files, fault):
     assert ckpts[0].name in text and temps(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_train_resumes_bit_identically_after_sigterm(tmp_path, train_files):
     total = 600
     straight = tmp_path / "straight"
@@ -244,6 +247,7 @@ def tiny_model(train_files) -> Path:
 STOPS = ["group-int", "main-int", "main-term"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", STOPS)
 def test_generate_under_stop_signals(tmp_path, tiny_model, fault):
     run = Run(["generate", "-m", tiny_model, "--energies", "1GeV,60GeV", "--n", "400000", "--batch-size", "1000",
@@ -274,6 +278,7 @@ def test_evaluate_under_stop_signals(tmp_path, train_files, fault):
         json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["bench", "export", "merge"])
 def test_sigterm_stops_the_other_commands_cleanly(tmp_path, tiny_model, command):
     """SIGTERM lands where it lands: the command exits 143 or 0, never leaving a temporary file.

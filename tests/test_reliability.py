@@ -67,6 +67,7 @@ def test_sigint_stops_simulate_with_exit_130_and_complete_files(tmp_path, worker
     _check_outputs(tmp_path / "out.h5")
 
 
+@pytest.mark.slow
 def test_partial_file_keeps_the_finished_showers(tmp_path):
     """An interrupted slow run (ILD, 27 000 voxels) keeps what it finished, shower for shower."""
     from caloforge.simulate import simulate
@@ -133,6 +134,7 @@ def tiny_model(tmp_path_factory) -> Path:
 GEN = ["generate", "--energies", "1GeV,60GeV", "--n", "40000", "--batch-size", "1000", "-o", "gen.h5"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, delay", [(signal.SIGINT, 0.1), (signal.SIGINT, 0.8), (signal.SIGKILL, 0.5)])
 def test_generate_interrupted_or_killed(tmp_path, tiny_model, sig, delay):
     p = start([*GEN, "--model", str(tiny_model)], tmp_path)
@@ -174,7 +176,7 @@ def _check_report_dir(out: Path) -> None:
         assert (out / "report.html").read_text().rstrip().endswith("</html>")
 
 
-@pytest.mark.parametrize("moment", ["reading", "plots", "kill"])
+@pytest.mark.parametrize("moment", ["reading", pytest.param("plots", marks=pytest.mark.slow), "kill"])
 def test_evaluate_stops_promptly_on_sigint(tmp_path, eval_inputs, moment):
     ref, gen = eval_inputs
     out = tmp_path / "report"
@@ -220,6 +222,7 @@ def test_full_disk_simulate_is_one_line_exit_2_and_leaves_nothing(tmp_path, limi
     assert sorted(os.listdir(tmp_path)) == []  # no final, partial or temporary file
 
 
+@pytest.mark.slow
 def test_full_disk_generate(tmp_path, tiny_model):
     p = start([*GEN, "--model", str(tiny_model)], tmp_path, preexec_fn=_limit(500_000))
     rc, out = finish(p)

@@ -52,6 +52,7 @@ def _cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_two_workers_make_one_study_with_pruned_trials_and_a_best_that_generates(files, tmp_path):
     import optuna
 
@@ -127,6 +128,7 @@ print(" ".join(str(study.ask().number) for _ in range(12)))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_workers_asking_at_once_never_take_the_same_enqueued_trial(tmp_path, kind):
     # Optuna pops an enqueued trial by read-check-write; on SQLite that was not atomic, and
