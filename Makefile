@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # tests run on all cores; override with `make test PYTEST_ARGS=...`
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test install clean
+.PHONY: demo test test-quick install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest caloforge tests $(PYTEST_ARGS)
+
+# the quick tier for the edit-test loop: every module's fast tests, without those marked slow
+# (subprocess faults, Geant4, training runs); `make test` (and CI) still runs everything
+test-quick: $(STAMP)
+	$(PY) -m pytest caloforge tests -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-run .pytest_cache

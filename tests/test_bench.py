@@ -90,6 +90,7 @@ def test_bench_times_bf16_only_when_it_passes_its_check(run_dir, monkeypatch):
     assert "E_tot/E_inc" in report["checks"]["bf16"]
 
 
+@pytest.mark.slow
 def test_cli_bench_times_an_ode_model_at_the_requested_steps(tmp_path):
     """``--sampling steps=N`` reaches every path (the exported graph is traced with it) and the report
     says what was timed; an option the family lacks is a one-line error, exit code 2."""

@@ -53,6 +53,7 @@ def _models():
     return [tiny_model("caloshowergan", 0), tiny_model("caloshowergan", 1), tiny_model("energy_split", 0)]
 
 
+@pytest.mark.slow
 def test_cpp_matches_python_on_the_same_noise(program, tmp_path):
     for k, model in enumerate(_models()):
         path = export_model(model, "torchscript", tmp_path / f"m{k}.pt").path
@@ -77,6 +78,7 @@ def test_cpp_matches_python_on_the_same_noise(program, tmp_path):
         assert max_relative_deviation(ref, table[:, len(model.condition_names):]) <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_cpp_draws_the_models_noise(program, tmp_path):
     """With --seed the C++ program draws what model.sample_noise draws from torch.Generator().manual_seed(seed)."""
     model = _models()[0]
@@ -91,6 +93,7 @@ def test_cpp_draws_the_models_noise(program, tmp_path):
     assert max_relative_deviation(ref, table[:, 1:]) <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_cpp_bad_input_is_one_line_and_writes_nothing(program, tmp_path):
     model = _models()[1]  # conditioned on angles and an impact point
     path = export_model(model, "torchscript", tmp_path / "m.pt").path
@@ -116,6 +119,7 @@ def test_cpp_bad_input_is_one_line_and_writes_nothing(program, tmp_path):
         assert not out.exists() and not (tmp_path / "out.csv.tmp").exists()
 
 
+@pytest.mark.slow
 def test_cpp_bench_reports_the_protocol(program, tmp_path):
     path = export_model(_models()[0], "torchscript", tmp_path / "m.pt").path
     done = _run(program, path, "--bench", "1,10", "--repeats", 2)
@@ -124,6 +128,7 @@ def test_cpp_bench_reports_the_protocol(program, tmp_path):
     assert [r["batch"] for r in rows] == [1, 10] and all(r["ms_per_shower"] > 0 and r["repeats"] == 2 for r in rows)
 
 
+@pytest.mark.slow
 def test_bench_times_the_cpp_path(program, tmp_path):
     from caloforge.bench import bench
     from caloforge.checkpoint import point_best, write_checkpoint
@@ -133,6 +138,7 @@ def test_bench_times_the_cpp_path(program, tmp_path):
     assert [(r["path"], r["batch"]) for r in report["results"]] == [("cpp", 1), ("cpp", 3)]
 
 
+@pytest.mark.slow
 def test_cpp_runs_the_aoti_package_like_python(program, tmp_path, tmp_path_factory):
     """The same program loads an AOTInductor package (.pt2, AOTIModelPackageLoader) and matches PyTorch on the
     same noise; the package is the one export the session compiles (tests/test_export.py::aoti_package)."""
@@ -166,6 +172,7 @@ def test_cpp_runs_the_aoti_package_like_python(program, tmp_path, tmp_path_facto
     assert done.returncode == 0 and [r["batch"] for r in json.loads(done.stdout)] == [1, 10], done.stderr
 
 
+@pytest.mark.slow
 def test_cpp_wrong_aoti_file_is_one_line(program, tmp_path):
     ts = export_model(_models()[0], "torchscript", tmp_path / "m.pt").path
     import zipfile

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from caloforge.cli import app
@@ -13,6 +14,7 @@ from caloforge.demo import run_demo
 from caloforge.io import read_showers
 
 
+@pytest.mark.slow
 def test_demo_chain_runs_end_to_end(tmp_path: Path) -> None:
     lines: list[str] = []
     result = run_demo(tmp_path / "demo", scale=0.01, holdout_scale=0.01, max_iterations=40,

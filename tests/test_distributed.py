@@ -47,6 +47,7 @@ def _losses(run: Path) -> np.ndarray:
         return np.array([float(r["nll"]) for r in csv.DictReader(f)])
 
 
+@pytest.mark.slow
 def test_two_processes_follow_the_single_process_loss_curve(files):
     single = _train(files, files / "single")
     assert single.returncode == 0, single.stderr
@@ -66,6 +67,7 @@ def test_two_processes_follow_the_single_process_loss_curve(files):
     assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
 
 
+@pytest.mark.slow
 def test_a_dead_rank_stops_the_others_and_the_run_resumes(files):
     t0 = time.monotonic()
     killed = _train(files, files / "killed", nproc=2, env_extra={"TOY_DIE_AT": "25:1"})

@@ -61,6 +61,7 @@ def _chi2(result, feature: str) -> float:
 # ----------------------------------------------------------------------------------
 # same physics → indistinguishable
 # ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_independent_samples_are_indistinguishable(null_result):
     m = null_result.metrics
     assert m["n_reference"] == m["n_generated"] == 4 * N_PER_ENERGY
@@ -75,6 +76,7 @@ def test_independent_samples_are_indistinguishable(null_result):
     assert abs(kpd["value"]) < 3 * kpd["error"] + 1e-3
 
 
+@pytest.mark.slow
 def test_energy_points_and_per_energy_tables(null_result):
     m = null_result.metrics
     assert m["energy_points_discrete"] is True
@@ -130,6 +132,7 @@ def _voxels_shuffled(s: np.ndarray) -> np.ndarray:
     ],
     ids=["energy-scale-5%", "layer-energy-moved", "voxels-shuffled"],
 )
+@pytest.mark.slow
 def test_defects_are_caught(reference, independent, null_result, defect, broken, intact, min_auc):
     bad = ShowerData(independent.incident_energy, defect(independent.showers))
     r = compare(reference, bad, GEO, classifier=True, classifier_settings=CLASSIFIER, seed=0, fpd_kpd=False)
@@ -152,6 +155,7 @@ def test_energy_scale_is_seen_at_every_energy_point(reference, independent):
     assert r.headline["classifier_auc"] is None and r.headline["fpd"] is None
 
 
+@pytest.mark.slow
 def test_fpd_kpd_grow_with_a_shape_defect(reference, independent, null_result):
     bad = ShowerData(independent.incident_energy, _layer_moved(independent.showers))
     r = compare(reference, bad, GEO, per_energy=False)
@@ -177,6 +181,7 @@ def test_streamed_files_give_the_same_numbers(tmp_path, reference, independent):
     assert capped.metrics["n_reference"] == capped.metrics["n_generated"] == 500
 
 
+@pytest.mark.slow
 def test_cartesian_geometry_with_atlas_variables(tmp_path):
     geo = load_geometry("atlas-4layer")
     from caloforge.simulate import simulate
@@ -213,6 +218,7 @@ def _embedded_images(html: str) -> list[tuple[str, bytes]]:
     return out
 
 
+@pytest.mark.slow
 def test_report_files(tmp_path, null_result):
     # one test for the whole report: the plots are the slow part, written once
     out = tmp_path / "report"

@@ -129,6 +129,7 @@ def test_every_family_has_a_tiny_config(name, index):
     assert name in TINY, f"add a tiny config for {name!r} to TINY"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, index", CASES)
 def test_onnx_matches_pytorch_for_every_family(name, index, tmp_path):
     model = tiny_model(name, index)
@@ -295,6 +296,7 @@ def aoti_package(tmp_path_factory) -> tuple[Path, object]:
     return package, model
 
 
+@pytest.mark.slow
 def test_aoti_package_matches_pytorch_and_carries_the_metadata(tmp_path_factory):
     from torch._inductor import aoti_load_package
 

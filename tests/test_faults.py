@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -29,170 +28,14 @@ import yaml
 
 from caloforge.io import read_showers, write_showers
 
-CLI = [sys.executable, "-m", "caloforge"]
-TESTS = Path(__file__).resolve().parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "200",
-       "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(TESTS)) if p)}
+from processes import CLI, ENV, Run, clean_exit, cmdline, temps
+
 FAULTS = ["group-int", "main-int", "main-term", "kill-worker"]
 EXIT = {"group-int": 130, "main-int": 130, "main-term": 143, "kill-worker": 4}
 GAN = {"model": {"name": "caloshowergan", "geometry": "ds1-photons", "latent_dim": 8, "generator_hidden": [16],
                  "critic_hidden": [16], "voxel_scale": 100.0, "critic_steps": 1},
        "training": {"batch_size": 32, "max_iterations": 100_000, "checkpoint_every": 100_000, "log_every": 50,
                     "tensorboard": False, "validation_fraction": 0.5}}
-
-
-# ----------------------------------------------------------------------------------
-# processes
-# ----------------------------------------------------------------------------------
-def _start(args, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    def child_setup() -> None:  # the default SIGINT disposition, as under a terminal (see test_reliability)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-    return subprocess.Popen([*CLI, *map(str, args)], cwd=cwd, env=env or ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=child_setup)
-
-
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            kids.setdefault(ppid, []).append(int(entry))
-    return kids
-
-
-def _tree(pid: int) -> set[int]:
-    """``pid`` and all its descendants (whatever session they run in)."""
-    kids, out, todo = _children(), set(), [pid]
-    while todo:
-        p = todo.pop()
-        if p not in out:
-            out.add(p)
-            todo.extend(kids.get(p, []))
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
-    except OSError:
-        return "?"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie has ended; init reaps it
-
-
-class Run:
-    """A CLI run whose process tree is watched, so that nothing of it may outlive it unnoticed."""
-
-    def __init__(self, args, cwd: Path, env: dict | None = None) -> None:
-        self.p = _start(args, cwd, env)
-        self.seen: set[int] = {self.p.pid}
-        self.err = ""  # stderr read so far (the progress lines say where the run is)
-
-    def stderr(self) -> str:
-        fd = self.p.stderr.fileno()
-        os.set_blocking(fd, False)
-        try:
-            while chunk := os.read(fd, 65536):  # the pipe itself: the text wrapper has buffered nothing
-                self.err += chunk.decode(errors="replace")
-        except BlockingIOError:
-            pass
-        finally:
-            os.set_blocking(fd, True)
-        return self.err
-
-    def watch(self) -> set[int]:
-        self.seen |= _tree(self.p.pid)
-        return self.seen
-
-    def wait_for(self, condition, timeout: float = 120) -> None:
-        t0 = time.monotonic()
-        while not condition():
-            self.watch()
-            if self.p.poll() is not None:
-                raise AssertionError(f"the run ended (rc {self.p.returncode}) before the fault: "
-                                     + self.p.stderr.read()[-2000:])
-            assert time.monotonic() - t0 < timeout, "timed out waiting for the moment of the fault"
-            time.sleep(0.05)
-        self.watch()
-
-    def workers(self) -> list[int]:
-        return sorted(p for p in self.watch() - {self.p.pid} if _alive(p))
-
-    def fault(self, fault: str, worker: int | None = None) -> None:
-        self.watch()
-        if fault == "group-int":
-            os.killpg(self.p.pid, signal.SIGINT)
-        elif fault == "main-int":
-            os.kill(self.p.pid, signal.SIGINT)
-        elif fault == "main-term":
-            os.kill(self.p.pid, signal.SIGTERM)
-        else:
-            assert worker is not None, "no worker to kill"
-            os.kill(worker, signal.SIGKILL)
-
-    def finish(self, timeout: float = 120) -> tuple[int, str]:
-        try:
-            out, err = self.p.communicate(timeout=timeout)
-            err = self.err + err
-        except subprocess.TimeoutExpired:
-            self.kill_all()
-            raise
-        left = self.leftovers()
-        self.kill_all()
-        assert not left, f"processes of the run left behind: {left}\n{err[-2000:]}"
-        return self.p.returncode, out + err
-
-    def leftovers(self, grace: float = 5.0) -> list[str]:
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            alive = [p for p in self.seen if _alive(p)]
-            if not alive:
-                return []
-            time.sleep(0.1)
-        return [f"{p}: {_cmdline(p)}" for p in self.seen if _alive(p)]
-
-    def kill_all(self) -> None:
-        for p in self.seen:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except OSError:
-                pass
-
-
-def _clean_exit(rc: int, text: str, expected: int) -> None:
-    assert rc == expected, text[-3000:]
-    assert "Traceback" not in text and "Exception ignored" not in text, text[-3000:]
-    errors = [ln for ln in text.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, text[-3000:]  # one line says what happened
-
-
-def _has_open(pid: int, path: Path) -> bool:
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def _temps(d: Path) -> list[str]:
-    return sorted(str(f.relative_to(d)) for f in d.rglob("*.tmp"))
 
 
 def _whole(path: Path, nonzero: bool = True) -> int:
@@ -208,16 +51,16 @@ def _whole(path: Path, nonzero: bool = True) -> int:
 def test_simulate_under_faults(tmp_path, fault):
     run = Run(["simulate", "--preset", "ds1-photons", "--scale", "0.2", "--seed", "3", "-j", "2", "-q",
                "-o", "f.h5"], tmp_path)
-    run.wait_for(lambda: len(run.workers()) == 2 and _temps(tmp_path))
+    run.wait_for(lambda: len(run.workers()) == 2 and temps(tmp_path))
     time.sleep(0.8)  # some blocks finished
     run.fault(fault, worker=run.workers()[-1])
     t0 = time.monotonic()
     rc, text = run.finish()
     assert time.monotonic() - t0 < 10
-    _clean_exit(rc, text, EXIT[fault])
+    clean_exit(rc, text, EXIT[fault])
     if fault == "kill-worker":
         assert "simulation worker" in text and "killed by SIGKILL" in text, text
-    assert not (tmp_path / "f.h5").exists() and _temps(tmp_path) == []
+    assert not (tmp_path / "f.h5").exists() and temps(tmp_path) == []
     partial = tmp_path / "f.partial.h5"
     if partial.exists():  # whole showers, the ones the same seed gives
         n = _whole(partial, nonzero=False)  # a low-energy shower may be empty: compared row by row below
@@ -236,17 +79,17 @@ def test_simulate_under_faults(tmp_path, fault):
 def test_simulate_sigterm_to_the_group_keeps_the_partial_file(tmp_path):
     """Slurm signals every process of the job step: the workers die of it, the run is still interrupted."""
     run = Run(["simulate", "--preset", "ds1-photons", "--scale", "0.2", "-j", "2", "-q", "-o", "f.h5"], tmp_path)
-    run.wait_for(lambda: len(run.workers()) == 2 and _temps(tmp_path))
+    run.wait_for(lambda: len(run.workers()) == 2 and temps(tmp_path))
     time.sleep(1.0)
     os.killpg(run.p.pid, signal.SIGTERM)
     rc, text = run.finish()
-    _clean_exit(rc, text, 143)
+    clean_exit(rc, text, 143)
     assert _whole(tmp_path / "f.partial.h5", nonzero=False) > 0
 
 
 def test_simulate_workers_die_with_a_killed_parent(tmp_path):
     run = Run(["simulate", "--preset", "ds1-photons", "--scale", "0.2", "-j", "2", "-q", "-o", "f.h5"], tmp_path)
-    run.wait_for(lambda: len(run.workers()) == 2 and _temps(tmp_path))
+    run.wait_for(lambda: len(run.workers()) == 2 and temps(tmp_path))
     run.p.kill()
     rc, _ = run.finish()
     assert rc == -signal.SIGKILL
@@ -266,23 +109,24 @@ G4_ARGS = ["simulate", "--engine", "geant4", "-g", "calogan", "-p", "photon", "-
 
 
 def _geant4_apps(run: Run) -> list[int]:
-    return [p for p in run.workers() if "caloforge-g4" in _cmdline(p)]
+    return [p for p in run.workers() if "caloforge-g4" in cmdline(p)]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_geant4_missing() is not None, reason=f"Geant4 unavailable: {_geant4_missing()}")
 @pytest.mark.parametrize("fault", [*FAULTS, "kill-geant4"])
 def test_geant4_simulate_under_faults(tmp_path, fault):
     run = Run(G4_ARGS, tmp_path)
-    run.wait_for(lambda: len(_geant4_apps(run)) == 2 and _temps(tmp_path))
+    run.wait_for(lambda: len(_geant4_apps(run)) == 2 and temps(tmp_path))
     time.sleep(1.5)  # some blocks finished
     python_workers = [p for p in run.workers() if p not in _geant4_apps(run)]
     run.fault("kill-worker" if fault.startswith("kill") else fault,
               worker=_geant4_apps(run)[-1] if fault == "kill-geant4" else python_workers[-1])
     rc, text = run.finish()  # no Geant4 process may outlive the run, whoever was signalled
-    _clean_exit(rc, text, {**EXIT, "kill-geant4": 2}[fault])
+    clean_exit(rc, text, {**EXIT, "kill-geant4": 2}[fault])
     if fault == "kill-geant4":
         assert "Geant4 process" in text and "killed by SIGKILL" in text, text
-    assert not (tmp_path / "f.h5").exists() and _temps(tmp_path) == []
+    assert not (tmp_path / "f.h5").exists() and temps(tmp_path) == []
     partial = tmp_path / "f.partial.h5"
     if partial.exists():  # whole showers, the ones the same seed gives (Geant4 is seeded per shower)
         n = _whole(partial)
@@ -322,6 +166,7 @@ def _started(out: Path) -> bool:
     return (out / "log.csv").exists() and len((out / "log.csv").read_text().splitlines()) > 2  # in the loop
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["group-int", "main-int", "main-term"])
 def test_train_checkpoints_on_a_stop_signal(tmp_path, train_files, fault):
     out = tmp_path / "run"
@@ -329,12 +174,13 @@ def test_train_checkpoints_on_a_stop_signal(tmp_path, train_files, fault):
     run.wait_for(lambda: _started(out))
     run.fault(fault)
     rc, text = run.finish()
-    _clean_exit(rc, text, EXIT[fault])
+    clean_exit(rc, text, EXIT[fault])
     ckpts = sorted((out / "checkpoints").iterdir())
     assert len(ckpts) == 1 and "continue with --resume" in text, text
-    assert ckpts[0].name in text and _temps(tmp_path) == []
+    assert ckpts[0].name in text and temps(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_train_resumes_bit_identically_after_sigterm(tmp_path, train_files):
     total = 600
     straight = tmp_path / "straight"
@@ -346,7 +192,7 @@ def test_train_resumes_bit_identically_after_sigterm(tmp_path, train_files):
     run.wait_for(lambda: _started(out))
     run.fault("main-term")
     rc, text = run.finish()
-    _clean_exit(rc, text, 143)
+    clean_exit(rc, text, 143)
     stopped_at = int(sorted((out / "checkpoints").iterdir())[-1].name.split("-")[1])
     assert 0 < stopped_at < total, "the run ended before SIGTERM; make it longer"
     resumed = subprocess.run([*CLI, *map(str, _train_args(train_files, out, "--max-iterations", total,
@@ -368,7 +214,7 @@ def test_data_parallel_train_under_faults(tmp_path, train_files, fault):
     assert len(ranks) >= 2, ranks
     run.fault(fault, worker=ranks[-1])
     rc, text = run.finish()
-    _clean_exit(rc, text, EXIT[fault])
+    clean_exit(rc, text, EXIT[fault])
     if fault == "kill-worker":
         assert "training process" in text and "killed by SIGKILL" in text, text
     else:  # the ranks agreed on one iteration and rank 0 wrote its checkpoint
@@ -401,16 +247,17 @@ def tiny_model(train_files) -> Path:
 STOPS = ["group-int", "main-int", "main-term"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", STOPS)
 def test_generate_under_stop_signals(tmp_path, tiny_model, fault):
     run = Run(["generate", "-m", tiny_model, "--energies", "1GeV,60GeV", "--n", "400000", "--batch-size", "1000",
                "--engine", "pytorch", "-o", "gen.h5"], tmp_path)
-    run.wait_for(lambda: _temps(tmp_path))
+    run.wait_for(lambda: temps(tmp_path))
     time.sleep(0.5)
     run.fault(fault)
     rc, text = run.finish()
-    _clean_exit(rc, text, EXIT[fault])
-    assert not (tmp_path / "gen.h5").exists() and _temps(tmp_path) == []
+    clean_exit(rc, text, EXIT[fault])
+    assert not (tmp_path / "gen.h5").exists() and temps(tmp_path) == []
     if (tmp_path / "gen.partial.h5").exists():
         _whole(tmp_path / "gen.partial.h5")
 
@@ -425,12 +272,13 @@ def test_evaluate_under_stop_signals(tmp_path, train_files, fault):
     time.sleep(0.5)
     run.fault(fault)
     rc, text = run.finish()
-    _clean_exit(rc, text, EXIT[fault])
-    assert _temps(tmp_path) == []
+    clean_exit(rc, text, EXIT[fault])
+    assert temps(tmp_path) == []
     if (out / "metrics.json").exists():
         json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["bench", "export", "merge"])
 def test_sigterm_stops_the_other_commands_cleanly(tmp_path, tiny_model, command):
     """SIGTERM lands where it lands: the command exits 143 or 0, never leaving a temporary file.
@@ -459,8 +307,8 @@ def test_sigterm_stops_the_other_commands_cleanly(tmp_path, tiny_model, command)
     if rc == 0:  # finished first: its output is whole
         assert final.exists()
     else:  # stopped: before the rename nothing is published, after it the file is whole
-        _clean_exit(rc, text, 143)
-    assert _temps(tmp_path) == [] and not list(tmp_path.glob(".*tmp*"))
+        clean_exit(rc, text, 143)
+    assert temps(tmp_path) == [] and not list(tmp_path.glob(".*tmp*"))
     if final.exists():
         if final.suffix == ".h5":
             assert _whole(final) == 60000
@@ -515,7 +363,7 @@ def test_tune_sigterm_marks_the_trial_interrupted_and_the_next_worker_continues_
     run.wait_for(lambda: _checkpointed(study), timeout=180)
     run.fault("main-term")
     rc, text = run.finish()
-    _clean_exit(rc, text, 143)
+    clean_exit(rc, text, 143)
     info = json.loads((study / "trials" / "trial-0000" / "trial.json").read_text())
     assert info["state"] == "INTERRUPTED" and info["interrupted_by"] == "SIGTERM", text
     stopped = max(int(p.name.split("-")[1]) for p in study.glob("trials/trial-0000/seed-*/checkpoints/iter-*"))

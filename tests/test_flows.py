@@ -104,6 +104,7 @@ def test_ode_solvers_converge_with_the_number_of_steps():
         assert abs(rate - order) < 0.4, (solver, rate)
 
 
+@pytest.mark.slow
 def test_flow_matching_samples_converge_with_steps(teacher_run):
     """The learnt ODE: Euler samples approach the 256-step RK4 solution as the steps grow."""
     model = load_model(teacher_run / "best").model
@@ -130,6 +131,7 @@ def test_flow_matching_samples_converge_with_steps(teacher_run):
 # ----------------------------------------------------------------------------------
 # Train → checkpoint → resume → generate, like the GAN
 # ----------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("name, radial", [("caloflow-tiny", False), ("flow-matching-tiny", False),
                                           ("flow-matching-tiny", True)])
 def test_train_resume_generate_round_trip(tmp_path, data, name, radial):
@@ -169,6 +171,7 @@ def test_train_resume_generate_round_trip(tmp_path, data, name, radial):
     assert (out.showers == 0).any() and hits.min() >= threshold
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["caloflow-tiny", "flow-matching-tiny"])
 def test_weight_average_samples_validates_and_resumes_bit_identically(tmp_path, data, name):
     """model.ema_decay: the averaged copies are not optimised, are what sampling and
@@ -207,6 +210,7 @@ def test_weight_average_samples_validates_and_resumes_bit_identically(tmp_path, 
         assert model.validation_metrics(batch) == scores
 
 
+@pytest.mark.slow
 def test_caloflow_validation_nll_is_the_exact_likelihood(tmp_path, data):
     """val_nll = −log p_flow(y) − log|∂y/∂x|: recomputed by hand from the saved model."""
     from caloforge.models.base import Batch
@@ -228,6 +232,7 @@ def test_caloflow_validation_nll_is_the_exact_likelihood(tmp_path, data):
     assert float((run / "scores.csv").read_text().splitlines()[1].split(",")[2]) == pytest.approx(got, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_caloflow_temperature_and_envelope(tmp_path, data):
     """The voxel-flow temperature narrows only the voxel latent (layer energies, hence E_tot, keep
     their spread; ``noise_spec`` says so for deployments); every generated voxel stays inside the
@@ -267,6 +272,7 @@ def test_caloflow_temperature_and_envelope(tmp_path, data):
 # ----------------------------------------------------------------------------------
 # Sampling options
 # ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sampling_options_are_checked(teacher_run):
     gen = load_model(teacher_run / "best")
     assert gen.model.sampling_options == {"steps": 4, "solver": "euler"}
@@ -281,6 +287,7 @@ def test_sampling_options_are_checked(teacher_run):
     assert gen.model.sampling_options["steps"] == 8  # a refused change leaves the options as they were
 
 
+@pytest.mark.slow
 def test_cli_generate_sampling_option_and_evaluate(tmp_path, teacher_run, data):
     runner = CliRunner()
     out = tmp_path / "gen.h5"
@@ -321,6 +328,7 @@ def _student_cfg(teacher: Path, **training) -> dict:
     return cfg
 
 
+@pytest.mark.slow
 def test_student_reproduces_its_teacher(tmp_path, teacher_run, data):
     cfg = _student_cfg(teacher_run, max_iterations=100, checkpoint_every=50, batch_size=128)
     cfg["model"].update(hidden=[128, 128], pool_size=2048, pool_refresh=50, lr=3e-3)
@@ -350,6 +358,7 @@ def test_student_reproduces_its_teacher(tmp_path, teacher_run, data):
     assert all(k.startswith("generator_net.") or k == "noise_gain" for k in keys)
 
 
+@pytest.mark.slow
 def test_student_resume_is_bit_identical_and_needs_a_teacher(tmp_path, teacher_run, data):
     cfg = _student_cfg(teacher_run)
     train(cfg, data, tmp_path / "full", progress=False)
@@ -393,6 +402,7 @@ def test_student_layer_weight_counts_layer_coordinates_more():
         torch.testing.assert_close(loss(w, target[:, :5], voxel_off), torch.tensor(1 / (5 * w + 40)))
 
 
+@pytest.mark.slow
 def test_student_layer_weight_config_and_resume_of_older_runs(tmp_path, teacher_run, data):
     """A bad weight is a one-line config error; a student run written before the key existed
     resumes with the default (which is what it trained with), not with another weight."""
@@ -453,6 +463,7 @@ def test_marginal_map_carries_each_marginal_per_energy_bin_and_keeps_the_order()
     torch.testing.assert_close(m(x, torch.full((801,), 4.0e6, dtype=torch.float64)), x, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_student_marginal_map_is_refitted_at_checkpoints_and_brings_the_teacher_marginals(tmp_path, teacher_run,
                                                                                             data):
     """With ``calibration_bins`` the student decodes through a marginal map refitted before every
@@ -495,6 +506,7 @@ def test_student_marginal_map_is_refitted_at_checkpoints_and_brings_the_teacher_
         train(bad, data, tmp_path / "bad", progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("teacher", ["caloflow-tiny", "flow-matching-tiny"])
 def test_student_of_a_caloflow_or_radially_split_teacher(tmp_path, data, teacher):
     """A caloflow teacher works too (its one-pass inverse is the map to distil), and so does a
@@ -555,6 +567,7 @@ def test_representation_bounds_change_no_shower(data):
                            rep.decode(nudged[None, :L], nudged[None, L:], e[:1]))
 
 
+@pytest.mark.slow
 def test_student_survives_a_teacher_with_wild_outputs(tmp_path, data, monkeypatch):
     """A caloflow teacher whose inverse throws some rows to ±10¹³ (and one to NaN) still gives a
     finite distillation loss that falls: targets are clamped to the decode box, NaN rows dropped."""
@@ -585,7 +598,7 @@ def test_student_survives_a_teacher_with_wild_outputs(tmp_path, data, monkeypatc
 # ----------------------------------------------------------------------------------
 # Any geometry
 # ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("geometry", ["ds1-pions", "ds2", "calogan"])
+@pytest.mark.parametrize("geometry", ["ds1-pions", pytest.param("ds2", marks=pytest.mark.slow), "calogan"])
 def test_flow_families_work_for_any_geometry(geometry):
     """One training step and sampling on DS1 pions (7 layers), DS2 (45 × 144 voxels), CaloGAN (3 layers);
     flow matching also with one velocity field for layers and voxels together (``layer_model: joint``)

@@ -54,6 +54,7 @@ def _run(build, geometry, model_path, energies, scale=None, particle="photon"):
                       np.tile([0.0, 0.0, 1.0], (n, 1)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["caloshowergan", "flow_matching", "student"])
 def test_fast_showers_match_python_generation_voxel_by_voxel(fast_build, models, family):
     """Without upstream material the incident photon reaches the front face and is the event's only shower:
@@ -84,6 +85,7 @@ def test_fast_showers_match_python_generation_voxel_by_voxel(fast_build, models,
     assert (out.model_cpu > 0).all() and (out.model_cpu <= out.cpu_seconds).all()
 
 
+@pytest.mark.slow
 def test_out_of_range_particles_are_transported_and_counted(fast_build, models, tmp_path):
     model, path = models["caloshowergan"]
     geo = dataclasses.replace(load_geometry("ds1-photons"), upstream=())
@@ -106,6 +108,7 @@ def test_out_of_range_particles_are_transported_and_counted(fast_build, models, 
         assert f["showers"].shape == (3, 368)
 
 
+@pytest.mark.slow
 def test_full_and_fast_in_the_same_process(fast_build, models):
     """``fast off`` transports everything (the speed-up is measured in one program); ``fast on`` again."""
     from caloforge.geant4.runner import Geant4Process
@@ -140,6 +143,7 @@ def _setup(geometry, part, path):
     return setup_engine(load_geometry(geometry), [part], "geant4", "visible", fast_model=path)
 
 
+@pytest.mark.slow
 def test_bad_fast_models_are_one_line(fast_build, models, tmp_path):
     from caloforge.geant4.runner import Geant4Process
     from caloforge.simulate.api import make_part

@@ -49,6 +49,7 @@ def engines(request):
     return name, _observe(geo, g4.showers), _gflash(geo, particle, 400, {}), _gflash(geo, particle, 400, None)
 
 
+@pytest.mark.slow
 def test_tuned_hit_count_is_closer(engines):
     name, g4, bare, tuned = engines
     # the published spot count leaves too few hit voxels; the fitted spot_scale restores them
@@ -57,6 +58,7 @@ def test_tuned_hit_count_is_closer(engines):
     assert abs(tuned["hits"] / g4["hits"] - 1) < 0.15, (g4, tuned)
 
 
+@pytest.mark.slow
 def test_tuned_depth_is_closer(engines):
     name, g4, bare, tuned = engines
     # centre of gravity in layer indices; 3 standard errors of the Geant4 mean + 0.1 layer of fit residual
@@ -65,6 +67,7 @@ def test_tuned_depth_is_closer(engines):
     assert abs(tuned["cog"] - g4["cog"]) <= abs(bare["cog"] - g4["cog"]) + g4["cog_err"], (g4, bare, tuned)
 
 
+@pytest.mark.slow
 def test_tuned_radial_width_is_close(engines):
     name, g4, bare, tuned = engines
     # energy-weighted RMS radius: within 10 % (a 24-shower mean scatters by ~3 %; the published

@@ -66,6 +66,7 @@ def _by_energy(data, values):
     return [values[data.incident_energy == e * 1e3] for e in ENERGIES_GEV]
 
 
+@pytest.mark.slow
 def test_visible_energy_is_linear(electrons):
     vis = electrons.showers.sum(1)
     means = np.array([v.mean() for v in _by_energy(electrons, vis)])
@@ -76,6 +77,7 @@ def test_visible_energy_is_linear(electrons):
     assert 0.18 < response.mean() < 0.26
 
 
+@pytest.mark.slow
 def test_resolution_has_the_stochastic_term_of_the_sampling(electrons):
     vis = electrons.showers.sum(1)
     rel = np.array([v.std(ddof=1) / v.mean() for v in _by_energy(electrons, vis)])
@@ -87,6 +89,7 @@ def test_resolution_has_the_stochastic_term_of_the_sampling(electrons):
     assert np.ptp(stochastic) / stochastic.mean() < 0.6
 
 
+@pytest.mark.slow
 def test_shower_depth_grows_with_log_energy(electrons):
     depth_x0 = (np.arange(N_LAYERS) + 0.5) * _x0_per_layer()
     layer_e = RINGS.layer_energy(electrons.showers)
@@ -96,6 +99,7 @@ def test_shower_depth_grows_with_log_energy(electrons):
     assert 0.7 < slope < 1.3, (cog, slope)
 
 
+@pytest.mark.slow
 def test_moliere_radius_contains_ninety_percent(electrons):
     rings = electrons.showers.reshape(len(electrons), N_LAYERS, -1).sum(1)  # (n, 5 rings)
     frac = np.cumsum(rings, axis=1) / rings.sum(1, keepdims=True)
@@ -105,6 +109,7 @@ def test_moliere_radius_contains_ninety_percent(electrons):
     assert within_2 > 0.94, within_2
 
 
+@pytest.mark.slow
 def test_sampling_fraction_is_below_the_mip_value():
     from caloforge.geant4.engine import sampling_fractions
 
@@ -115,6 +120,7 @@ def test_sampling_fraction_is_below_the_mip_value():
     assert 0.6 < em / mip < 0.9, (em, mip)
 
 
+@pytest.mark.slow
 def test_photons_start_deeper_than_electrons():
     e = np.full(30, 4000.0)
     depth = (np.arange(N_LAYERS) + 0.5) * _x0_per_layer()

@@ -87,6 +87,7 @@ def test_the_ds2_preset_command(tmp_path):
         assert f["showers"].shape == (10, 6480) and f.attrs["preset"] == "ds2"
 
 
+@pytest.mark.slow
 def test_shards_merge_into_the_unsharded_file(tmp_path):
     base = ["simulate", "--engine", "geant4", "--geometry", "calogan", "--particle", "photon",
             "--energy-range", "1GeV:3GeV"]
@@ -166,6 +167,7 @@ def _name(pid: int) -> str:
         return ""
 
 
+@pytest.mark.slow
 def test_a_killed_geant4_process_is_a_clean_error(tmp_path):
     out = tmp_path / "f.h5"
     proc = subprocess.Popen([*CLI, "simulate", "--engine", "geant4", "-g", "calogan", "-p", "electron",

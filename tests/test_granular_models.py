@@ -160,6 +160,7 @@ def runs(toy, tmp_path_factory):
     return _Runs(toy, tmp_path_factory)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gan3d", "bibae"])
 def test_train_generate_and_checkpoint_round_trip(toy, runs, family):
     _, data = toy
@@ -179,6 +180,7 @@ def test_train_generate_and_checkpoint_round_trip(toy, runs, family):
     assert torch.allclose(exported, direct.float())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gan3d", "bibae"])
 def test_resume_is_bit_identical(runs, family):
     """For bibae the resumed run crosses the end of stage 1 (latent KDE fit) into the post-processor stage."""
@@ -206,6 +208,7 @@ def test_outputs_depend_on_the_angle(toy, family):
     assert (a - b).abs().max() > 1e-6 * a.abs().max()
 
 
+@pytest.mark.slow
 def test_bibae_stages_fit_the_latent_kde_and_switch_on_the_postprocessor(runs):
     from caloforge.generate import load_model
 

@@ -50,6 +50,7 @@ def _toy(**training) -> dict:
 # ----------------------------------------------------------------------------------
 # A new family is one file: trains, resumes, generates with no change to the trainer
 # ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_family_defined_in_a_test_file_trains_resumes_and_generates(tmp_path):
     assert "toy_lognormal" in families()
     data = toy_showers()
@@ -131,6 +132,7 @@ def _with_interval(init, interval):
 # ----------------------------------------------------------------------------------
 # Conditions as a vector
 # ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_angle_condition_is_learnt_and_required(tmp_path):
     data = toy_showers(400, theta=True)
     cfg = _toy(max_iterations=150, checkpoint_every=50)

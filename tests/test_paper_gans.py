@@ -239,6 +239,7 @@ def test_train_resume_generate_round_trip(tmp_path, family, geometry, model):
         assert torch.allclose(exported(noise, cm), x1, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_calogan_energy_term_pulls_the_total_energy_to_the_target(tmp_path):
     data = toy_showers("calogan", n=200)
     model = {**TINY_CALOGAN, "energy_loss_weight": 1.0,
@@ -253,6 +254,7 @@ def test_calogan_energy_term_pulls_the_total_energy_to_the_target(tmp_path):
     assert last < 0.5 * first  # |E_0 − Ê| in GeV falls
 
 
+@pytest.mark.slow
 def test_atlas_gan_learns_the_energy_response(tmp_path):
     from caloforge.generate import load_model
 

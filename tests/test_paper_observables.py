@@ -41,6 +41,7 @@ def test_nearest_neighbour_finds_a_copied_shower():
     assert sorted(nn["training_index"]) == [3, 7, 40] and max(nn["distance"]) < 1e-6
 
 
+@pytest.mark.slow
 def test_particle_classifier_proxy():
     ref = {"positron": _calogan_toy(150, 0), "pion": _calogan_toy(150, 1, depth=4.0)}
     good = {"positron": _calogan_toy(150, 2), "pion": _calogan_toy(150, 3, depth=4.0)}
@@ -86,6 +87,7 @@ def test_atlas_average_eta_follows_particle_eta():
         assert key in good["energy_points"][0]
 
 
+@pytest.mark.slow
 def test_compare_and_report_carry_the_paper_section(tmp_path):
     from caloforge.evaluate.paper_observables import write_paper_plots
 

@@ -1,6 +1,6 @@
 """Interrupts, kills, full disks and bad output paths, with real signals sent to real processes.
 
-Every run is a ``python -m caloforge.cli`` subprocess in its own session, so that the
+Every run is a ``python -m caloforge`` subprocess in its own session, so that the
 test can signal it at a chosen moment and clean up its worker processes afterwards.
 Afterwards every final output must be absent or complete and valid, a
 ``.partial.h5`` must hold whole showers, and (except after ``kill -9``) no temporary
@@ -13,8 +13,6 @@ import json
 import os
 import resource
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,63 +24,7 @@ from caloforge.cli import app
 from caloforge.geometry import load_geometry
 from caloforge.io import read_showers, write_showers
 
-CLI = [sys.executable, "-m", "caloforge.cli"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "200"}
-
-
-def _start(args, cwd: Path, preexec_fn=None) -> subprocess.Popen:
-    def child_setup() -> None:
-        # A shell without job control starts background jobs with SIGINT ignored, and Python then
-        # keeps it ignored: give the child the default disposition, as a terminal would, so these
-        # tests do not depend on how pytest itself was started.
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        if preexec_fn is not None:
-            preexec_fn()
-
-    return subprocess.Popen([*CLI, *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, preexec_fn=child_setup)
-
-
-def _finish(p: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
-    try:
-        p.wait(timeout=timeout)
-    finally:
-        try:  # orphaned worker processes of a killed run hold the pipes: end them (this test started them)
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    out, err = p.communicate(timeout=10)
-    return p.returncode, out + err
-
-
-def _wait_for(p: subprocess.Popen, condition, timeout: float = 60) -> None:
-    """Poll until ``condition()`` holds; fail if the process ends first."""
-    t0 = time.monotonic()
-    while not condition():
-        if p.poll() is not None:
-            raise AssertionError(f"process ended (rc {p.returncode}) before the moment to signal it: "
-                                 + p.stderr.read()[-500:])
-        assert time.monotonic() - t0 < timeout, "timed out waiting for the process"
-        time.sleep(0.02)
-
-
-def _has_open(p: subprocess.Popen, path: Path) -> bool:
-    """True once the process holds ``path`` open (Linux /proc): its work has begun."""
-    try:
-        fds = os.listdir(f"/proc/{p.pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{p.pid}/fd/{fd}") == str(path):
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def _temps(d: Path) -> list[str]:
-    return sorted(f.name for f in d.rglob("*.tmp"))
+from processes import finish, has_open, start, temps, wait_for
 
 
 def _check_outputs(final: Path, expect_complete: int | None = None) -> int:
@@ -109,32 +51,33 @@ SIM = ["simulate", "--preset", "ds1-photons", "--scale", "0.1", "--seed", "1", "
 
 @pytest.mark.parametrize("workers, delay", [(2, 0.0), (2, 0.4), (2, 1.1), (1, 0.2), (1, 0.9)])
 def test_sigint_stops_simulate_with_exit_130_and_complete_files(tmp_path, workers, delay):
-    p = _start([*SIM, "-j", str(workers)], tmp_path)
-    _wait_for(p, lambda: _temps(tmp_path))  # the run is under way: its temporary file exists
+    p = start([*SIM, "-j", str(workers)], tmp_path)
+    wait_for(p, lambda: temps(tmp_path))  # the run is under way: its temporary file exists
     time.sleep(delay)
     assert p.poll() is None, "the run ended before it was interrupted; make it longer"
     p.send_signal(signal.SIGINT)
     t0 = time.monotonic()
-    rc, out = _finish(p)
+    rc, out = finish(p)
     stopped = time.monotonic() - t0
     assert rc == 130, out
     assert "interrupted" in out and "Traceback" not in out and "Exception ignored" not in out, out
     assert stopped < 10.0, f"took {stopped:.1f} s to stop"  # ~0.3–1.5 s on an idle machine
     assert not (tmp_path / "out.h5").exists()
-    assert _temps(tmp_path) == []
+    assert temps(tmp_path) == []
     _check_outputs(tmp_path / "out.h5")
 
 
+@pytest.mark.slow
 def test_partial_file_keeps_the_finished_showers(tmp_path):
     """An interrupted slow run (ILD, 27 000 voxels) keeps what it finished, shower for shower."""
     from caloforge.simulate import simulate
 
-    p = _start(["simulate", "-g", "ild", "-p", "photon", "--energies", "20GeV", "--n", "5000", "--seed", "4",
-                "-j", "1", "-q", "-o", "ild.h5"], tmp_path)
-    _wait_for(p, lambda: _temps(tmp_path))
+    p = start(["simulate", "-g", "ild", "-p", "photon", "--energies", "20GeV", "--n", "5000", "--seed", "4",
+               "-j", "1", "-q", "-o", "ild.h5"], tmp_path)
+    wait_for(p, lambda: temps(tmp_path))
     time.sleep(3.0)  # > FLUSH_SECONDS of work, far fewer than 4096 showers
     p.send_signal(signal.SIGINT)
-    rc, out = _finish(p)
+    rc, out = finish(p)
     assert rc == 130, out
     partial = tmp_path / "ild.partial.h5"
     assert partial.exists() and not (tmp_path / "ild.h5").exists()
@@ -156,11 +99,11 @@ def test_partial_file_keeps_the_finished_showers(tmp_path):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_kill_9_leaves_no_broken_final_file(tmp_path, seed):
     delay = np.random.default_rng(seed).uniform(0.0, 2.0)
-    p = _start([*SIM, "-j", "2"], tmp_path)
-    _wait_for(p, lambda: _temps(tmp_path))
+    p = start([*SIM, "-j", "2"], tmp_path)
+    wait_for(p, lambda: temps(tmp_path))
     time.sleep(delay)
     p.kill()
-    rc, _ = _finish(p)
+    rc, _ = finish(p)
     final = tmp_path / "out.h5"
     assert rc == -signal.SIGKILL or final.exists()
     _check_outputs(final, expect_complete=12100)
@@ -191,18 +134,19 @@ def tiny_model(tmp_path_factory) -> Path:
 GEN = ["generate", "--energies", "1GeV,60GeV", "--n", "40000", "--batch-size", "1000", "-o", "gen.h5"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, delay", [(signal.SIGINT, 0.1), (signal.SIGINT, 0.8), (signal.SIGKILL, 0.5)])
 def test_generate_interrupted_or_killed(tmp_path, tiny_model, sig, delay):
-    p = _start([*GEN, "--model", str(tiny_model)], tmp_path)
-    _wait_for(p, lambda: _temps(tmp_path))
+    p = start([*GEN, "--model", str(tiny_model)], tmp_path)
+    wait_for(p, lambda: temps(tmp_path))
     time.sleep(delay)
     assert p.poll() is None, "generation ended before the signal; make it longer"
     p.send_signal(sig)
-    rc, out = _finish(p)
+    rc, out = finish(p)
     final = tmp_path / "gen.h5"
     if sig == signal.SIGINT:
         assert rc == 130 and "Traceback" not in out, out
-        assert _temps(tmp_path) == []
+        assert temps(tmp_path) == []
         assert not final.exists()
         _check_outputs(final)
     else:
@@ -223,7 +167,7 @@ def eval_inputs(tmp_path_factory) -> tuple[Path, Path]:
 
 def _check_report_dir(out: Path) -> None:
     """Whatever an interrupted evaluate left is complete: no temp files, valid JSON, PNG, HTML."""
-    assert _temps(out.parent) == []
+    assert temps(out.parent) == []
     if (out / "metrics.json").exists():
         json.loads((out / "metrics.json").read_text())
     for png in out.glob("*.png"):
@@ -232,21 +176,21 @@ def _check_report_dir(out: Path) -> None:
         assert (out / "report.html").read_text().rstrip().endswith("</html>")
 
 
-@pytest.mark.parametrize("moment", ["reading", "plots", "kill"])
+@pytest.mark.parametrize("moment", ["reading", pytest.param("plots", marks=pytest.mark.slow), "kill"])
 def test_evaluate_stops_promptly_on_sigint(tmp_path, eval_inputs, moment):
     ref, gen = eval_inputs
     out = tmp_path / "report"
-    p = _start(["evaluate", "--reference", str(ref), "--generated", str(gen), "--geometry", "ds1-photons",
-                "-o", str(out)], tmp_path)
+    p = start(["evaluate", "--reference", str(ref), "--generated", str(gen), "--geometry", "ds1-photons",
+               "-o", str(out)], tmp_path)
     if moment == "plots":  # while the report directory fills up
-        _wait_for(p, lambda: out.is_dir() and any(out.glob("*.png")), timeout=120)
+        wait_for(p, lambda: out.is_dir() and any(out.glob("*.png")), timeout=120)
     else:  # while it reads the files and computes features (not during interpreter start-up)
-        _wait_for(p, lambda: _has_open(p, ref.resolve()), timeout=120)
+        wait_for(p, lambda: has_open(p.pid, ref.resolve()), timeout=120)
         time.sleep(0.3)
     assert p.poll() is None
     p.send_signal(signal.SIGKILL if moment == "kill" else signal.SIGINT)
     t0 = time.monotonic()
-    rc, text = _finish(p)
+    rc, text = finish(p)
     if moment == "kill":
         assert rc == -signal.SIGKILL
         for png in out.glob("*.png"):
@@ -269,18 +213,19 @@ def _limit(nbytes: int):
 
 @pytest.mark.parametrize("limit", [3_000, 300_000])
 def test_full_disk_simulate_is_one_line_exit_2_and_leaves_nothing(tmp_path, limit):
-    p = _start(["simulate", "-g", "ds1-photons", "-p", "photon", "--energies", "10GeV", "--n", "3000",
-                "-j", "2", "-q", "-o", "out.h5"], tmp_path, preexec_fn=_limit(limit))
-    rc, out = _finish(p)
+    p = start(["simulate", "-g", "ds1-photons", "-p", "photon", "--energies", "10GeV", "--n", "3000",
+               "-j", "2", "-q", "-o", "out.h5"], tmp_path, preexec_fn=_limit(limit))
+    rc, out = finish(p)
     assert rc == 2, out
     lines = [ln for ln in out.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "out.h5" in lines[0] and "file too large" in lines[0], out
     assert sorted(os.listdir(tmp_path)) == []  # no final, partial or temporary file
 
 
+@pytest.mark.slow
 def test_full_disk_generate(tmp_path, tiny_model):
-    p = _start([*GEN, "--model", str(tiny_model)], tmp_path, preexec_fn=_limit(500_000))
-    rc, out = _finish(p)
+    p = start([*GEN, "--model", str(tiny_model)], tmp_path, preexec_fn=_limit(500_000))
+    rc, out = finish(p)
     assert rc == 2, out
     lines = [ln for ln in out.strip().splitlines() if ln.strip() and "warning" not in ln]
     assert len(lines) == 1 and "gen.h5" in lines[0] and "file too large" in lines[0], out

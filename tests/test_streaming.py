@@ -138,6 +138,7 @@ BIBAE_TINY = {"name": "bibae", "particle": "electron", "conditions": {"incident_
               "hit_mmd_stride": 8, "hit_mmd_cutoff": 32, "kde_max_showers": 40}
 
 
+@pytest.mark.slow
 def test_streamed_training_resumes_bit_identically(tmp_path):
     """BIB-AE through a pool of 32 showers (two blocks refilled per iteration) across the latent-KDE
     fit (read back from the file in chunks) and the stage switch: a run stopped after 2 iterations

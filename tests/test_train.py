@@ -139,6 +139,7 @@ def _scores(run_dir: Path) -> list[tuple[int, float]]:
         return [(int(r["iteration"]), float(r["chi2_etot"])) for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_run_directory_checkpoints_and_best_by_chi2(tmp_path):
     from caloforge.evaluate.metrics import total_energy_chi2
     from caloforge.generate import load_model
@@ -173,6 +174,7 @@ def test_run_directory_checkpoints_and_best_by_chi2(tmp_path):
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_training_improves_total_energy_chi2(tmp_path):
     """On an easy dataset the E_tot χ² of the best checkpoint beats the first one by a wide margin."""
     cfg = _tiny(max_iterations=400, checkpoint_every=50, batch_size=64, validation_fraction=0.5)
@@ -184,6 +186,7 @@ def test_training_improves_total_energy_chi2(tmp_path):
     assert res.best_score < 0.5 * first, res.history
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     from caloforge.models.caloshowergan import CaloShowerGAN
 
@@ -207,6 +210,7 @@ def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(tmp_path, monkeyp
     assert all(torch.isfinite(t.float()).all() for t in weights.values())
 
 
+@pytest.mark.slow
 def test_energy_split_training_routes_ranges(tmp_path):
     from caloforge.generate import generate, load_model
 
@@ -225,6 +229,7 @@ def test_energy_split_training_routes_ranges(tmp_path):
     assert out.showers.shape == (2, 368) and np.isfinite(out.showers).all()
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_an_old_dir(tmp_path):
     data = toy_photons()
     train(_tiny(max_iterations=10), data, tmp_path / "run", progress=False)
@@ -285,6 +290,7 @@ def _train_cmd(cfg: Path, data: Path, out: Path, *extra: str) -> list[str]:
             "-o", str(out), "--no-progress", *extra]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     import yaml
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,8 @@ from caloforge.errors import ConfigError
 from caloforge.io import write_showers
 from caloforge.models import load_config
 from caloforge.tuning import SearchSpace, TuneOptions, run_worker
+
+from processes import CLI, ENV
 
 # A tiny GAN.  The two voxel_scale choices make pruning deterministic: with voxel_scale 1
 # every generated E_tot/E_inc lies far above the reference, so the E_tot χ² is at its
@@ -51,6 +52,7 @@ def _cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_two_workers_make_one_study_with_pruned_trials_and_a_best_that_generates(files, tmp_path):
     import optuna
 
@@ -64,12 +66,11 @@ def test_two_workers_make_one_study_with_pruned_trials_and_a_best_that_generates
     study = create_or_load_study(open_storage(f"sqlite:///{study_dir / 'study.db'}"), "space")
     for vs, cs in ((100.0, 1), (1.0, 1), (100.0, 2), (1.0, 2)):
         study.enqueue_trial({"model.voxel_scale": vs, "model.critic_steps": cs})
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    common = [sys.executable, "-m", "caloforge", "tune", "--config", files["base"], "--space", files["space"],
+    common = [*CLI, "tune", "--config", files["base"], "--space", files["space"],
               "--data", files["data"], "-o", study_dir, "--trials", "4", "--pruner", "none", "--prune-above", "250"]
     # worker 1 trains its trial data-parallel (caloforge train --nproc 2 in a subprocess)
     procs = [subprocess.Popen([str(a) for a in common + ["--worker", str(w), "--worker-trials", str(n)] + extra],
-                              env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                              env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for w, n, extra in ((0, 3, []), (1, 1, ["--nproc-per-trial", "2"]))]
     outputs = [p.communicate(timeout=400)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
@@ -127,6 +128,7 @@ print(" ".join(str(study.ask().number) for _ in range(12)))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_workers_asking_at_once_never_take_the_same_enqueued_trial(tmp_path, kind):
     # Optuna pops an enqueued trial by read-check-write; on SQLite that was not atomic, and
