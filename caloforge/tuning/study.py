@@ -52,6 +52,7 @@ import numpy as np
 
 from caloforge.config import RunConfig, load_config, parse_duration
 from caloforge.errors import CaloforgeError, ConfigError
+from caloforge.formatting import format_parameters
 from caloforge.tuning.space import SearchSpace, load_space
 
 __all__ = ["TuneOptions", "WorkerSummary", "run_worker", "recover_stale_trials", "EVALUATOR_METRICS", "SAMPLERS", "PRUNERS",
@@ -369,13 +370,6 @@ def _stop_group(proc: subprocess.Popen, sig: int, timeout: float = 60.0) -> None
     proc.wait()
 
 
-def _format_params(params: dict) -> str:
-    def fmt(v):
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    return ", ".join(f"{k.split('.', 1)[-1]}={fmt(v)}" for k, v in params.items())
-
-
 def _write_json(path: Path, data: dict) -> None:
     from caloforge.io import atomic_path
 
@@ -496,7 +490,7 @@ def _objective_factory(ctx: dict):
                 info.update(state="PRUNED", pruned_at=where, seed_values=per_seed)
                 _write_json(trial_dir / "trial.json", info)
                 log(f"trial {trial.number}: pruned at {where} (running {prune_score} {reporter.best:.4g}); "
-                    f"{_format_params(info['params'])}")
+                    f"{format_parameters(info['params'])}")
                 raise optuna.TrialPruned(f"pruned at {where}")
             scores = _best_scores(run_dir)
             if scores is None:
@@ -523,7 +517,7 @@ def _objective_factory(ctx: dict):
         took = time.monotonic() - t0
         took_text = f"{took:.0f} s" if took < 90 else f"{took / 60:.1f} min"
         log(f"trial {trial.number}: {o.metric} {mean:.4g}{spread} in {took_text}; "
-            f"{_format_params(info['params'])}")
+            f"{format_parameters(info['params'])}")
         return mean
 
     return objective
