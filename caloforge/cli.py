@@ -780,5 +780,16 @@ def main() -> None:  # console-script entry point
     app()
 
 
+def run_as_command(fn: Callable[[], None]) -> None:
+    """Run ``fn`` as this process's whole work, the way a ``caloforge`` command runs (errors as one
+    line and their exit code, stop signals as 128 + the signal), and exit with its status."""
+    global _ENTRY_POINT
+    _ENTRY_POINT = True
+    try:
+        user_errors(fn)()
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
 if __name__ == "__main__":
     main()

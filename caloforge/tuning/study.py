@@ -41,12 +41,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -55,7 +54,10 @@ from caloforge.errors import CaloforgeError, ConfigError
 from caloforge.formatting import format_parameters
 from caloforge.tuning.space import SearchSpace, load_space
 
-__all__ = ["TuneOptions", "WorkerSummary", "run_worker", "recover_stale_trials", "EVALUATOR_METRICS", "SAMPLERS", "PRUNERS",
+if TYPE_CHECKING:
+    from caloforge.io import ShowerData
+
+__all__ = ["TuneOptions", "StudyContext", "WorkerSummary", "run_worker", "recover_stale_trials", "EVALUATOR_METRICS", "SAMPLERS", "PRUNERS",
            "create_or_load_study", "trial_summary"]
 
 # evaluator metrics: name → how to read it from caloforge.evaluate.compare()'s metrics
@@ -108,6 +110,20 @@ class WorkerSummary:
     best_value: float | None = None
     best_std: float | None = None
     stopped: str = ""
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """What every trial of this worker shares: the study's settings, base config and data."""
+
+    options: TuneOptions
+    space: SearchSpace
+    base: RunConfig
+    output: Path  # the study directory
+    data: ShowerData  # the training showers, read once per worker
+    data_path: Path  # the same, as a file, for trials trained in processes of their own
+    own_heartbeat: bool  # the storage keeps no heartbeat of its own (the journal file)
+    log: Callable[[str], None] = print
 
 
 class _TrialFailed(Exception):
@@ -298,14 +314,17 @@ def _evaluate(run_dir: Path, data, cfg: RunConfig, seed: int, metric: str) -> tu
 
 def _train_subprocess(cfg_path: Path, data_path: Path, run_dir: Path, seed: int, o: TuneOptions, resume: bool,
                       reporter: _Reporter) -> bool:
-    """``caloforge train --nproc K`` for one seed, reporting its scores.csv rows; False if pruned."""
+    """Train one seed in a process of its own (:mod:`caloforge.tuning.trial_process`: K data-parallel
+    ranks), reporting its scores.csv rows; False if pruned."""
     import csv
 
     from caloforge.train import StopTraining
 
-    cmd = [sys.executable, "-m", "caloforge", "train", "--config", str(cfg_path), "--data", str(data_path),
-           "-o", str(run_dir), "--seed", str(seed), "--nproc", str(o.nproc_per_trial), "--device", o.device,
-           "--no-progress"] + (["--resume"] if resume else []) + (["--threads", str(o.threads)] if o.threads else [])
+    from caloforge.launch import TrainingRequest
+    from caloforge.tuning.trial_process import command
+
+    cmd = command(TrainingRequest(str(cfg_path), data_path, run_dir, resume=resume, device=o.device, seed=seed,
+                                  threads=o.threads or 0, nproc=o.nproc_per_trial, progress=False))
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     log_path = run_dir.parent / f"{run_dir.name}.train.log"
     seen: set[int] = set()
@@ -348,7 +367,7 @@ def _train_subprocess(cfg_path: Path, data_path: Path, run_dir: Path, seed: int,
             raise
     if proc.returncode != 0:
         tail = log_path.read_text().strip().splitlines()[-1:] or [""]
-        raise _TrialFailed(f"caloforge train --nproc {o.nproc_per_trial} exited with {proc.returncode} "
+        raise _TrialFailed(f"training with {o.nproc_per_trial} processes exited with {proc.returncode} "
                            f"({tail[0][:200]}); log: {log_path}")
     return True
 
@@ -389,23 +408,19 @@ def trial_summary(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def _objective_factory(ctx: dict):
+def _objective_factory(ctx: StudyContext):
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     from caloforge import checkpoint as ckpt
     from caloforge.train import train
 
-    o: TuneOptions = ctx["options"]
-    space: SearchSpace = ctx["space"]
-    base: RunConfig = ctx["base"]
-    log = ctx["log"]
-    out: Path = ctx["output"]
+    o, space, base, log, out = ctx.options, ctx.space, ctx.base, ctx.log, ctx.output
 
     def objective(trial) -> float:
         from caloforge import interrupt
 
-        beat = _Heartbeat(trial) if ctx["own_heartbeat"] else None
+        beat = _Heartbeat(trial) if ctx.own_heartbeat else None
         try:
             return run_trial(trial)
         except _TrialFailed as exc:
@@ -469,10 +484,10 @@ def _objective_factory(ctx: dict):
             reporter = _Reporter(trial, prune_score, values, j, cfg.training.max_iterations, log)
             try:
                 if o.nproc_per_trial > 1:
-                    completed = _train_subprocess(cfg_path, ctx["data_path"], run_dir, seed, o, resume, reporter)
+                    completed = _train_subprocess(cfg_path, ctx.data_path, run_dir, seed, o, resume, reporter)
                     stopped = "completed" if completed else "stopped"
                 else:
-                    result = train(cfg, ctx["data"], run_dir, resume=resume, device=o.device, progress=False,
+                    result = train(cfg, ctx.data, run_dir, resume=resume, device=o.device, progress=False,
                                    seed=seed, threads=o.threads, on_checkpoint=reporter)
                     stopped = result.stopped
             except CaloforgeError:
@@ -496,7 +511,7 @@ def _objective_factory(ctx: dict):
             if scores is None:
                 value, extra = math.inf, {}
             elif o.metric in EVALUATOR_METRICS:
-                value, extra = _evaluate(run_dir, ctx["data"], cfg, seed, o.metric)
+                value, extra = _evaluate(run_dir, ctx.data, cfg, seed, o.metric)
             else:
                 value, extra = _score_value(scores, o.metric, run_dir), {}
             values.append(value)
@@ -701,9 +716,9 @@ def run_worker(config, space_path, data_path, output, storage: str | None = None
         study.enqueue_trial(values, skip_if_exists=True)
         note = f" ({', '.join(outside)} outside the space: sampled)" if outside else ""
         log(f"trial 0 is the base config's settings{note}")
-    ctx = {"options": o, "space": space, "base": base, "log": log, "output": output, "data": data,
-           "data_path": Path(data_path).resolve(),
-           "own_heartbeat": not isinstance(store, optuna.storages.RDBStorage)}
+    ctx = StudyContext(options=o, space=space, base=base, output=output, data=data,
+                       data_path=Path(data_path).resolve(),
+                       own_heartbeat=not isinstance(store, optuna.storages.RDBStorage), log=log)
     objective = _objective_factory(ctx)
     t0 = time.monotonic()
     while True:

@@ -1,0 +1,52 @@
+"""The process a data-parallel trial trains in: ``python -m caloforge.tuning.trial_process REQUEST``.
+
+``REQUEST`` is a :class:`caloforge.launch.TrainingRequest` as JSON.  The process is the
+launcher of the trial's ranks, and each rank runs this same entry point with the request
+for one process; it behaves as a ``caloforge`` command (one error line and its exit code,
+128 + the signal when stopped, ends with the worker that started it), so the worker reads
+its fate from the exit status and the run directory, as for any training process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Sequence
+
+from caloforge.errors import CaloforgeError
+from caloforge.launch import TrainingRequest, run_training
+
+__all__ = ["command", "main"]
+
+
+class Diverged(CaloforgeError):
+    """A loss became NaN/inf: the trial's training stopped at its last good checkpoint."""
+
+    exit_code = 1
+
+
+def command(request: TrainingRequest) -> list[str]:
+    """The command line that trains ``request`` in a process of its own."""
+    return [sys.executable, "-m", __name__, request.to_json()]
+
+
+def _train(request: TrainingRequest) -> None:
+    rank_request = dataclasses.replace(request, nproc=1)
+    result = run_training(request, rank_args=["-m", __name__, rank_request.to_json()])
+    if result is None:
+        return
+    if result.stopped == "diverged":
+        raise Diverged(result.message)
+    print(f"{result.message}; run directory {result.run_dir}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from caloforge.cli import run_as_command
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    request = TrainingRequest.from_json(args[0])
+    run_as_command(lambda: _train(request))
+
+
+if __name__ == "__main__":
+    main()
