@@ -18,6 +18,8 @@ from caloforge.launch import TrainingRequest, run_training
 
 __all__ = ["command", "main"]
 
+MODULE = "caloforge.tuning.trial_process"  # not __name__: that is "__main__" in the process itself
+
 
 class Diverged(CaloforgeError):
     """A loss became NaN/inf: the trial's training stopped at its last good checkpoint."""
@@ -27,12 +29,12 @@ class Diverged(CaloforgeError):
 
 def command(request: TrainingRequest) -> list[str]:
     """The command line that trains ``request`` in a process of its own."""
-    return [sys.executable, "-m", __name__, request.to_json()]
+    return [sys.executable, "-m", MODULE, request.to_json()]
 
 
 def _train(request: TrainingRequest) -> None:
     rank_request = dataclasses.replace(request, nproc=1)
-    result = run_training(request, rank_args=["-m", __name__, rank_request.to_json()])
+    result = run_training(request, rank_args=["-m", MODULE, rank_request.to_json()])
     if result is None:
         return
     if result.stopped == "diverged":
