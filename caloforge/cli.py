@@ -7,7 +7,6 @@ stderr and exit code 2, with no traceback.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import sys
 from pathlib import Path
@@ -199,59 +198,24 @@ def simulate_cmd(
                                         "batch jobs with the same arguments; join them with caloforge merge."),
 ) -> None:
     """Simulate reference showers (parametrised GFlash-type model, or Geant4) into a CaloChallenge file."""
-    from caloforge.errors import ConfigError
+    from caloforge.geometry import load_geometry
     from caloforge.io import check_output_file
-    from caloforge.simulate import EnergySpec, get_preset, parse_angle, parse_range, write_plan
-    from caloforge.simulate.api import make_part
+    from caloforge.production import Shard
+    from caloforge.simulate import write_plan
+    from caloforge.simulate.api import setup_engine
+    from caloforge.simulate.request import simulation_request
 
     check_output_file(output)  # a bad -o fails now, not after the simulation
-
-    def angle(text: Optional[str]):
-        if text is None:
-            return None
-        if ":" in text:
-            return parse_range(text, parse_angle)
-        return parse_angle(text)
-
-    def azimuth(text: Optional[str]):
-        if text is None:
-            return None
-        conv = lambda s: math.radians(float(s))  # noqa: E731
-        try:
-            return tuple(conv(s) for s in text.split(":")) if ":" in text else conv(text)
-        except ValueError:
-            raise ConfigError(f"bad --phi {text!r}: expected degrees or LOW:HIGH") from None
-
-    if preset is not None:
-        if energies or energy_range or n is not None or theta or phi:
-            raise ConfigError("--preset fixes energies, counts and angles: drop --energies/--energy-range/--n/--theta/--phi")
-        p = get_preset(preset)
-        parts = p.parts(particle, scale)
-        geo = geometry or p.geometry
-        attrs = {"preset": preset}
-        energy_scale = energy_scale or p.energy_scale
-        derived = p.derived  # conditions the data set stores besides the simulated ones (atlas-gan: impact_eta)
-    else:
-        if particle is None or geometry is None:
-            raise ConfigError("--geometry and --particle are required (or use --preset)")
-        if (energies is None) == (energy_range is None):
-            raise ConfigError("give exactly one of --energies and --energy-range (or --preset)")
-        if n is None or n <= 0:
-            raise ConfigError("--n must be a positive number of showers")
-        spec = EnergySpec.parse(energies, log=False) if energies else EnergySpec.parse(energy_range, log=log)
-        if energy_range and spec.kind == "discrete":
-            raise ConfigError(f"--energy-range needs LOW:HIGH, got {energy_range!r}")
-        parts = [make_part(particle, spec, n, theta=angle(theta), phi=azimuth(phi))]
-        geo, attrs, derived = geometry, {}, {}
-    from caloforge.geometry import load_geometry
-    from caloforge.production import Shard
-    from caloforge.simulate.api import setup_engine
-
+    request = simulation_request(preset=preset, geometry=geometry, particle=particle, energies=energies,
+                                 energy_range=energy_range, log=log, theta=theta, phi=phi, n=n, scale=scale,
+                                 energy_scale=energy_scale)
     part = Shard.parse(shard) if shard is not None else None
-    geometry_obj = load_geometry(geo)
-    setup = setup_engine(geometry_obj, parts, engine, energy_scale or None, cut_mm=cut, fast_model=fast_model)
-    count = write_plan(output, geometry_obj, parts, seed=seed, workers=workers or None, progress=not quiet,
-                       attrs=attrs, energy_scale=energy_scale, derived=derived, engine=setup, shard=part)
+    geometry_obj = load_geometry(request.geometry)
+    setup = setup_engine(geometry_obj, request.parts, engine, request.energy_scale or None, cut_mm=cut,
+                         fast_model=fast_model)
+    count = write_plan(output, geometry_obj, request.parts, seed=seed, workers=workers or None, progress=not quiet,
+                       attrs=request.attrs, energy_scale=request.energy_scale, derived=request.derived, engine=setup,
+                       shard=part)
     of = f" (shard {part})" if part is not None else ""
     console.print(f"wrote {count} showers to {output}{of}")
 
