@@ -1,8 +1,10 @@
-"""The process a data-parallel trial trains in: ``python -m caloforge.tuning.trial_process REQUEST``.
+"""The process a trial trains in: ``python -m caloforge.tuning.trial_process REQUEST``.
 
-``REQUEST`` is a :class:`caloforge.launch.TrainingRequest` as JSON.  The process is the
-launcher of the trial's ranks, and each rank runs this same entry point with the request
-for one process; it behaves as a ``caloforge`` command (one error line and its exit code,
+``REQUEST`` is a :class:`caloforge.launch.TrainingRequest` as JSON, carried out through the
+Python API (:func:`caloforge.launch.run_training`, i.e. :func:`caloforge.train.train`).  A
+crash or a kill of the training ends the trial, not the worker.  For a data-parallel trial
+the process is the launcher of its ranks, and each rank runs this same entry point with the
+request for one process.  It behaves as a ``caloforge`` command (one error line and its exit code,
 128 + the signal when stopped, ends with the worker that started it), so the worker reads
 its fate from the exit status and the run directory, as for any training process.
 """
@@ -13,18 +15,11 @@ import dataclasses
 import sys
 from typing import Sequence
 
-from caloforge.errors import CaloforgeError
 from caloforge.launch import TrainingRequest, run_training
 
 __all__ = ["command", "main"]
 
 MODULE = "caloforge.tuning.trial_process"  # not __name__: that is "__main__" in the process itself
-
-
-class Diverged(CaloforgeError):
-    """A loss became NaN/inf: the trial's training stopped at its last good checkpoint."""
-
-    exit_code = 1
 
 
 def command(request: TrainingRequest) -> list[str]:
@@ -37,8 +32,7 @@ def _train(request: TrainingRequest) -> None:
     result = run_training(request, rank_args=["-m", MODULE, rank_request.to_json()])
     if result is None:
         return
-    if result.stopped == "diverged":
-        raise Diverged(result.message)
+    # a diverged run ends like a finished one: the trial is scored by its last good checkpoint
     print(f"{result.message}; run directory {result.run_dir}", flush=True)
 
 
