@@ -77,6 +77,7 @@ SETUP_ATTR = "caloforge_setup"
 INTERRUPTED_ATTR = "interrupted"  # the stop signal that interrupted the trial
 RESUMES_ATTR = "resumes_trial"  # a queued continuation: the number of the trial whose directory it resumes
 HEARTBEAT_ATTR = "caloforge_heartbeat"
+KILLED_RETRY_ATTR = "retries_killed_trial"  # a continuation queued because the trial's training was killed
 
 
 @dataclass
@@ -131,6 +132,15 @@ class StudyContext:
 
 class _TrialFailed(Exception):
     """A trial's training or evaluation failed; the trial is marked failed and the worker goes on."""
+
+
+class _TrialKilled(_TrialFailed):
+    """A trial's training process was killed from outside (the out-of-memory killer): the trial is
+    continued once from its checkpoints, as when its whole worker is killed."""
+
+    def __init__(self, message: str, signal_name: str) -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
 
 
 # ----------------------------------------------------------------------------------
@@ -370,12 +380,18 @@ def _train_subprocess(cfg_path: Path, data_path: Path, run_dir: Path, seed: int,
             _stop_group(proc, signal.SIGTERM)
             raise
     tail = log_path.read_text().strip().splitlines()[-1:] or [""]
+    said = f" ({tail[0][:200]})" if tail[0] else ""
     if proc.returncode == CaloforgeError.exit_code and tail[0].startswith("error: "):
         # bad input (a config key, select_by): every trial would fail alike, so the worker stops with it
         raise CaloforgeError(tail[0].removeprefix("error: "))
+    from caloforge.errors import WorkerDied, describe_exit
+
+    if proc.returncode < 0 or proc.returncode == WorkerDied.exit_code:  # a rank killed: WorkerDied
+        name = signal.Signals(-proc.returncode).name if proc.returncode < 0 else "SIGKILL"
+        raise _TrialKilled(f"training {describe_exit(proc.returncode)}{said}; log: {log_path}", name)
     if proc.returncode != 0:
-        raise _TrialFailed(f"training with {o.nproc_per_trial} processes exited with {proc.returncode} "
-                           f"({tail[0][:200]}); log: {log_path}")
+        raise _TrialFailed(f"training with {o.nproc_per_trial} processes exited with {proc.returncode}{said}; "
+                           f"log: {log_path}")
     return True
 
 
@@ -429,6 +445,12 @@ def _objective_factory(ctx: StudyContext):
         beat = _Heartbeat(trial) if ctx.own_heartbeat else None
         try:
             return run_trial(trial)
+        except _TrialKilled as exc:
+            trial.set_user_attr("error", str(exc))
+            if not trial.user_attrs.get(KILLED_RETRY_ATTR):  # once: a configuration killed twice has failed
+                _mark_interrupted(trial, exc.signal_name)
+                _requeue_interrupted(trial.study, [trial.number], log, retry_of_killed=True)
+            raise
         except _TrialFailed as exc:
             trial.set_user_attr("error", str(exc))
             raise
@@ -645,8 +667,9 @@ def recover_stale_trials(study) -> list[int]:
         return failed
 
 
-def _requeue_interrupted(study, numbers: list[int], log: Callable[[str], None]) -> None:
-    """Queue the continuation of each interrupted trial: same parameters, same trial directory."""
+def _requeue_interrupted(study, numbers: list[int], log: Callable[[str], None], retry_of_killed: bool = False) -> None:
+    """Queue the continuation of each interrupted trial: same parameters, same trial directory
+    (``retry_of_killed``: its training was killed, and this is its one retry)."""
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState, create_trial
@@ -659,7 +682,8 @@ def _requeue_interrupted(study, numbers: list[int], log: Callable[[str], None]) 
             root = RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
         root = root if root is not None else t.user_attrs.get(RESUMES_ATTR, t.number)
         study.add_trial(create_trial(state=TrialState.WAITING, params=t.params, distributions=t.distributions,
-                                     user_attrs={RESUMES_ATTR: root}))
+                                     user_attrs={RESUMES_ATTR: root, **({KILLED_RETRY_ATTR: True} if retry_of_killed
+                                                                        else {})}))
         log(f"trial {t.number}: interrupted ({t.user_attrs[INTERRUPTED_ATTR]}); queued to continue "
             f"trials/trial-{root:04d} where its runs stopped")
 
