@@ -244,7 +244,7 @@ def levers(batch: int, rounds: int) -> list[dict]:
             row["gflops_at_min"] = flops / (row["cpu_us_min"] * 1e-6) / 1e9
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n| lever | batch | CPU µs/shower, median (min) | max |Δ|/E_shower vs fp32 |\n|---|---|---|---|")
+    print("\n| lever | batch | CPU µs/shower, median (min) | max |Δ|/E_shower vs fp32 |\n|---|---|---|---|")
     for r in rows:
         d = "–" if r["max_rel_dev_vs_fp32"] is None else f"{r['max_rel_dev_vs_fp32']:.1e}"
         g = f" ({r['gflops_at_min']:.0f} GFLOP/s)" if "gflops_at_min" in r else ""

@@ -6,19 +6,19 @@ stderr and exit code 2, with no traceback.
 
 from __future__ import annotations
 
-import functools
-import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from caloforge.errors import CaloforgeError
+from caloforge import command
+from caloforge.command import err_console, fail, user_errors
+from caloforge.formatting import format_energy
 
 app = typer.Typer(
     name="caloforge",
@@ -29,64 +29,35 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(highlight=False, soft_wrap=True)  # log lines stay whole in files and pipes
-err_console = Console(stderr=True, highlight=False)
 
 
-def fail(message: str, code: int = 2) -> None:
-    """Print one red line to stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True)
-    raise typer.Exit(code)
+def _geometry_names() -> str:
+    """The geometry catalogue's preset names, for help texts (read when the CLI starts: never stale)."""
+    from caloforge.geometry import GEOMETRIES
+
+    return ", ".join(GEOMETRIES)
 
 
-def user_errors(fn: Callable) -> Callable:
-    """Decorator: CaloforgeError → one-line message + its exit code (2, or 4 for a dead worker);
-    Ctrl-C, SIGTERM, SIGHUP → "interrupted" + exit 128 + the signal (130, 143, 129)."""
+def _dataset_names() -> str:
+    """The reference-simulation data-set presets (caloforge simulate --preset)."""
+    from caloforge.simulate.presets import SIMULATION_PRESETS
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from caloforge import interrupt, lifeline
-
-        lifeline.arm_from_env()  # started by a caloforge parent (tune, the torchrun launcher): end with it
-        try:
-            # a stop signal swallowed by a __del__ is re-raised, not lost; SIGTERM/SIGHUP act as Ctrl-C
-            with interrupt.handle_signals():
-                result = fn(*args, **kwargs)
-            if _ENTRY_POINT:  # the process only exits now: a stop signal arriving during the
-                interrupt.ignore_stop_signals()  # interpreter's teardown must not kill a finished run
-            return result
-        except CaloforgeError as exc:
-            fail(str(exc).replace("\n", " "), code=exc.exit_code)
-        except KeyboardInterrupt:
-            # the stop is being acted on: a second signal (or one still queued) must not turn this
-            # clean exit into a death by signal half-way through
-            interrupt.ignore_stop_signals()
-            if "TORCHELASTIC_RUN_ID" not in os.environ:  # a training rank: its launcher says it, once
-                err_console.print("[bold red]error:[/] interrupted", soft_wrap=True, markup=True)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            # every with-block of the command has unwound (files renamed or removed, worker processes
-            # ended); threads still computing (a feature pass, FPD) are abandoned rather than joined
-            os._exit(interrupt.exit_code())
-
-    return wrapper
+    return ", ".join(SIMULATION_PRESETS)
 
 
-def format_energy(mev: float) -> str:
-    """1000.0 → '1 GeV', 256.0 → '256 MeV'."""
-    if not math.isfinite(mev):
-        return str(mev)
-    for unit, scale in (("TeV", 1e6), ("GeV", 1e3)):
-        if abs(mev) >= scale:
-            return f"{mev / scale:.4g} {unit}"
-    return f"{mev:.4g} MeV"
+def _config_names() -> str:
+    """The configs shipped in caloforge/configs/ (caloforge train --config NAME)."""
+    from caloforge.config import shipped_config_names
+
+    return ", ".join(shipped_config_names())
 
 
 # ----------------------------------------------------------------------------------
 @app.command("geometry")
 @user_errors
 def geometry_cmd(
-    spec: str = typer.Argument(..., help="Preset name (ds1-photons, ds1-pions, ds2, ds3, calogan, atlas-4layer, "
-                               "clic, ild), a CaloChallenge binning .xml or a geometry .yaml."),
+    spec: str = typer.Argument(..., help=f"Preset name ({_geometry_names()}), a CaloChallenge binning .xml or a "
+                               "geometry .yaml."),
 ) -> None:
     """Print a geometry's layer table; the last line is `voxels: N`."""
     from caloforge.geometry import load_geometry
@@ -166,8 +137,7 @@ def simulate_cmd(
     phi: Optional[str] = typer.Option(None, "--phi", help="Azimuth of the tilt in degrees, or a range LOW:HIGH."),
     n: Optional[int] = typer.Option(None, "--n", "-n", help="Number of showers (per energy for --energies)."),
     preset: Optional[str] = typer.Option(None, "--preset",
-                                         help="Dataset preset: ds1-photons, ds1-pions, ds2, ds3, calogan, clic, ild, "
-                                              "atlas-4layer, atlas-gan, atlas-gan-25gev, … (README)."),
+                                         help=f"Dataset preset: {_dataset_names()}."),
     scale: float = typer.Option(1.0, "--scale", help="With --preset: multiply the preset's counts."),
     energy_scale: Optional[str] = typer.Option(None, "--energy-scale", help="visible (energy in the active "
                                                "medium) or calibrated (divided by the sampling fraction); default: "
@@ -188,59 +158,24 @@ def simulate_cmd(
                                         "batch jobs with the same arguments; join them with caloforge merge."),
 ) -> None:
     """Simulate reference showers (parametrised GFlash-type model, or Geant4) into a CaloChallenge file."""
-    from caloforge.errors import ConfigError
+    from caloforge.geometry import load_geometry
     from caloforge.io import check_output_file
-    from caloforge.simulate import EnergySpec, get_preset, parse_angle, parse_range, write_plan
-    from caloforge.simulate.api import make_part
+    from caloforge.production import Shard
+    from caloforge.simulate import write_plan
+    from caloforge.simulate.api import setup_engine
+    from caloforge.simulate.request import simulation_request
 
     check_output_file(output)  # a bad -o fails now, not after the simulation
-
-    def angle(text: Optional[str]):
-        if text is None:
-            return None
-        if ":" in text:
-            return parse_range(text, parse_angle)
-        return parse_angle(text)
-
-    def azimuth(text: Optional[str]):
-        if text is None:
-            return None
-        conv = lambda s: math.radians(float(s))  # noqa: E731
-        try:
-            return tuple(conv(s) for s in text.split(":")) if ":" in text else conv(text)
-        except ValueError:
-            raise ConfigError(f"bad --phi {text!r}: expected degrees or LOW:HIGH") from None
-
-    if preset is not None:
-        if energies or energy_range or n is not None or theta or phi:
-            raise ConfigError("--preset fixes energies, counts and angles: drop --energies/--energy-range/--n/--theta/--phi")
-        p = get_preset(preset)
-        parts = p.parts(particle, scale)
-        geo = geometry or p.geometry
-        attrs = {"preset": preset}
-        energy_scale = energy_scale or p.energy_scale
-        derived = p.derived  # conditions the data set stores besides the simulated ones (atlas-gan: impact_eta)
-    else:
-        if particle is None or geometry is None:
-            raise ConfigError("--geometry and --particle are required (or use --preset)")
-        if (energies is None) == (energy_range is None):
-            raise ConfigError("give exactly one of --energies and --energy-range (or --preset)")
-        if n is None or n <= 0:
-            raise ConfigError("--n must be a positive number of showers")
-        spec = EnergySpec.parse(energies, log=False) if energies else EnergySpec.parse(energy_range, log=log)
-        if energy_range and spec.kind == "discrete":
-            raise ConfigError(f"--energy-range needs LOW:HIGH, got {energy_range!r}")
-        parts = [make_part(particle, spec, n, theta=angle(theta), phi=azimuth(phi))]
-        geo, attrs, derived = geometry, {}, {}
-    from caloforge.geometry import load_geometry
-    from caloforge.production import Shard
-    from caloforge.simulate.api import setup_engine
-
+    request = simulation_request(preset=preset, geometry=geometry, particle=particle, energies=energies,
+                                 energy_range=energy_range, log=log, theta=theta, phi=phi, n=n, scale=scale,
+                                 energy_scale=energy_scale)
     part = Shard.parse(shard) if shard is not None else None
-    geometry_obj = load_geometry(geo)
-    setup = setup_engine(geometry_obj, parts, engine, energy_scale or None, cut_mm=cut, fast_model=fast_model)
-    count = write_plan(output, geometry_obj, parts, seed=seed, workers=workers or None, progress=not quiet,
-                       attrs=attrs, energy_scale=energy_scale, derived=derived, engine=setup, shard=part)
+    geometry_obj = load_geometry(request.geometry)
+    setup = setup_engine(geometry_obj, request.parts, engine, request.energy_scale or None, cut_mm=cut,
+                         fast_model=fast_model)
+    count = write_plan(output, geometry_obj, request.parts, seed=seed, workers=workers or None, progress=not quiet,
+                       attrs=request.attrs, energy_scale=request.energy_scale, derived=request.derived, engine=setup,
+                       shard=part)
     of = f" (shard {part})" if part is not None else ""
     console.print(f"wrote {count} showers to {output}{of}")
 
@@ -400,76 +335,11 @@ def evaluate_cmd(
 
 
 # --- train / generate (caloforge.train, caloforge.generate) -----------------------
-PEER_LOST = 3  # exit code of a training process that stopped because another one vanished
-
-
-def _peer_lost(exc: BaseException) -> bool:
-    """Whether a collective failed because a peer process went away (gloo / NCCL / c10d store)."""
-    import torch.distributed as torch_dist
-
-    text = str(exc).lower()
-    return isinstance(exc, torch_dist.DistError) or any(
-        word in text for word in ("gloo", "connection closed", "connection reset", "broken pipe", "nccl"))
-
-
-def _launch_data_parallel(nproc: int) -> None:
-    """Re-run this ``caloforge train`` command as ``nproc`` processes under torch's elastic launcher."""
-    import os
-
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    argv, skip = [], False
-    for arg in sys.argv[1:]:  # the same command without --nproc
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            argv.append(arg)
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"caloforge-{os.getpid()}",
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-
-    from caloforge import interrupt, lifeline
-    from caloforge.errors import WorkerDied, describe_exit
-
-    import logging
-
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the one line below says it all
-    # the ranks run in sessions of their own: they end with this launcher however it ends (arm_from_env)
-    os.environ[lifeline.ENV] = str(os.getpid())
-    try:
-        elastic_launch(config, entrypoint=sys.executable)("-m", "caloforge", *argv)
-    except SignalException as exc:
-        # the agent caught the stop signal (it installs its own handlers), sent SIGTERM to the ranks,
-        # which checkpointed and stopped: an interruption like any other
-        interrupt.record(exc.sigval)
-        raise KeyboardInterrupt from None
-    except ChildFailedError as exc:
-        # the root cause: a process that failed by itself, not one the agent stopped afterwards (SIGTERM)
-        # nor one that stopped because it lost its peers (PEER_LOST): those all fail within the same
-        # monitoring interval, so their timestamps cannot tell cause from consequence
-        own = ({r: f for r, f in exc.failures.items() if f.exitcode not in (-15, PEER_LOST)}
-               or {r: f for r, f in exc.failures.items() if f.exitcode != -15} or exc.failures)
-        rank, failure = min(own.items(), key=lambda item: (item[1].timestamp, item[0]))
-        code = failure.exitcode
-        if code is not None and code - 128 in interrupt.STOP_SIGNALS:  # a rank stopped by a signal, checkpointed
-            interrupt.record(code - 128)
-            raise KeyboardInterrupt from None
-        if code is not None and code < 0:  # killed from outside (the OOM killer): not the code's fault
-            raise WorkerDied(f"training process {rank} of {nproc} {describe_exit(code)}; the other processes "
-                             "were stopped; continue from the last checkpoint with --resume") from None
-        fail(f"training process {rank} of {nproc} failed ({describe_exit(code)}); the other processes were stopped",
-             code=1)
-
-
 @app.command("train")
 @user_errors
 def train_cmd(
-    config: str = typer.Option(..., "--config", "-c", help="Training config YAML, or a shipped config name: "
-                               "caloshowergan-photons, caloshowergan-pions, caloshowergan-photons-split2, "
-                               "caloshowergan-photons-split3, demo."),
+    config: str = typer.Option(..., "--config", "-c", help=f"Training config YAML, or a shipped config name: "
+                               f"{_config_names()}."),
     data: Path = typer.Option(..., "--data", "-d", help="Training shower file (CaloChallenge HDF5)."),
     output: Path = typer.Option(..., "--output", "-o", help="Run directory: checkpoints, best, scores.csv, log.csv, tensorboard/."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUTPUT from its newest checkpoint."),
@@ -487,36 +357,14 @@ def train_cmd(
                                   "a line every 30 s otherwise)."),
 ) -> None:
     """Train a model of any family; checkpoints are scored by the E_tot χ² on held-out showers."""
-    import os
+    from caloforge.launch import TrainingRequest, run_training, without_nproc
 
-    from caloforge.models import load_config
-    from caloforge.runtime import usable_cpus
-    from caloforge.train import train
-
-    if nproc < 1:
-        raise CaloforgeError(f"--nproc must be ≥ 1, got {nproc}")
-    if nproc > 1:
-        cfg = load_config(config)  # one error line here rather than one per process
-        if cfg.training.batch_size % nproc:
-            raise CaloforgeError(f"training.batch_size {cfg.training.batch_size} must be divisible by --nproc {nproc}")
-        if not data.is_file():
-            raise CaloforgeError(f"{data}: no such file")
-        _launch_data_parallel(nproc)
-        return
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if not threads and world > 1:
-        threads = max(1, usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
-    # train() checks the config, --seed, --max-time and --max-iterations before it reads the data
-    try:
-        result = train(config, data, output, resume=resume, device=device, max_time=max_time,
-                       max_iterations=max_iterations, budget_clock=budget_clock, progress=progress, seed=seed,
-                       threads=threads or None)
-    except RuntimeError as exc:
-        if world > 1 and _peer_lost(exc):  # a consequence of another rank's failure, not a cause
-            # the launcher names the process that failed first, in one line
-            raise SystemExit(PEER_LOST) from None
-        raise
-    if int(os.environ.get("RANK", "0")) != 0:
+    request = TrainingRequest(config, data, output, resume=resume, device=device, max_time=max_time,
+                              max_iterations=max_iterations, budget_clock=budget_clock, seed=seed, threads=threads,
+                              nproc=nproc, progress=progress)
+    # each rank runs this same command without --nproc
+    result = run_training(request, rank_args=["-m", "caloforge", *without_nproc(sys.argv[1:])])
+    if result is None or int(os.environ.get("RANK", "0")) != 0:
         return
     if result.best_iteration is not None:
         console.print(f"best checkpoint: iteration {result.best_iteration}, score {result.best_score:.4g}")
@@ -525,26 +373,6 @@ def train_cmd(
     console.print(f"{result.message}; run directory {result.run_dir}")
     if result.best_checkpoint is not None:
         print(f"best: {result.best_checkpoint}")
-
-
-def _angles(text: Optional[str], n: int, rng, polar: bool, option: str):
-    """Degrees (a value or LOW:HIGH, uniform) → n angles in rad."""
-    import numpy as np
-
-    from caloforge.errors import ConfigError
-    from caloforge.simulate.units import parse_angle, parse_range
-
-    def azimuth(v: str) -> float:
-        try:
-            return float(np.deg2rad(float(v.strip().lower().removesuffix("deg"))))
-        except ValueError:
-            raise ConfigError(f"bad {option} {text!r}: expected degrees or LOW:HIGH") from None
-
-    parse = parse_angle if polar else azimuth
-    if ":" in text:
-        lo, hi = parse_range(text, parse)
-        return rng.uniform(lo, hi, n)
-    return np.full(n, parse(text))
 
 
 @app.command("generate")
@@ -580,47 +408,24 @@ def generate_cmd(
     """Generate showers from a trained model into a CaloChallenge-format file (or one shard of it)."""
     import warnings
 
-    import numpy as np
-
-    from caloforge.errors import ConfigError
-    from caloforge.generate import load_model, parse_energies, reference_energies
+    from caloforge.generate import load_model, parse_sampling
     from caloforge.io import check_output_file
-    from caloforge.production import Shard, generate_production
+    from caloforge.production import (Shard, check_request_options, generate_production, request_energies,
+                                      request_like)
     from caloforge.runtime import set_threads
 
     part = Shard.parse(shard) if shard is not None else None
-    if (energies is None) == (like is None):
-        raise ConfigError("give either --energies with --n, or --like REF.h5")
-    if energies is not None and (n is None or n <= 0):
-        raise ConfigError("--energies needs --n N (showers per energy, N > 0)")
-    if like is not None and (n is not None or theta or phi):
-        raise ConfigError("--like takes energies and conditions from the reference file: drop --n/--theta/--phi")
+    check_request_options(energies, n, like, theta, phi)
     check_output_file(output)  # before loading the model, not after generating
-    from caloforge.generate import parse_sampling
-
     options = parse_sampling(sampling or [])
     set_threads(threads or None)
     gen = load_model(model, device=device)
-    if like is not None:
-        incident, conditions, ref_voxels = reference_energies(like)
-        if ref_voxels not in (None, gen.n_voxels):
-            console.print(f"[yellow]warning:[/] {like} has {ref_voxels} voxels, the model {gen.n_voxels}; "
-                          "only its energies and conditions are used")
-        missing = [c for c in gen.condition_names[1:] if c not in conditions]
-        if missing:
-            raise ConfigError(f"{like}: the model is conditioned on {missing[0]}, but the file has no "
-                              f"{missing[0]!r} dataset")
-        unused = [c for c in conditions if c not in gen.condition_names]
-        if unused:
-            console.print(f"[yellow]note:[/] the model does not use {', '.join(unused)}; copied to the output")
-    else:
-        incident = np.repeat(parse_energies(energies), n)
-        rng = np.random.default_rng(seed)
-        conditions = {}
-        if theta:
-            conditions["incident_theta"] = _angles(theta, len(incident), rng, True, "--theta")
-        if phi:
-            conditions["incident_phi"] = _angles(phi, len(incident), rng, False, "--phi")
+    request = request_like(gen, like) if like is not None else request_energies(energies, n, theta, phi, seed)
+    for text in request.warnings:
+        console.print(f"[yellow]warning:[/] {text}")
+    for text in request.notes:
+        console.print(f"[yellow]note:[/] {text}")
+    incident, conditions = request.incident_energy, request.conditions
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _, written = generate_production(gen, output, incident, conditions=conditions, batch_size=batch_size,
@@ -644,7 +449,7 @@ def generate_cmd(
 def tune_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="Study directory: trials/ (run directories), best, "
                                 "report/, and study.db when --storage is not given."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="Base training config (YAML or shipped name)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Base training config (YAML or shipped name: see caloforge train --help)."),
     space: Optional[Path] = typer.Option(None, "--space", help="Search space YAML: config key → {type: float|int|"
                                          "log|categorical, low, high | choices}."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Training shower file (CaloChallenge HDF5)."),
@@ -693,26 +498,16 @@ def tune_cmd(
     from caloforge.tuning.storage import default_storage_url, describe_storage, open_storage
 
     if report:
-        from caloforge.tuning.report import study_report
+        from caloforge.tuning.report import best_table, headline, importance_line, study_report
 
         url = storage or default_storage_url(output)
         if storage is None and not (output / "study.db").is_file():
             raise ConfigError(f"{output / 'study.db'}: no study here; give --storage URL of the study")
         rep = study_report(open_storage(url), study_name, output, top=top)
-        counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(rep.counts.items()))
-        console.print(f"[bold]study {rep.study_name}[/] ({describe_storage(url)}): {counts}; objective: mean "
-                      f"{rep.metric} over {rep.seeds} seed{'s' if rep.seeds != 1 else ''} (lower is better)")
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-        for col in ("trial", rep.metric, "± spread", "seeds", "parameters"):
-            table.add_column(col, justify="left" if col == "parameters" else "right")
-        for row in rep.best:
-            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
-            spread = f"{row['std']:.3g}" if row.get("std") is not None and len(row.get("values") or []) > 1 else "-"
-            values = ", ".join(f"{v:.4g}" for v in row.get("values") or [])
-            table.add_row(str(row["number"]), f"{row['value']:.4g}", spread, values, params)
-        (console if console.is_terminal else Console(highlight=False, width=200)).print(table)
-        if rep.importances:
-            console.print("parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in rep.importances.items()))
+        console.print(headline(rep, describe_storage(url)))
+        (console if console.is_terminal else Console(highlight=False, width=200)).print(best_table(rep))
+        if (importances := importance_line(rep)) is not None:
+            console.print(importances)
         for note in rep.notes:
             console.print(f"[yellow]note:[/] {note}")
         if rep.best:
@@ -894,18 +689,15 @@ def bench_cmd(
     console.print(f"{report['date']}; {mach['cpu']}, {mach['usable_cpus']} usable CPUs, {threads} thread(s), "
                   f"load average {mach['load_average']}; GPU: {mach['gpu'] or 'none'}")
     if json_out is not None:
-        tmp = json_out.parent / f".{json_out.name}.tmp-{os.getpid()}"
-        tmp.write_text(_json.dumps(report, indent=1))
-        os.replace(tmp, json_out)
+        from caloforge.io import atomic_path
+
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(_json.dumps(report, indent=1))
         print(f"json: {json_out}")
 
 
-_ENTRY_POINT = False  # True when this process is the `caloforge` command (not a library caller)
-
-
 def main() -> None:  # console-script entry point
-    global _ENTRY_POINT
-    _ENTRY_POINT = True
+    command.mark_entry_point()
     app()
 
 

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import copy
 import io
-import time
 from typing import Any, Mapping
 
 import numpy as np

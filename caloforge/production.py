@@ -37,7 +37,8 @@ import numpy as np
 from caloforge.errors import ConfigError, DataError
 
 __all__ = ["Shard", "shard_rows", "request_digest", "model_digest", "generate_production", "merge_shards",
-           "PROVENANCE_KEYS", "EmptyShardWarning"]
+           "PROVENANCE_KEYS", "EmptyShardWarning", "Request", "check_request_options", "request_like",
+           "request_energies"]
 
 # attributes that every part of one production must share (checked by merge_shards)
 PROVENANCE_KEYS = ("model_sha256", "geometry", "seed", "batch_size", "n_total", "request_sha256", "shard_count")
@@ -122,6 +123,84 @@ def model_digest(path: str | Path) -> str:
             while block := f.read(1 << 24):
                 h.update(block)
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Request:
+    """The showers a production asks for: one row per shower, and what to tell the user about it.
+
+    ``warnings`` and ``notes`` are one-line messages (a reference file whose voxel count
+    differs, conditions the model does not use); nothing in them stops the production."""
+
+    incident_energy: np.ndarray
+    conditions: dict[str, np.ndarray]
+    warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def check_request_options(energies: str | None, n: int | None, like: str | Path | None,
+                          theta: str | None, phi: str | None) -> None:
+    """The request options of ``caloforge generate`` fit together (before a model is loaded)."""
+    if (energies is None) == (like is None):
+        raise ConfigError("give either --energies with --n, or --like REF.h5")
+    if energies is not None and (n is None or n <= 0):
+        raise ConfigError("--energies needs --n N (showers per energy, N > 0)")
+    if like is not None and (n is not None or theta or phi):
+        raise ConfigError("--like takes energies and conditions from the reference file: drop --n/--theta/--phi")
+
+
+def request_like(generator, reference: str | Path) -> Request:
+    """One shower per reference shower, with its incident energy and conditions (``--like``).
+
+    Raises :class:`ConfigError` when the model is conditioned on something the file lacks."""
+    from caloforge.generate import reference_energies
+
+    incident, conditions, ref_voxels = reference_energies(reference)
+    warned, notes = [], []
+    if ref_voxels not in (None, generator.n_voxels):
+        warned.append(f"{reference} has {ref_voxels} voxels, the model {generator.n_voxels}; "
+                      "only its energies and conditions are used")
+    missing = [c for c in generator.condition_names[1:] if c not in conditions]
+    if missing:
+        raise ConfigError(f"{reference}: the model is conditioned on {missing[0]}, but the file has no "
+                          f"{missing[0]!r} dataset")
+    unused = [c for c in conditions if c not in generator.condition_names]
+    if unused:
+        notes.append(f"the model does not use {', '.join(unused)}; copied to the output")
+    return Request(incident, conditions, tuple(warned), tuple(notes))
+
+
+def _angles(text: str, n: int, rng: np.random.Generator, polar: bool, option: str) -> np.ndarray:
+    """Degrees (a value or LOW:HIGH, drawn uniformly) → ``n`` angles in rad."""
+    from caloforge.simulate.units import parse_angle, parse_range
+
+    def azimuth(v: str) -> float:
+        try:
+            return float(np.deg2rad(float(v.strip().lower().removesuffix("deg"))))
+        except ValueError:
+            raise ConfigError(f"bad {option} {text!r}: expected degrees or LOW:HIGH") from None
+
+    parse = parse_angle if polar else azimuth
+    if ":" in text:
+        lo, hi = parse_range(text, parse)
+        return rng.uniform(lo, hi, n)
+    return np.full(n, parse(text))
+
+
+def request_energies(energies: str, n: int, theta: str | None = None, phi: str | None = None,
+                     seed: int = 0) -> Request:
+    """``n`` showers at each of ``energies`` ('1GeV,65GeV'), with angles in degrees (a value, or
+    LOW:HIGH drawn uniformly from ``seed``) for models conditioned on them."""
+    from caloforge.generate import parse_energies
+
+    incident = np.repeat(parse_energies(energies), n)
+    rng = np.random.default_rng(seed)
+    conditions: dict[str, np.ndarray] = {}
+    if theta:
+        conditions["incident_theta"] = _angles(theta, len(incident), rng, True, "--theta")
+    if phi:
+        conditions["incident_phi"] = _angles(phi, len(incident), rng, False, "--phi")
+    return Request(incident, conditions)
 
 
 def generate_production(model, path: str | Path, incident_energy, *,

@@ -137,7 +137,7 @@ class Progress:
     """Progress of one task: a rich bar on a terminal, plain lines every ``interval`` s elsewhere.
 
     ``update(done, info)`` reports ``done`` of ``total`` units (iterations, showers…)
-    with a free-text ``info`` (losses, χ²).  ``enabled=False`` prints nothing; a
+    with a free-text ``info`` (losses, χ²); ``advance(n)`` adds ``n`` units to those done.  ``enabled=False`` prints nothing; a
     ``budget_s`` caps the ETA when a time budget ends the task before ``total``.
 
     >>> import io
@@ -199,6 +199,10 @@ class Progress:
             line = (f"{self.name}: {self.done}/{self.total} ({pct:.0f}%)  {rate:.3g} {self.unit}/s  "
                     f"elapsed {_hms(elapsed)}  ETA {_hms(eta)}")
             print(line + (f"  {info}" if info else ""), file=self.stream, flush=True)
+
+    def advance(self, n: int = 1, info: str = "", force: bool = False) -> None:
+        """Report ``n`` more units done (for work that arrives in pieces: blocks of showers, steps)."""
+        self.update(self.done + int(n), info, force=force)
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:

@@ -45,7 +45,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -58,7 +58,10 @@ from caloforge.errors import ConfigError, DataError
 from caloforge.io import ShowerData, atomic_path, check_showers, read_showers
 from caloforge.models.base import load_config
 
-__all__ = ["TrainResult", "StopTraining", "train", "split_validation", "split_indices", "load_config", "parse_duration",
+if TYPE_CHECKING:
+    from caloforge.geometry import Geometry
+
+__all__ = ["TrainResult", "StopTraining", "TrainingContext", "train", "split_validation", "split_indices", "load_config", "parse_duration",
            "TrainingConfig", "RunConfig", "latest_checkpoint"]
 
 latest_checkpoint = ckpt.latest_checkpoint
@@ -93,6 +96,46 @@ class TrainResult:
 class StopTraining(Exception):
     """Raised by an ``on_checkpoint`` hook to end :func:`train` cleanly after that checkpoint
     (e.g. a hyperparameter search pruning the trial); its message becomes ``TrainResult.message``."""
+
+
+@dataclass(frozen=True)
+class TrainingContext:
+    """One training call, resolved: what :func:`train`'s arguments mean once checked.
+
+    The loop reads everything from here; it knows the model only through its family's
+    interface (:mod:`caloforge.models.base`), never an architecture."""
+
+    config: RunConfig
+    data: ShowerData | str | Path  # the training showers, or the file holding them
+    validation: ShowerData | str | Path | None  # None: hold out ``training.validation_fraction`` of ``data``
+    run_dir: Path
+    resume: bool
+    device: torch.device
+    geometry: Geometry  # of ``config.model.geometry``
+    budget_s: float | None  # this call's time budget, on the ``training.budget_clock``
+    total_iterations: int
+    progress: bool
+    threads: int  # torch's intra-op threads in this process
+    on_checkpoint: Callable[[int, dict], None] | None = None
+
+    @property
+    def training(self) -> TrainingConfig:
+        return self.config.training
+
+    @property
+    def source(self) -> str:
+        """How messages name the training showers."""
+        return str(self.data) if not isinstance(self.data, ShowerData) else "training data"
+
+
+@dataclass(frozen=True)
+class _TrainingShowers:
+    """The showers of a run once read: the training ones (in memory, or an open file and its training
+    rows when streamed), the validation ones that score checkpoints, and the training fingerprint."""
+
+    training: ShowerData | tuple[Any, np.ndarray]
+    validation: ShowerData
+    fingerprint: dict
 
 
 def split_validation(data: ShowerData, fraction: float, seed: int) -> tuple[ShowerData, ShowerData]:
@@ -391,8 +434,9 @@ def train(
 
     with use_threads(threads) as n_threads:
         try:
-            return _train(cfg, tc, data, validation, Path(run_dir), resume, dev, geo, budget_s, total, progress,
-                          n_threads, on_checkpoint)
+            return _train(TrainingContext(
+                config=cfg, data=data, validation=validation, run_dir=Path(run_dir), resume=resume, device=dev, geometry=geo, budget_s=budget_s,
+                total_iterations=total, progress=progress, threads=n_threads, on_checkpoint=on_checkpoint))
         finally:
             if launched:
                 dist.shutdown()
@@ -405,44 +449,49 @@ def _started_config(run_dir: Path) -> dict:
         return {}
 
 
-def _train(cfg, tc, data, validation, run_dir, resume, dev, geo, budget_s, total, progress, n_threads,
-           on_checkpoint=None) -> TrainResult:
-    source = str(data) if not isinstance(data, ShowerData) else "training data"
-    if resume and not (run_dir / "run.json").exists():  # before minutes of reading data
-        _prepare_run_dir(run_dir, {}, resume)
+def _train(ctx: TrainingContext) -> TrainResult:
+    """Read (or open, when streamed) the showers, then run the loop."""
+    tc, run_dir, geo, source = ctx.training, ctx.run_dir, ctx.geometry, ctx.source
+    if ctx.resume and not (run_dir / "run.json").exists():  # before minutes of reading data
+        _prepare_run_dir(run_dir, {}, ctx.resume)
     reader = None
-    if resume and tc.stream != "false" and "stream" not in _started_config(run_dir).get("training", {"stream": 0}):
-        tc = dataclasses.replace(tc, stream="false")  # started before streaming existed: in memory, as then
-        cfg = dataclasses.replace(cfg, training=tc)
-    if _streams(tc, data, geo):  # only a pool of the training showers is ever in memory
-        reader, train_rows, val_data, train_print = _open_stream(Path(data), validation, tc, geo, source)
+    if ctx.resume and tc.stream != "false" and "stream" not in _started_config(run_dir).get("training", {"stream": 0}):
+        # started before streaming existed: in memory, as then
+        ctx = dataclasses.replace(ctx, config=dataclasses.replace(
+            ctx.config, training=dataclasses.replace(tc, stream="false")))
+        tc = ctx.training
+    if _streams(tc, ctx.data, geo):  # only a pool of the training showers is ever in memory
+        reader, train_rows, val_data, train_print = _open_stream(Path(ctx.data), ctx.validation, tc, geo, source)
+        prepared = _TrainingShowers((reader, train_rows), val_data, train_print)
     else:
-        data = _showers(data, geo, source)
+        data = _showers(ctx.data, geo, source)
         if len(data) < 2:
             raise DataError(f"{source}: need at least 2 showers to train, got {len(data)}")
-        if validation is None:
+        if ctx.validation is None:
             train_data, val_data = split_validation(data, tc.validation_fraction, tc.seed)
         else:
-            train_data, val_data = data, _showers(validation, geo, "validation data")
+            train_data, val_data = data, _showers(ctx.validation, geo, "validation data")
         keep = _score_subset(len(val_data), tc)
         if keep is not None:
             val_data = val_data.select(keep)
-        train_print = _fingerprint(train_data)
+        prepared = _TrainingShowers(train_data, val_data, _fingerprint(train_data))
     try:
-        return _train_loop(cfg, tc, train_data if reader is None else (reader, train_rows), val_data, train_print,
-                           source, run_dir, resume, dev, budget_s, total, progress, n_threads, on_checkpoint)
+        return _train_loop(ctx, prepared)
     finally:
         if reader is not None:
             reader.close()
 
 
-def _train_loop(cfg, tc, train_data, val_data, train_print, source, run_dir, resume, dev, budget_s, total, progress,
-                n_threads, on_checkpoint) -> TrainResult:
+def _train_loop(ctx: TrainingContext, prepared: _TrainingShowers) -> TrainResult:
+    """Iterations, checkpoints, scores and the run directory's books, for any model family."""
     from caloforge.models.base import BatchSource, fit  # imports every family: only when training
     from caloforge.runtime import Progress
 
+    cfg, tc, run_dir, dev, resume = ctx.config, ctx.training, ctx.run_dir, ctx.device, ctx.resume
+    train_data, val_data, source = prepared.training, prepared.validation, ctx.source
+    total, budget_s, on_checkpoint = ctx.total_iterations, ctx.budget_s, ctx.on_checkpoint
     main = dist.is_main()
-    run_info = {"config": cfg.to_dict(), "data": train_print, "validation": _fingerprint(val_data)}
+    run_info = {"config": cfg.to_dict(), "data": prepared.fingerprint, "validation": _fingerprint(val_data)}
     existing = []
     if main:
         existing = _prepare_run_dir(run_dir, run_info, resume)
@@ -495,7 +544,7 @@ def _train_loop(cfg, tc, train_data, val_data, train_print, source, run_dir, res
             _write_scores(run_dir, history, tc.select_by, best_iteration)
     if main:
         _truncate_log(run_dir / "log.csv", columns, iteration)
-        _record_call(run_dir, run_info, {"started_iteration": iteration, "threads": n_threads, "device": str(dev),
+        _record_call(run_dir, run_info, {"started_iteration": iteration, "threads": ctx.threads, "device": str(dev),
                                          "processes": dist.world_size(), "torch_version": torch.__version__,
                                          "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
@@ -544,7 +593,7 @@ def _train_loop(cfg, tc, train_data, val_data, train_print, source, run_dir, res
     budget_clock = time.process_time if tc.budget_clock == "cpu" else time.monotonic
     b0 = budget_clock()
     stopped, message = "completed", ""
-    bar = Progress("train", total, start=iteration, enabled=progress and main, budget_s=budget_s)
+    bar = Progress("train", total, start=iteration, enabled=ctx.progress and main, budget_s=budget_s)
     try:
         # stop signals (Ctrl-C, SIGTERM at a batch job's limit) are acted on between iterations only,
         # with a checkpoint, so that --resume loses nothing; SIGUSR1 asks for a checkpoint and goes on

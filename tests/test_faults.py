@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import zipfile
@@ -284,11 +283,11 @@ def test_sigterm_stops_the_other_commands_cleanly(tmp_path, tiny_model, command)
     """SIGTERM lands where it lands: the command exits 143 or 0, never leaving a temporary file.
     An output published before the signal arrived (the rename is the last act) stays, whole."""
     if command == "bench":
-        args, marker = ["bench", "-m", tiny_model, "--paths", "pytorch", "--batches", "1,100", "--repeats", "2000",
-                        "-o", "bench.json"], None
+        args = ["bench", "-m", tiny_model, "--paths", "pytorch", "--batches", "1,100", "--repeats", "2000",
+                "-o", "bench.json"]
         final = tmp_path / "bench.json"
     elif command == "export":
-        args, marker = ["export", "-m", tiny_model, "-f", "torchscript", "-o", "m.pt"], None
+        args = ["export", "-m", tiny_model, "-f", "torchscript", "-o", "m.pt"]
         final = tmp_path / "m.pt"
     else:
         for k in (1, 2):
@@ -296,7 +295,7 @@ def test_sigterm_stops_the_other_commands_cleanly(tmp_path, tiny_model, command)
                                    "--batch-size", "1000", "--shard", f"{k}/2", "-o", str(tmp_path / f"s{k}.h5")],
                                   env=ENV, capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, done.stderr
-        args, marker = ["merge", "s1.h5", "s2.h5", "-o", "m.h5", "-q"], None
+        args = ["merge", "s1.h5", "s2.h5", "-o", "m.h5", "-q"]
         final = tmp_path / "m.h5"
     run = Run(args, tmp_path)
     run.wait_for(lambda: Path(f"/proc/{run.p.pid}/maps").exists()

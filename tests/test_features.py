@@ -223,7 +223,6 @@ def test_bad_input(ds1):
 
 def test_features_on_simulated_electrons(atlas):
     """Reference-simulator EM showers: the shapes behave like ATLAS electrons."""
-    from caloforge.simulate import simulate
 
     low = simulate("atlas-4layer", "electron", [10_000.0] * 150, seed=11)
     high = simulate("atlas-4layer", "electron", [200_000.0] * 150, seed=12)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from typer.testing import CliRunner
 import toy_family  # noqa: F401  (registers toy_lognormal, defined in tests/, not in the package)
 from caloforge.cli import app
 from caloforge.errors import ConfigError, DataError
-from caloforge.generate import generate, generate_to_file, load_model
+from caloforge.generate import generate, load_model
 from caloforge.io import ShowerData, read_showers, write_showers
 from caloforge.models import families
 from caloforge.train import train

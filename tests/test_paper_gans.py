@@ -15,8 +15,8 @@ from caloforge.errors import ConfigError, DataError
 from caloforge.geometry import load_geometry
 from caloforge.io import ShowerData, read_showers, write_showers
 from caloforge.models import count_parameters, fit, load_config
-from caloforge.models.atlas_gan import AtlasGAN, TrainableSwish, with_sum
-from caloforge.models.calogan import (CaloGAN, LocallyConnected2d, MinibatchDiscrimination, resize_image)
+from caloforge.models.atlas_gan import TrainableSwish, with_sum
+from caloforge.models.calogan import (LocallyConnected2d, MinibatchDiscrimination, resize_image)
 from caloforge.train import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "caloforge" / "configs"

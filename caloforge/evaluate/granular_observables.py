@@ -38,7 +38,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from caloforge.evaluate.grid import grid_centres, grid_shape, mip_per_layer, regular_grid
-from caloforge.evaluate.render import figures_html, number, pyplot, save_figure
+from caloforge.formatting import format_html
+from caloforge.evaluate.render import figures_html, pyplot, save_figure
 from caloforge.evaluate.suites import PlotRow, SuiteInputs
 from caloforge.geometry import Geometry, load_geometry
 from caloforge.io import ShowerData, iter_showers
@@ -265,26 +266,26 @@ def granular_html(metrics: Mapping[str, Any]) -> str:
     if not g:
         return ""
     rows = "".join(
-        f"<tr><td class='name'>{html.escape(_LABELS.get(k, k))}</td><td>{number(v['mean_reference'])}</td>"
-        f"<td>{number(v['mean_generated'])}</td><td>{number(v['chi2_ndf'])}</td><td>{number(v['separation_power'])}</td></tr>"
+        f"<tr><td class='name'>{html.escape(_LABELS.get(k, k))}</td><td>{format_html(v['mean_reference'], 3)}</td>"
+        f"<td>{format_html(v['mean_generated'], 3)}</td><td>{format_html(v['chi2_ndf'], 3)}</td><td>{format_html(v['separation_power'], 3)}</td></tr>"
         for k, v in g["features"].items())
     pts = "".join(
         f"<tr><td class='name'>{html.escape(p['label'])}</td><td>{p['n_reference']}/{p['n_generated']}</td>"
-        f"<td>{number(p['visible_mip']['mean_reference'])}/{number(p['visible_mip']['mean_generated'])}</td>"
-        f"<td>{number(p['n_hits']['mean_reference'])}/{number(p['n_hits']['mean_generated'])}</td>"
-        f"<td>{number(p['seg1']['mean_reference'])}/{number(p['seg1']['mean_generated'])}</td>"
-        f"<td>{number(p['seg3']['mean_reference'])}/{number(p['seg3']['mean_generated'])}</td>"
-        f"<td>{number(p['angular_response']['bias_deg_reference'])}/{number(p['angular_response']['bias_deg_generated'])}</td>"
-        f"<td>{number(p['angular_response']['resolution_deg_reference'])}/"
-        f"{number(p['angular_response']['resolution_deg_generated'])}</td></tr>"
+        f"<td>{format_html(p['visible_mip']['mean_reference'], 3)}/{format_html(p['visible_mip']['mean_generated'], 3)}</td>"
+        f"<td>{format_html(p['n_hits']['mean_reference'], 3)}/{format_html(p['n_hits']['mean_generated'], 3)}</td>"
+        f"<td>{format_html(p['seg1']['mean_reference'], 3)}/{format_html(p['seg1']['mean_generated'], 3)}</td>"
+        f"<td>{format_html(p['seg3']['mean_reference'], 3)}/{format_html(p['seg3']['mean_generated'], 3)}</td>"
+        f"<td>{format_html(p['angular_response']['bias_deg_reference'], 3)}/{format_html(p['angular_response']['bias_deg_generated'], 3)}</td>"
+        f"<td>{format_html(p['angular_response']['resolution_deg_reference'], 3)}/"
+        f"{format_html(p['angular_response']['resolution_deg_generated'], 3)}</td></tr>"
         for p in g["points"])
     ang = g["angular_response"]
     return (
         f"<h2>Highly granular observables (3DGAN / BIB-AE)</h2>"
-        f"<p class='meta'>Cells in MIP units of their layer; hits ≥ {number(g['threshold_mip'])} MIP. Hit-spectrum "
-        f"separation power {number(g['hit_spectrum']['separation_power'])}. Angular response (θ of the principal axis − "
-        f"true θ): bias {number(ang['bias_deg_reference'])}° / {number(ang['bias_deg_generated'])}°, resolution "
-        f"{number(ang['resolution_deg_reference'])}° / {number(ang['resolution_deg_generated'])}° (reference / generated).</p>"
+        f"<p class='meta'>Cells in MIP units of their layer; hits ≥ {format_html(g['threshold_mip'], 3)} MIP. Hit-spectrum "
+        f"separation power {format_html(g['hit_spectrum']['separation_power'], 3)}. Angular response (θ of the principal axis − "
+        f"true θ): bias {format_html(ang['bias_deg_reference'], 3)}° / {format_html(ang['bias_deg_generated'], 3)}°, resolution "
+        f"{format_html(ang['resolution_deg_reference'], 3)}° / {format_html(ang['resolution_deg_generated'], 3)}° (reference / generated).</p>"
         "<table><tr><th class='name'>observable</th><th>mean ref</th><th>mean gen</th><th>χ²/ndf</th>"
         f"<th>separation</th></tr>{rows}</table>"
         + ("<h3>Per point (reference / generated)</h3><table><tr><th class='name'>point</th><th>showers</th>"

@@ -39,7 +39,8 @@ import numpy as np
 from caloforge.errors import DataError
 from caloforge.evaluate import features as F
 from caloforge.evaluate.metrics import compare_feature, memorisation
-from caloforge.evaluate.render import figure_html, number, pyplot, save_figure
+from caloforge.formatting import format_html
+from caloforge.evaluate.render import figure_html, pyplot, save_figure
 from caloforge.evaluate.suites import PlotRow, SuiteInputs
 from caloforge.geometry import Geometry, load_geometry
 from caloforge.io import ShowerData, read_showers
@@ -339,9 +340,9 @@ def paper_html(m: Mapping[str, Any] | None, plots: list[tuple[str, str]] = (), o
         parts.append("<h2>CaloGAN paper observables</h2><table><tr><th class='name'>observable</th>"
                      "<th>χ²/ndf</th><th>separation</th><th>mean ref</th><th>mean gen</th></tr>")
         for k, f in m["features"].items():
-            parts.append(f"<tr><td class='name'>{html.escape(k)}</td><td>{number(f.get('chi2_ndf'))}</td>"
-                         f"<td>{number(f.get('separation_power'))}</td><td>{number(f.get('mean_reference'))}</td>"
-                         f"<td>{number(f.get('mean_generated'))}</td></tr>")
+            parts.append(f"<tr><td class='name'>{html.escape(k)}</td><td>{format_html(f.get('chi2_ndf'), 3)}</td>"
+                         f"<td>{format_html(f.get('separation_power'), 3)}</td><td>{format_html(f.get('mean_reference'), 3)}</td>"
+                         f"<td>{format_html(f.get('mean_generated'), 3)}</td></tr>")
         parts.append("</table>")
     else:
         parts.append("<h2>ATLAS GAN paper observables (χ²/ndf per energy point)</h2><table><tr>"
@@ -349,7 +350,7 @@ def paper_html(m: Mapping[str, Any] | None, plots: list[tuple[str, str]] = (), o
                      "<th>f3</th><th>weta1</th></tr>")
         for p in m["energy_points"]:
             parts.append(f"<tr><td class='name'>{p['energy_gev']:g}</td>"
-                         + "".join(f"<td>{number(v)}</td>" for v in (
+                         + "".join(f"<td>{format_html(v, 3)}</td>" for v in (
                              p["etot_gev"].get("chi2_ndf"), p["resolution_reference"], p["resolution_generated"],
                              p["Eratio"].get("chi2_ndf"), p["f3"].get("chi2_ndf"), p["weta1"].get("chi2_ndf")))
                          + "</tr>")

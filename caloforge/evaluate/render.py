@@ -1,20 +1,17 @@
-"""Plotting, number formatting and HTML pieces shared by the report and every observable suite.
+"""Plotting and HTML pieces shared by the report and every observable suite (numbers are
+formatted by :func:`caloforge.formatting.format_html`).
 
 Matplotlib is imported on first use (Agg backend), so importing this module stays cheap.
-
->>> number(0.123456), number(None), number(float("nan")), number(7)
-('0.123', '–', '–', '7')
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
-__all__ = ["pyplot", "save_figure", "number", "data_uri", "figure_html", "figures_html"]
+__all__ = ["pyplot", "save_figure", "data_uri", "figure_html", "figures_html"]
 
 
 def pyplot():
@@ -34,16 +31,6 @@ def save_figure(fig, path: Path, tight: bool = True) -> None:
     with atomic_path(path) as tmp:  # "tight" draws the figure twice: grids set their margins instead
         fig.savefig(tmp, format="png", bbox_inches="tight" if tight else None)
     pyplot().close(fig)
-
-
-def number(value: Any, digits: int = 3) -> str:
-    """A table cell: floats to ``digits`` significant digits, ``–`` for missing or non-finite
-    values, anything else as escaped text."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return html.escape(str(value))
 
 
 def data_uri(path: Path) -> str:

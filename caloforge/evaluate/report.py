@@ -16,6 +16,7 @@ from typing import Any, Callable
 from caloforge.evaluate.render import figure_html
 from caloforge.evaluate.result import ETOT_CHI2_NDF, EvaluationResult, energy_label
 from caloforge.evaluate.suites import registered_suites
+from caloforge.formatting import format_html
 from caloforge.io import atomic_path, check_output_dir
 
 
@@ -37,20 +38,6 @@ td.name,th.name{text-align:left;font-family:monospace}
 figure{margin:1em 0;background:#fff;border:1px solid #eee;padding:.5em}
 figure img{max-width:100%} figcaption{color:#555;font-size:.85em}
 """
-
-
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "–"
-        return f"{v:.{digits}g}"
-    return html.escape(str(v))
 
 
 def _chi2_class(v: float | None) -> str:
@@ -81,11 +68,11 @@ def format_headline(headline: dict[str, Any]) -> str:
     >>> format_headline({"etot_chi2_ndf": 1.0, "kpd": 2e-6})
     'E_tot χ²/ndf 1  ·  KPD ×10³ 0.002'
     """
-    parts = [f"E_tot χ²/ndf {_fmt(headline.get(ETOT_CHI2_NDF), 3)}"]
+    parts = [f"E_tot χ²/ndf {format_html(headline.get(ETOT_CHI2_NDF), 3)}"]
     if headline.get("protocol"):  # which definitions produced the numbers below
         parts.insert(0, f"{headline['protocol']} protocol:")
     if headline.get("classifier_auc") is not None:
-        parts.append(f"classifier AUC {_fmt(headline['classifier_auc'], 3)}")
+        parts.append(f"classifier AUC {format_html(headline['classifier_auc'], 3)}")
     # FPD/KPD in the CaloChallenge units (×10³), as in the report and the demo
     for key in ("fpd", "kpd"):
         if headline.get(key) is not None:
@@ -103,26 +90,26 @@ def write_metrics(result: EvaluationResult, path: str | Path) -> Path:
 
 def _cards(m: dict[str, Any]) -> str:
     h = m["headline"]
-    cards = [("E<sub>tot</sub>/E<sub>inc</sub> χ²/ndf (Σ energy points)", _fmt(h.get(ETOT_CHI2_NDF), 3),
+    cards = [("E<sub>tot</sub>/E<sub>inc</sub> χ²/ndf (Σ energy points)", format_html(h.get(ETOT_CHI2_NDF), 3),
               _chi2_class(h.get(ETOT_CHI2_NDF)))]
     clf = m.get("classifier")
     if clf:
         for mode in ("low", "high"):
             auc = (clf.get(mode) or {}).get("auc")
-            cards.append((f"classifier AUC ({mode}-level)", _fmt(auc, 3), _auc_class(auc)))
+            cards.append((f"classifier AUC ({mode}-level)", format_html(auc, 3), _auc_class(auc)))
     else:
         cards.append(("classifier AUC", "not run", ""))
     for key in ("fpd", "kpd"):
         d = m.get(key)
         if d:
-            cards.append((f"{key.upper()} ×10³", f"{_fmt(d['value_x1e3'], 3)} ± {_fmt(d['error_x1e3'], 2)}", ""))
+            cards.append((f"{key.upper()} ×10³", f"{format_html(d['value_x1e3'], 3)} ± {format_html(d['error_x1e3'], 2)}", ""))
     proto = (m.get("protocol") or {}).get("name")
     if proto:  # every number on this page comes from this protocol
         cards.append(("protocol" + (" (comparable with the CaloChallenge table)" if proto == "calochallenge" else ""),
                       html.escape(proto), ""))
     s = m["summary"]
-    cards.append(("median feature χ²/ndf", _fmt(s.get("median_chi2_ndf"), 3), _chi2_class(s.get("median_chi2_ndf"))))
-    cards.append(("mean separation power", _fmt(s.get("mean_separation_power"), 3), ""))
+    cards.append(("median feature χ²/ndf", format_html(s.get("median_chi2_ndf"), 3), _chi2_class(s.get("median_chi2_ndf"))))
+    cards.append(("mean separation power", format_html(s.get("mean_separation_power"), 3), ""))
     return '<div class="cards">' + "".join(
         f'<div class="card {c}"><div class="v">{v}</div><div class="k">{k}</div></div>' for k, v, c in cards
     ) + "</div>"
@@ -142,10 +129,10 @@ def _feature_table(m: dict[str, Any]) -> str:
         unit = feature_axis(name)[1]
         rows.append(
             f'<tr><td class="name">{html.escape(name)}</td><td>{html.escape(unit) or "–"}</td>'
-            f'<td>{_fmt(inc["separation_power"], 3)}</td>'
-            f'<td class="{_chi2_class(inc["chi2_ndf"])}">{_fmt(inc["chi2_ndf"], 3)}</td><td>{_fmt(inc["ndf"])}</td>'
-            f'<td>{_fmt(inc["mean_reference"])}</td><td>{_fmt(inc["mean_generated"])}</td>'
-            f'<td>{_fmt(inc["std_reference"])}</td><td>{_fmt(inc["std_generated"])}</td></tr>'
+            f'<td>{format_html(inc["separation_power"], 3)}</td>'
+            f'<td class="{_chi2_class(inc["chi2_ndf"])}">{format_html(inc["chi2_ndf"], 3)}</td><td>{format_html(inc["ndf"])}</td>'
+            f'<td>{format_html(inc["mean_reference"])}</td><td>{format_html(inc["mean_generated"])}</td>'
+            f'<td>{format_html(inc["std_reference"])}</td><td>{format_html(inc["std_generated"])}</td></tr>'
         )
     head = ('<tr><th class="name">feature</th><th>unit</th><th>separation power</th><th>χ²/ndf</th><th>ndf</th>'
             '<th>mean ref</th><th>mean gen</th><th>std ref</th><th>std gen</th></tr>')
@@ -164,7 +151,7 @@ def _per_energy_table(m: dict[str, Any]) -> str:
         for lab in labels:
             d = v["per_energy"].get(lab)
             c2 = d["chi2_ndf"] if d else None
-            cells.append(f'<td class="{_chi2_class(c2)}">{_fmt(c2, 3)}</td>')
+            cells.append(f'<td class="{_chi2_class(c2)}">{format_html(c2, 3)}</td>')
         rows.append(f'<tr><td class="name">{html.escape(name)}</td>{"".join(cells)}</tr>')
     return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
 
@@ -176,12 +163,12 @@ def _energy_table(m: dict[str, Any]) -> str:
         t = te.get(_point_key(p))
         rows.append(f'<tr><td class="name">{html.escape(p["label"])}</td><td>{p["n_reference"]}</td>'
                     f'<td>{p["n_generated"]}</td><td class="{_chi2_class(t["chi2_ndf"] if t else None)}">'
-                    f'{_fmt(t["chi2_ndf"] if t else None, 3)}</td></tr>')
+                    f'{format_html(t["chi2_ndf"] if t else None, 3)}</td></tr>')
     head = ('<tr><th class="name">incident energy</th><th>n ref</th><th>n gen</th>'
             '<th>E<sub>tot</sub>/E<sub>inc</sub> χ²/ndf</th></tr>')
     t = m["total_energy"]
     foot = (f'<tr><th class="name">Σ</th><th>{m["n_reference"]}</th><th>{m["n_generated"]}</th>'
-            f'<th>{_fmt(t["chi2"], 4)} / {t["ndf"]} = {_fmt(t["chi2_ndf"], 3)}</th></tr>')
+            f'<th>{format_html(t["chi2"], 4)} / {t["ndf"]} = {format_html(t["chi2_ndf"], 3)}</th></tr>')
     return f"<table>{head}{''.join(rows)}{foot}</table>"
 
 
@@ -201,11 +188,11 @@ def _classifier_table(m: dict[str, Any]) -> str:
     for mode in ("low", "high"):
         d = clf.get(mode) or {}
         rows.append(f'<tr><td class="name">{mode}-level</td>'
-                    + "".join(f'<td class="{_auc_class(d.get(k)) if k == "auc" else ""}">{_fmt(d.get(k))}</td>'
+                    + "".join(f'<td class="{_auc_class(d.get(k)) if k == "auc" else ""}">{format_html(d.get(k))}</td>'
                               for k in keys) + "</tr>")
     return (f"<table>{head}{''.join(rows)}</table><p class='meta'>showers per sample: "
-            f"{_fmt(clf.get('n_per_sample_low'))} (low level, a random subsample), "
-            f"{_fmt(clf.get('n_per_sample_high'))} (high level); each split 60/20/20 into train / validation / "
+            f"{format_html(clf.get('n_per_sample_low'))} (low level, a random subsample), "
+            f"{format_html(clf.get('n_per_sample_high'))} (high level); each split 60/20/20 into train / validation / "
             "test; AUC and JSD on the test part. 0.5 = indistinguishable.</p>")
 
 
@@ -218,14 +205,14 @@ def _memorisation_table(m: dict[str, Any]) -> str:
     return (
         "<h2>Memorisation (nearest training shower)</h2>"
         "<table><tr><th class='name'>quantity</th><th>value</th></tr>"
-        f"<tr><td class='name'>median distance generated → training</td><td>{_fmt(mem.get('median_generated'))}</td></tr>"
-        f"<tr><td class='name'>median distance reference → training</td><td>{_fmt(mem.get('median_reference'))}</td></tr>"
-        f"<tr><td class='name'>ratio (≈ 1: nothing memorised)</td><td class='{cls}'>{_fmt(ratio, 3)}</td></tr>"
+        f"<tr><td class='name'>median distance generated → training</td><td>{format_html(mem.get('median_generated'))}</td></tr>"
+        f"<tr><td class='name'>median distance reference → training</td><td>{format_html(mem.get('median_reference'))}</td></tr>"
+        f"<tr><td class='name'>ratio (≈ 1: nothing memorised)</td><td class='{cls}'>{format_html(ratio, 3)}</td></tr>"
         f"<tr><td class='name'>generated closer than 1 % of reference</td>"
-        f"<td>{_fmt(mem.get('fraction_below_reference_1pct'), 3)}</td></tr>"
-        f"<tr><td class='name'>copies</td><td>{_fmt(mem.get('n_copies'))}</td></tr></table>"
-        f"<p class='meta'>{_fmt(mem.get('n_generated'))} generated, {_fmt(mem.get('n_reference'))} reference, "
-        f"{_fmt(mem.get('n_training'))} training showers; distances in {_fmt(mem.get('space'))}.</p>"
+        f"<td>{format_html(mem.get('fraction_below_reference_1pct'), 3)}</td></tr>"
+        f"<tr><td class='name'>copies</td><td>{format_html(mem.get('n_copies'))}</td></tr></table>"
+        f"<p class='meta'>{format_html(mem.get('n_generated'))} generated, {format_html(mem.get('n_reference'))} reference, "
+        f"{format_html(mem.get('n_training'))} training showers; distances in {format_html(mem.get('space'))}.</p>"
     )
 
 
@@ -246,8 +233,8 @@ def _html(result: EvaluationResult, plots: list[tuple[str, str, str]], out_dir: 
     dist = ""
     if fpd:
         dist = (f"<table><tr><th class='name'>metric</th><th>value ×10³</th><th>uncertainty ×10³</th></tr>"
-                f"<tr><td class='name'>FPD</td><td>{_fmt(fpd['value_x1e3'])}</td><td>{_fmt(fpd['error_x1e3'])}</td></tr>"
-                f"<tr><td class='name'>KPD</td><td>{_fmt(kpd['value_x1e3'])}</td><td>{_fmt(kpd['error_x1e3'])}</td></tr>"
+                f"<tr><td class='name'>FPD</td><td>{format_html(fpd['value_x1e3'])}</td><td>{format_html(fpd['error_x1e3'])}</td></tr>"
+                f"<tr><td class='name'>KPD</td><td>{format_html(kpd['value_x1e3'])}</td><td>{format_html(kpd['error_x1e3'])}</td></tr>"
                 "</table>")
     labels = m.get("labels", ["reference", "generated"])
     return f"""<!DOCTYPE html>
@@ -255,8 +242,8 @@ def _html(result: EvaluationResult, plots: list[tuple[str, str, str]], out_dir: 
 <style>{_CSS}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p class="meta">{html.escape(labels[0])}: {m['n_reference']} showers · {html.escape(labels[1])}: {m['n_generated']} showers
-· {len(m['energy_points'])} incident-energy points · voxel sparsity {_fmt(m['sparsity']['reference'], 3)} (ref) /
-{_fmt(m['sparsity']['generated'], 3)} (gen) · all numbers in <code>metrics.json</code></p>
+· {len(m['energy_points'])} incident-energy points · voxel sparsity {format_html(m['sparsity']['reference'], 3)} (ref) /
+{format_html(m['sparsity']['generated'], 3)} (gen) · all numbers in <code>metrics.json</code></p>
 {_cards(m)}
 {"".join(f'<p class="meta warn">{html.escape(n)}</p>' for n in m.get("notes") or [])}
 <h2>Total energy per incident energy</h2>{_energy_table(m)}

@@ -15,7 +15,6 @@ quoting the program's ``error:`` line, or naming the signal that killed it.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 from dataclasses import dataclass

@@ -19,7 +19,7 @@ from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures import TimeoutError as FuturesTimeout
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
@@ -30,6 +30,7 @@ from caloforge import interrupt
 from caloforge.errors import ConfigError, Geant4Died, WorkerDied, describe_exit
 from caloforge.geometry import Geometry, load_geometry
 from caloforge.io import CONDITION_NAMES, ShowerData, ShowerWriter
+from caloforge.runtime import Progress
 
 from .deposit import Stack, deposit, mip_spots, suppress, visible
 from .em import MIN_SPOTS, capped_spots, em_spots, n_spots
@@ -695,27 +696,12 @@ def iter_plan(geometry: Geometry | str, parts: Sequence[Part], seed: int = 0, wo
     if tasks is None:
         tasks = plan_tasks(geo, parts, setup.name, calibrated)
     workers = _default_workers() if workers is None or workers <= 0 else int(workers)
-    with (_progress(progress, description, sum(t.n for t in tasks)) as update,
+    total = sum(t.n for t in tasks)
+    with (Progress(description, total, enabled=progress, unit="showers", interval=10.0) as bar,
           closing(_run_tasks(geo, tasks, seed, min(workers, max(len(tasks), 1)), setup)) as blocks):
         for out in blocks:
-            update(len(out))
+            bar.advance(len(out), force=bar.done + len(out) >= total)
             yield out
-
-
-@contextmanager
-def _progress(enabled: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """Progress (:class:`caloforge.runtime.Progress`: a bar on a terminal, plain lines otherwise)
-    or nothing, yielding an ``update(n)`` function that adds ``n`` finished showers."""
-    from caloforge.runtime import Progress
-
-    with Progress(description, total, enabled=enabled, unit="showers", interval=10.0) as bar:
-        done = [0]
-
-        def advance(n: int) -> None:
-            done[0] += n
-            bar.update(done[0], force=done[0] >= total)
-
-        yield advance
 
 
 # Conditions a dataset derives from the simulated ones, by name: f(block conditions) → per-shower values

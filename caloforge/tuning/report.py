@@ -16,7 +16,7 @@ from typing import Any
 
 from caloforge.errors import ConfigError
 
-__all__ = ["StudyReport", "study_report", "resolve_study_name"]
+__all__ = ["StudyReport", "study_report", "resolve_study_name", "headline", "best_table", "importance_line"]
 
 
 @dataclass
@@ -122,3 +122,40 @@ def study_report(storage, study_name: str | None, output: str | Path, top: int =
                                    "counts": counts, "best": report.best, "importances": report.importances,
                                    "setup": setup, "notes": report.notes}, indent=1, default=str))
     return report
+
+
+# ----------------------------------------------------------------------------------
+# The report as terminal text (caloforge tune --report prints these)
+# ----------------------------------------------------------------------------------
+def headline(report: StudyReport, storage: str) -> str:
+    """The study's name, storage, trial counts by state and objective, in one (rich markup) line."""
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(report.counts.items()))
+    seeds = f"{report.seeds} seed{'s' if report.seeds != 1 else ''}"
+    return (f"[bold]study {report.study_name}[/] ({storage}): {counts}; objective: mean "
+            f"{report.metric} over {seeds} (lower is better)")
+
+
+def best_table(report: StudyReport):
+    """The best trials as a :class:`rich.table.Table`: value, spread over seeds, per-seed values, parameters."""
+    from rich import box
+    from rich.table import Table
+
+    from caloforge.formatting import format_number
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("trial", report.metric, "± spread", "seeds", "parameters"):
+        table.add_column(col, justify="left" if col == "parameters" else "right")
+    for row in report.best:
+        params = ", ".join(f"{k}={format_number(v)}" for k, v in row["params"].items())
+        values = row.get("values") or []
+        spread = f"{row['std']:.3g}" if row.get("std") is not None and len(values) > 1 else "-"
+        table.add_row(str(row["number"]), f"{row['value']:.4g}", spread, ", ".join(f"{v:.4g}" for v in values),
+                      params)
+    return table
+
+
+def importance_line(report: StudyReport) -> str | None:
+    """``parameter importances: lr 0.71, …``, or None when there are none."""
+    if not report.importances:
+        return None
+    return "parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in report.importances.items())
