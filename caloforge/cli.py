@@ -653,7 +653,6 @@ def bench_cmd(
     excluded; median of repeats) for the PyTorch, ONNX Runtime and C++ paths, next to the published
     CaloChallenge 2022 timings of the same dataset."""
     import json as _json
-    import os
 
     from caloforge.bench import bench, format_table
     from caloforge.errors import ConfigError

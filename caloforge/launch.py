@@ -139,7 +139,7 @@ def run_training(request: TrainingRequest, rank_args: Sequence[str]):
 
     Returns the :class:`caloforge.train.TrainResult` of this process, or None when it launched the
     ranks.  A rank whose peer vanished exits with :data:`PEER_LOST` (``SystemExit``)."""
-    from caloforge.config import load_config
+    from caloforge.models import load_config
     from caloforge.runtime import usable_cpus
     from caloforge.train import train
 
