@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from caloforge.cli import app
-from caloforge.config import load_config
+from caloforge.models import load_config
 from caloforge.demo import DEFAULT_CONFIG, run_demo
 from caloforge.io import read_showers
 
