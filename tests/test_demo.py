@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from caloforge.cli import app
-from caloforge.models import load_config
 from caloforge.demo import DEFAULT_CONFIG, run_demo
 from caloforge.io import read_showers
+from caloforge.models import load_config
 
 
 def test_demo_trains_flow_matching_by_default() -> None:
