@@ -565,12 +565,13 @@ def demo_cmd(
     holdout_scale: float = typer.Option(0.05, "--holdout-scale", help="Fraction of the preset held out for evaluation."),
     classifier: bool = typer.Option(True, "--classifier/--no-classifier", help="Run the classifier two-sample test."),
     seed: int = typer.Option(0, "--seed", help="Seed of the whole chain."),
+    config: str = typer.Option("demo-flow-matching", "--config", "-c", help="demo-flow-matching (flow matching, default), demo (CaloShowerGAN) or a YAML path."),
 ) -> None:
     """Simulate → train → generate → evaluate on the embedded DS1-photon default; print the report path."""
     from caloforge.demo import run_demo
 
     result = run_demo(output, scale=scale, holdout_scale=holdout_scale, max_iterations=iterations,
-                      safety_minutes=minutes,
+                      safety_minutes=minutes, config=config,
                       classifier=classifier, seed=seed, log=console.print, progress=True)
     h = result.headline
     console.print()
