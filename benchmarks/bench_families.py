@@ -1,6 +1,6 @@
 """`caloforge bench` (CaloChallenge timing protocol) for every shipped model family, one CPU thread.
 
-    # the whole table of docs/benchmarks.md ("caloforge bench for every family")
+    # the whole table of docs/benchmarks-log.md ("caloforge bench for every family")
     nice -n 10 .venv/bin/python benchmarks/bench_families.py --out bench-families
     # some families only
     nice -n 10 .venv/bin/python benchmarks/bench_families.py --out bench-families --only calogan,student

@@ -11,7 +11,7 @@
    against the held-out set (E_tot χ²/ndf, classifier AUC low/high level, FPD/KPD): the
    seed scatter of the physics metrics, not only of the objective.  JSON → --output/summary.json.
 
-Scaled-down run used for docs/benchmarks.md (≈ 30 min on a shared 2-core CPU):
+Scaled-down run used for docs/benchmarks-log.md (≈ 30 min on a shared 2-core CPU):
     nice -n 10 .venv/bin/python benchmarks/bench_tune.py --trials 10 --seeds 2 --max-iterations 2000
 Full study of the issue (20 trials × 3 seeds, a few minutes each):
     .venv/bin/python benchmarks/bench_tune.py --trials 20 --seeds 3 --max-iterations 8000 --trial-time 30m

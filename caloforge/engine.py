@@ -1,7 +1,7 @@
 """The fastest CPU generation paths that pass their check: ONNX Runtime in fp32, and bf16 dense layers.
 
 ``caloforge bench`` and ``benchmarks/bench_deploy.py levers`` on the CaloShowerGAN photon
-generator (``docs/benchmarks.md``) put ONNX Runtime ahead of eager PyTorch at every batch
+generator (``docs/benchmarks-log.md``) put ONNX Runtime ahead of eager PyTorch at every batch
 size on one CPU core (batch norm folded into the dense layers, fused element-wise tails, a
 fraction of PyTorch's per-call overhead), and **bf16** dense layers (oneDNN, prepacked
 weights, activation fused into the matrix product, AVX-512 BF16) ahead of every fp32 path
@@ -23,7 +23,7 @@ Two precisions, each with its own acceptance check, run when the sampler is buil
     in fp32 (PyTorch) and bf16 are each compared with an independent fp32 sample (χ²/ndf of
     E_tot/E_inc, of the number of hit voxels and of each layer's energy fraction), and bf16
     may move none of these metrics by more than its statistical error (√(2/ndf)).
-    ``docs/benchmarks.md`` shows the E_tot χ² and the classifier AUC against the reference
+    ``docs/benchmarks-log.md`` shows the E_tot χ² and the classifier AUC against the reference
     of fp32, bf16 and int8 samples on the same noise (int8, ONNX Runtime's dynamic
     quantisation, is faster still but fails this check: it is measured, not offered).
 
@@ -63,7 +63,7 @@ __all__ = ["BLOCK", "BF16_BLOCK", "PRECISIONS", "CHECK_SHOWERS", "MAX_SHIFT", "O
            "fast_sampler", "fold_batchnorm", "bf16_module", "bf16_supported", "physics_check"]
 
 BLOCK = 512  # showers per ONNX Runtime call inside a request: activations of a block stay in L2
-BF16_BLOCK = 2048  # showers per bf16 call (measured best of 256 … 2048, docs/benchmarks.md)
+BF16_BLOCK = 2048  # showers per bf16 call (measured best of 256 … 2048, docs/benchmarks-log.md)
 PRECISIONS = ("fp32", "bf16")
 CHECK_SHOWERS = 2048  # showers of the physics-level check of a reduced-precision path
 MAX_SHIFT = 1.0  # its tolerance: no physics metric moves by more than its statistical error

@@ -226,7 +226,7 @@ class RadialSplit(Transform):
     A layer of ``n_alpha × n_r`` voxels (α-major, the CaloChallenge order) becomes its n_r ring
     fractions (the radial profile, summing to one) followed by the n_alpha · n_r fractions
     of each ring's energy in its α bins; a voxel is their product.  The radial profile of the
-    fine layers is what a classifier separates generated showers by (docs/benchmarks.md), so
+    fine layers is what a classifier separates generated showers by (docs/benchmarks-log.md), so
     a generative model gets it as coordinates of their own instead of a sum over α.
 
     ``rings`` gives n_r per layer, 0 for a layer kept as it is (one radial or one α bin,

@@ -119,3 +119,12 @@ def test_model_families_never_import_each_other():
     assert len(family_modules) >= len(families()) - 1  # one file a family (a few families share none)
     arrows = [(m, t) for m in family_modules for t in graph[m] if t in family_modules]
     assert arrows == []
+
+
+def test_the_layout_page_names_every_module_and_package():
+    """docs/architecture.md is where a newcomer finds the room for a change: it cannot go stale."""
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    rooms = [p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__")]
+    rooms += [p.name + "/" for p in PACKAGE.iterdir() if (p / "__init__.py").exists()]
+    missing = [r for r in rooms if (r if r.endswith("/") else f"{r}.py") not in page]
+    assert missing == []

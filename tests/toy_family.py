@@ -1,4 +1,4 @@
-"""A tiny model family defined outside the package: the "Adding a model" example of the README.
+"""A tiny model family defined outside the package: the "Adding a model family" example of docs/training-and-models.md.
 
 A per-voxel log-normal model: a linear map from the condition vector to the mean
 and log-width of log(voxel / E_inc + ε).  Its loss is an exact negative
