@@ -585,7 +585,10 @@ def _run_tasks(geo: Geometry, tasks: Sequence[_Task], seed: int, workers: int,
         pending: deque = deque()
         try:
             for t in tasks:
-                pending.append(pool.submit(_run_task, (t, seed)))
+                # a submit may fork a worker: a KeyboardInterrupt inside the interpreter's at-fork
+                # hooks (logging's lock) would print a traceback, so the signal waits until after
+                with interrupt.deferred():
+                    pending.append(pool.submit(_run_task, (t, seed)))
                 if len(pending) >= 2 * workers:
                     yield _result(pending.popleft(), processes)
             while pending:

@@ -307,6 +307,7 @@ def _score_value(scores: dict, metric: str, run_dir: Path) -> float:
 def _evaluate(run_dir: Path, data, cfg: RunConfig, seed: int, metric: str) -> tuple[float, dict]:
     """The evaluator's metric for the best checkpoint on the seed's validation split."""
     from caloforge.evaluate import compare
+    from caloforge.evaluate.result import etot_chi2_ndf
     from caloforge.generate import generate, load_model
     from caloforge.train import split_validation
 
@@ -317,7 +318,7 @@ def _evaluate(run_dir: Path, data, cfg: RunConfig, seed: int, metric: str) -> tu
     result = compare(validation, generated, cfg.model.geometry, per_energy=False, classifier=classifier,
                      fpd_kpd=metric in ("fpd", "kpd"), seed=seed)
     m = result.metrics
-    values = {"etot_chi2_ndf": m["total_energy"]["chi2_ndf"], "fpd": (m.get("fpd") or {}).get("value"),
+    values = {"etot_chi2_ndf": etot_chi2_ndf(m), "fpd": (m.get("fpd") or {}).get("value"),
               "kpd": (m.get("kpd") or {}).get("value")}
     if classifier:
         values["auc"] = ((m.get("classifier") or {}).get("low") or {}).get("auc")
