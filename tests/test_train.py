@@ -160,6 +160,8 @@ def test_run_directory_checkpoints_and_best_by_chi2(tmp_path):
     assert meta["iteration"] == best_it and meta["geometry"] == "ds1-photons" and meta["n_voxels"] == 368
     assert meta["energy_limits"] == [256.0, 65536.0] and meta["family"] == "caloshowergan"
     assert meta["format"] == "caloforge-checkpoint" and meta["version"] == 2
+    cost = meta["training_cost"]  # what a leaderboard prints as CPU minutes
+    assert cost["device"] == "cpu" and cost["processes"] == 1 and cost["wall_s"] > 0
     assert {"model.safetensors", "optimizer.safetensors", "config.json"} <= {p.name for p in (run / "best").iterdir()}
     # the stored score is the E_tot χ² of the best weights on the held-out split (same seed → same showers)
     _, val = train_mod.split_validation(data, 0.25, 0)
