@@ -255,6 +255,16 @@ def test_seed_override_and_best_path(tmp_path):
         train(_tiny(), data, tmp_path / "c", progress=False, seed=-1)
 
 
+def test_training_cost_adds_up_over_resumed_calls(tmp_path):
+    data = toy_photons(n_per_energy=20)
+    train(_tiny(max_iterations=5, checkpoint_every=5, keep_checkpoints=5), data, tmp_path / "run", progress=False)
+    train(_tiny(max_iterations=10, checkpoint_every=5, keep_checkpoints=5), data, tmp_path / "run", resume=True,
+          progress=False)
+    first, second = (json.loads((tmp_path / "run" / "checkpoints" / f"iter-{i:07d}" / "config.json").read_text())
+                     ["training_cost"]["wall_s"] for i in (5, 10))
+    assert 0 < first < second  # the resumed call adds its own time to the first call's
+
+
 def test_bad_training_data_is_a_data_error(tmp_path):
     bad = toy_photons(5)
     bad.showers[3, 7] = np.nan
