@@ -334,6 +334,51 @@ def evaluate_cmd(
     print(f"report: {html_path}")
 
 
+# --- leaderboard (caloforge.leaderboard) ------------------------------------------
+@app.command("leaderboard")
+@user_errors
+def leaderboard_cmd(
+    sources: list[Path] = typer.Argument(..., help="Evaluation report directories (metrics.json), training run "
+                                         "directories (RUN/report/metrics.json, RUN/bench.json), bench JSON files, "
+                                         "or directories holding them."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory for leaderboard.csv, .md, .png and .html."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="ds1-photons, ds1-pions, ds2 or ds3: whose "
+                                          "published CaloChallenge 2022 entries are drawn (default: the reports' "
+                                          "geometry)."),
+    bench: Optional[list[str]] = typer.Option(None, "--bench", help="SOURCE=BENCH.json: the timings of one source, "
+                                              "repeatable (default: bench.json beside the run or report)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="The reference shower file every entry must "
+                                             "have been evaluated against (default: the first entry's)."),
+    skip_mismatched: bool = typer.Option(False, "--skip-mismatched", help="Leave out, with a warning, entries "
+                                         "evaluated against another reference file (default: refuse them)."),
+    timing: str = typer.Option("cpu", "--timing", help="cpu or gpu: which timings give ms per shower."),
+) -> None:
+    """Compare models evaluated on the same reference file: one table and one Pareto plot of quality
+    (classifier AUC, FPD) against generation cost (ms per shower at batch 10 000), with the published
+    CaloChallenge 2022 entries of the dataset in grey."""
+    from caloforge.errors import ConfigError
+    from caloforge.leaderboard import build_leaderboard
+
+    pairs = {}
+    for item in bench or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ConfigError(f"--bench {item!r}: expected SOURCE=BENCH.json")
+        pairs[key] = value
+    board = build_leaderboard(sources, output, dataset=dataset, benches=pairs, reference=reference,
+                              skip_mismatched=skip_mismatched, timing=timing,
+                              log=lambda s: err_console.print(f"[yellow]warning:[/] {s}"))
+    published = f", {len(board.published)} published entries in grey" if board.published else ", no published entries"
+    console.print(f"dataset: {board.dataset or board.geometry} (from {board.dataset_origin}){published}")
+    console.print(f"reference: {board.reference_label}")
+    for e in board.entries:
+        front = ", ".join(n for n, on in (("AUC", e.pareto_auc), ("FPD", e.pareto_fpd)) if on)
+        console.print(f"  {e.name}: {e.family or '–'}" + (f"  [bold]Pareto-optimal ({front})[/]" if front else ""))
+    for kind in ("csv", "md", "png", "html"):
+        if kind in board.files:
+            print(f"{kind}: {board.files[kind]}")
+
+
 # --- train / generate (caloforge.train, caloforge.generate) -----------------------
 @app.command("train")
 @user_errors

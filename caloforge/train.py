@@ -365,6 +365,14 @@ def _prepare_run_dir(run_dir: Path, run_info: dict, resume: bool) -> list[tuple[
     return existing
 
 
+def _training_cost(wall_s: float, device: torch.device, threads: int) -> dict[str, Any]:
+    """What training has cost up to a checkpoint: wall seconds over every call (a resume adds to the
+    time of the checkpoint it continues), the device kind and processes; a leaderboard prints it
+    as CPU or GPU minutes (wall × processes)."""
+    return {"wall_s": round(float(wall_s), 3), "device": "gpu" if device.type == "cuda" else device.type,
+            "processes": dist.world_size(), "threads": threads}
+
+
 def _record_call(run_dir: Path, run_info: dict, session: dict) -> None:
     path = run_dir / "run.json"
     info = json.loads(path.read_text()) if path.exists() else dict(run_info)
@@ -524,6 +532,7 @@ def _train_loop(ctx: TrainingContext, prepared: _TrainingShowers) -> TrainResult
     columns = ("iteration", "elapsed_s", *loss_names)
 
     iteration, history = 0, []
+    prior_wall_s = 0.0  # training wall time of the calls before this one (a resumed run)
     best_iteration, best_score = None, math.inf
     last_ckpt: Path | None = None
     if resume and existing:
@@ -538,6 +547,7 @@ def _train_loop(ctx: TrainingContext, prepared: _TrainingShowers) -> TrainResult
         ckpt.set_rng_state(noise_rng, noise_states[dist.rank()])
         iteration = int(meta["iteration"])
         history = list(meta["history"])
+        prior_wall_s = float((meta.get("training_cost") or {}).get("wall_s") or 0.0)
         best_iteration, best_score = _best(history, tc.select_by)
         if main and best_iteration is not None:  # a kill between checkpoint and these updates leaves them stale
             ckpt.point_best(run_dir, run_dir / "checkpoints" / ckpt.checkpoint_name(best_iteration))
@@ -561,6 +571,7 @@ def _train_loop(ctx: TrainingContext, prepared: _TrainingShowers) -> TrainResult
             history = history + [{"iteration": it, "scores": scores, "complete": bool(model.complete)}]
             meta = {"iteration": it, "training": dataclasses.asdict(tc), "select_by": tc.select_by,
                     "score": scores[tc.select_by], "scores": scores, "history": history,
+                    "training_cost": _training_cost(prior_wall_s + time.monotonic() - t0, dev, ctx.threads),
                     "rng": {"data": ckpt.rng_state(data_rng), "noise": noise_states}}
             if batches.state():  # a streamed source's pool position
                 meta["data_stream"] = batches.state()

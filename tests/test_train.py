@@ -160,6 +160,8 @@ def test_run_directory_checkpoints_and_best_by_chi2(tmp_path):
     assert meta["iteration"] == best_it and meta["geometry"] == "ds1-photons" and meta["n_voxels"] == 368
     assert meta["energy_limits"] == [256.0, 65536.0] and meta["family"] == "caloshowergan"
     assert meta["format"] == "caloforge-checkpoint" and meta["version"] == 2
+    cost = meta["training_cost"]  # what a leaderboard prints as CPU minutes
+    assert cost["device"] == "cpu" and cost["processes"] == 1 and cost["wall_s"] > 0
     assert {"model.safetensors", "optimizer.safetensors", "config.json"} <= {p.name for p in (run / "best").iterdir()}
     # the stored score is the E_tot χ² of the best weights on the held-out split (same seed → same showers)
     _, val = train_mod.split_validation(data, 0.25, 0)
@@ -251,6 +253,16 @@ def test_seed_override_and_best_path(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the same seed, however given, is the same run
     with pytest.raises(ConfigError, match="seed"):
         train(_tiny(), data, tmp_path / "c", progress=False, seed=-1)
+
+
+def test_training_cost_adds_up_over_resumed_calls(tmp_path):
+    data = toy_photons(n_per_energy=20)
+    train(_tiny(max_iterations=5, checkpoint_every=5, keep_checkpoints=5), data, tmp_path / "run", progress=False)
+    train(_tiny(max_iterations=10, checkpoint_every=5, keep_checkpoints=5), data, tmp_path / "run", resume=True,
+          progress=False)
+    first, second = (json.loads((tmp_path / "run" / "checkpoints" / f"iter-{i:07d}" / "config.json").read_text())
+                     ["training_cost"]["wall_s"] for i in (5, 10))
+    assert 0 < first < second  # the resumed call adds its own time to the first call's
 
 
 def test_bad_training_data_is_a_data_error(tmp_path):

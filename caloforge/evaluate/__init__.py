@@ -7,6 +7,7 @@ The evaluation runs as stages with typed hand-offs (:mod:`~caloforge.evaluate.re
 * :mod:`~caloforge.evaluate.histograms` – every feature over common bins → ``FeatureHistogram``
 * :mod:`~caloforge.evaluate.distances` – E_tot χ², FPD/KPD, memorisation
   (on the pure functions of :mod:`~caloforge.evaluate.metrics`)
+* :mod:`~caloforge.evaluate.identity` – the reference file's name, size, shower count and hash
 * :mod:`~caloforge.evaluate.classifier` – the CaloChallenge DNN two-sample test
 * :mod:`~caloforge.evaluate.suites` – registered observable suites (granular, paper)
 * :mod:`~caloforge.evaluate.calochallenge` – the official CaloChallenge protocol's definitions
@@ -30,11 +31,11 @@ from typing import Any
 
 __all__ = ["compare", "write_report", "EvaluationResult", "FeatureHistogram", "register_suite", "features",
            "metrics", "classifier", "calochallenge", "plots", "report", "scan", "histograms", "distances",
-           "suites", "result", "render"]
+           "suites", "result", "render", "identity"]
 
 _SUBMODULES = {"features", "metrics", "classifier", "calochallenge", "plots", "report", "scan", "histograms",
                "distances", "suites", "result", "render", "pipeline", "grid", "paper_observables",
-               "granular_observables"}
+               "granular_observables", "identity"}
 # public names → the module defining them
 _LAZY = {"compare": "pipeline", "write_report": "report", "EvaluationResult": "result",
          "FeatureHistogram": "result", "register_suite": "suites"}

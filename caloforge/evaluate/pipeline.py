@@ -50,6 +50,7 @@ from caloforge.evaluate import calochallenge as CC
 from caloforge.evaluate import distances as D
 from caloforge.evaluate import histograms as H
 from caloforge.evaluate.classifier import classifier_metrics, classifier_sample_size
+from caloforge.evaluate.identity import sample_identity
 from caloforge.evaluate.result import EvaluationResult, FeatureHistogram, SampleSummary, json_safe
 from caloforge.evaluate.scan import (ShowerSource, count, load_source, radial_bins, random_rows, scan_pair,
                                      scan_sample)
@@ -158,6 +159,8 @@ def compare(
                                             advance=advance)
     spectrum = H.voxel_spectrum(ref, gen)
     metrics = _histogram_metrics(geo, protocol, cut, classifier_settings, labels, ref, gen, points, table, spectrum)
+    # which file was the reference: reports compared side by side (a leaderboard) must share it
+    metrics["reference_file"] = sample_identity(reference)
     # 3. distances and 4. the classifier; samples too small for one of them skip it with a note
     # instead of losing every other number
     notes: list[str] = []
