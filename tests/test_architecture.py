@@ -128,3 +128,12 @@ def test_the_layout_page_names_every_module_and_package():
     rooms += [p.name + "/" for p in PACKAGE.iterdir() if (p / "__init__.py").exists()]
     missing = [r for r in rooms if (r if r.endswith("/") else f"{r}.py") not in page]
     assert missing == []
+
+
+def test_the_readme_lists_every_command():
+    """The README's command list is the front door's map of the CLI: every command is on it."""
+    from caloforge.cli import app
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    names = [c.name or c.callback.__name__ for c in app.registered_commands] + [g.name for g in app.registered_groups]
+    assert [n for n in names if f"caloforge {n} " not in readme] == []
