@@ -29,7 +29,7 @@ import torch
 from caloforge.errors import DataError
 
 __all__ = ["FORMAT", "VERSION", "REFUSED_SUFFIXES", "write_checkpoint", "read_config", "restore_model",
-           "model_loader", "load_training_state", "model_dir", "list_checkpoints", "latest_checkpoint", "point_best",
+           "model_loader", "read_weights", "load_training_state", "model_dir", "list_checkpoints", "latest_checkpoint", "point_best",
            "checkpoint_name", "rng_state", "set_rng_state", "MAX_PARAMETERS"]
 
 FORMAT = "caloforge-checkpoint"
@@ -298,6 +298,25 @@ def model_loader(path: str | Path):
     :class:`~caloforge.models.base.ModelLoader` handed to the families through
     :func:`~caloforge.models.base.fit` and :func:`~caloforge.models.base.build`."""
     return restore_model(path)[0]
+
+
+def read_weights(path: str | Path) -> tuple[Path, dict, dict[str, torch.Tensor]]:
+    """(checkpoint directory, upgraded config.json, weights on the CPU by their current names) of a
+    checkpoint or run directory, without building the model: what a new run starts from
+    (:mod:`caloforge.fine_tuning`).  Every problem is one :class:`DataError` line naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    mdir = model_dir(path)
+    meta, renames = read_config(mdir)
+    weights = mdir / "model.safetensors"
+    try:
+        tensors = {_rename(k, renames): v for k, v in load_file(weights, device="cpu").items()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise DataError(f"{weights}: corrupt or truncated safetensors file ({str(exc).splitlines()[0]})") from None
+    if sum(v.numel() for v in tensors.values()) > MAX_PARAMETERS:
+        raise DataError(f"{weights}: more than {MAX_PARAMETERS:,} weights; refusing to load them")
+    return mdir, meta, tensors
 
 
 def load_training_state(path: str | Path, model, optimizers: Mapping[str, torch.optim.Optimizer],

@@ -400,13 +400,18 @@ def train_cmd(
                               "elastic agent; gloo on CPU, NCCL on GPU)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress (a bar on a terminal, "
                                   "a line every 30 s otherwise)."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from a trained model's weights: a "
+                                             "checkpoint directory (RUN_DIR/best) or run directory of the same "
+                                             "family; see training.fine_tune and docs/fine-tuning.md."),
+    init_partial: bool = typer.Option(False, "--init-partial", help="With --init-from: carry over only the "
+                                      "tensors whose names and shapes match (another geometry or width)."),
 ) -> None:
     """Train a model of any family; checkpoints are scored by the E_tot χ² on held-out showers."""
     from caloforge.launch import TrainingRequest, run_training, without_nproc
 
     request = TrainingRequest(config, data, output, resume=resume, device=device, max_time=max_time,
                               max_iterations=max_iterations, budget_clock=budget_clock, seed=seed, threads=threads,
-                              nproc=nproc, progress=progress)
+                              nproc=nproc, progress=progress, init_from=init_from, init_partial=init_partial)
     # each rank runs this same command without --nproc
     result = run_training(request, rank_args=["-m", "caloforge", *without_nproc(sys.argv[1:])])
     if result is None or int(os.environ.get("RANK", "0")) != 0:

@@ -38,13 +38,38 @@ from typing import Any, Callable, Mapping
 
 from caloforge.errors import ConfigError
 
-__all__ = ["TrainingConfig", "RunConfig", "parse_run_config", "from_dict", "requirement", "parse_duration", "flatten",
+__all__ = ["TrainingConfig", "FineTuneConfig", "PREPROCESSING_CHOICES", "RunConfig", "parse_run_config", "from_dict", "requirement", "parse_duration", "flatten",
            "SHIPPED_CONFIGS", "shipped_config_names"]
 
 SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 # keys of caloforge 0.1's training: section that are now the model's own
 _MOVED_TO_MODEL = ("critic_steps", "gp_lambda", "generator_optimizer", "critic_optimizer")
+
+
+PREPROCESSING_CHOICES = ("auto", "keep", "refit")
+
+
+@dataclass
+class FineTuneConfig:
+    """The ``training.fine_tune`` section: how a run started from a trained model (``--init-from``) trains.
+
+    ``freeze`` names parameters or modules (``generator``, ``generator.net.0``, a full parameter
+    name): their parameters keep the source's values, bit for bit, and leave the optimisers.
+    ``learning_rate_scale`` multiplies every optimiser's learning rate (the family's own schedule
+    included); ``warmup_iterations`` ramps it linearly from 1/N of that to all of it over the
+    first N iterations.  ``preprocessing``: ``keep`` the source's fitted preprocessing (normalisers,
+    condition ranges), ``refit`` it on the new showers, or ``auto`` (keep for the same geometry,
+    refit otherwise).
+
+    >>> from_dict(FineTuneConfig, {"freeze": ["generator"], "learning_rate_scale": 0.1}).freeze
+    ['generator']
+    """
+
+    freeze: list[str] = field(default_factory=list)
+    learning_rate_scale: float = 1.0
+    warmup_iterations: int = 0
+    preprocessing: str = "auto"
 
 
 @dataclass
@@ -61,6 +86,7 @@ class TrainingConfig:
     ``stream`` (``auto``/``true``/``false``) trains from a shower file through a shuffle pool
     of ``stream_pool_mb`` MiB (:mod:`caloforge.streaming`) instead of reading it into memory;
     ``auto`` streams when the training showers would take more than 4 × ``stream_pool_mb``.
+    ``fine_tune`` (:class:`FineTuneConfig`) applies to a run started with ``--init-from``.
     """
 
     batch_size: int = 1024
@@ -79,6 +105,7 @@ class TrainingConfig:
     log_every: int = 50
     tensorboard: bool = True
     seed: int = 0
+    fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
 
 
 @dataclass
@@ -230,6 +257,20 @@ def _check_training(t: TrainingConfig, source: str) -> None:
     if t.budget_clock not in BUDGET_CLOCKS:
         raise ConfigError(f"{source}: training.budget_clock must be one of {', '.join(BUDGET_CLOCKS)}, "
                           f"got {t.budget_clock!r}")
+    _check_fine_tune(t.fine_tune, source)
+
+
+def _check_fine_tune(f: FineTuneConfig, source: str) -> None:
+    require = requirement(source)
+    for i, name in enumerate(f.freeze):
+        require(bool(re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", name)), f"training.fine_tune.freeze[{i}]",
+                "a parameter or module name such as generator or critic.net.0", name)
+    require(0 < f.learning_rate_scale <= 1e3, "training.fine_tune.learning_rate_scale", "in (0, 1000]",
+            f.learning_rate_scale)
+    require(f.warmup_iterations >= 0, "training.fine_tune.warmup_iterations", "a non-negative integer",
+            f.warmup_iterations)
+    require(f.preprocessing in PREPROCESSING_CHOICES, "training.fine_tune.preprocessing", "auto, keep or refit",
+            f.preprocessing)
 
 
 def shipped_config_names() -> list[str]:

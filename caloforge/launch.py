@@ -56,6 +56,8 @@ class TrainingRequest:
     threads: int = 0  # 0: the CPUs this process may use, divided among the ranks of this machine
     nproc: int = 1
     progress: bool = True
+    init_from: Path | None = None  # a trained model's checkpoint or run directory to start from
+    init_partial: bool = False
 
     def to_json(self) -> str:
         return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()})
@@ -63,7 +65,9 @@ class TrainingRequest:
     @classmethod
     def from_json(cls, text: str) -> "TrainingRequest":
         fields: dict[str, Any] = json.loads(text)
-        return cls(**{**fields, "data": Path(fields["data"]), "output": Path(fields["output"])})
+        init = fields.get("init_from")
+        return cls(**{**fields, "data": Path(fields["data"]), "output": Path(fields["output"]),
+                      "init_from": Path(init) if init is not None else None})
 
 
 def peer_lost(exc: BaseException) -> bool:
@@ -163,7 +167,7 @@ def run_training(request: TrainingRequest, rank_args: Sequence[str]):
         return train(request.config, request.data, request.output, resume=request.resume, device=request.device,
                      max_time=request.max_time, max_iterations=request.max_iterations,
                      budget_clock=request.budget_clock, progress=request.progress, seed=request.seed,
-                     threads=threads or None)
+                     threads=threads or None, init_from=request.init_from, init_partial=request.init_partial)
     except RuntimeError as exc:
         if world > 1 and peer_lost(exc):  # a consequence of another rank's failure, not a cause
             # the launcher names the process that failed first, in one line

@@ -32,6 +32,10 @@ that chooses ``best`` (lower is better).
 
 Under ``torchrun`` (or ``--nproc``), each process trains on its slice of every
 global batch (:mod:`caloforge.distributed`); only rank 0 writes.
+
+``init_from`` starts the run from a trained model's weights (:mod:`caloforge.fine_tuning`,
+``training.fine_tune``); ``run.json`` records the source, so ``resume`` continues from the
+run's own checkpoints and never initialises again.
 """
 
 from __future__ import annotations
@@ -117,6 +121,8 @@ class TrainingContext:
     progress: bool
     threads: int  # torch's intra-op threads in this process
     on_checkpoint: Callable[[int, dict], None] | None = None
+    init_from: Path | None = None  # a trained model's checkpoint (or run) directory to start from
+    init_partial: bool = False  # carry over only the tensors that match by name and shape
 
     @property
     def training(self) -> TrainingConfig:
@@ -399,6 +405,8 @@ def train(
     seed: int | None = None,
     threads: int | None = None,
     on_checkpoint: Callable[[int, dict], None] | None = None,
+    init_from: str | Path | None = None,
+    init_partial: bool = False,
 ) -> TrainResult:
     """Train (or, with ``resume``, continue training) a model; see the module docstring.
 
@@ -410,6 +418,11 @@ def train(
     when a loss becomes NaN/inf (``stopped == "diverged"``), keeping the last good
     checkpoint.  ``seed`` overrides ``training.seed``; ``threads`` sets torch's
     intra-op threads (None: the CPUs this process may use).
+
+    ``init_from`` (a checkpoint directory such as ``RUN_DIR/best``, or a run directory) starts from
+    that model's weights: all of them, or with ``init_partial`` those whose names and shapes match
+    (:mod:`caloforge.fine_tuning`); ``training.fine_tune`` freezes parts, scales and warms up the
+    learning rate and keeps or refits the preprocessing.
 
     ``on_checkpoint(iteration, scores)`` is called on rank 0 after each checkpoint is
     written and scored; raising :class:`StopTraining` there ends the run after that
@@ -444,7 +457,8 @@ def train(
         try:
             return _train(TrainingContext(
                 config=cfg, data=data, validation=validation, run_dir=Path(run_dir), resume=resume, device=dev, geometry=geo, budget_s=budget_s,
-                total_iterations=total, progress=progress, threads=n_threads, on_checkpoint=on_checkpoint))
+                total_iterations=total, progress=progress, threads=n_threads, on_checkpoint=on_checkpoint,
+                init_from=Path(init_from) if init_from is not None else None, init_partial=bool(init_partial)))
         finally:
             if launched:
                 dist.shutdown()
@@ -457,11 +471,47 @@ def _started_config(run_dir: Path) -> dict:
         return {}
 
 
+def _started_from(run_dir: Path) -> dict | None:
+    """The ``init_from`` record of a run's ``run.json`` (None: it started from scratch)."""
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("init_from")
+    except (OSError, ValueError):
+        return None
+
+
+def _init_source(ctx: TrainingContext):
+    """(the trained model this run starts from or None, whether only matching tensors carry over).
+
+    A new run reads ``ctx.init_from``; a resumed one that has a checkpoint needs no source, and one
+    killed before its first checkpoint re-reads the source that ``run.json`` records (refusing weights
+    that changed since).  Read before the showers: a wrong source costs no data reading."""
+    from caloforge.fine_tuning import check_family, read_source
+
+    run_dir, path, partial = ctx.run_dir, ctx.init_from, ctx.init_partial
+    if ctx.resume:
+        recorded = _started_from(run_dir)
+        if path is not None and (recorded is None or ckpt.model_dir(path).resolve() != Path(recorded["source"])):
+            was = f"from {recorded['source']}" if recorded else "from scratch"
+            raise ConfigError(f"{run_dir}: cannot resume with --init-from {path}: the run started {was}")
+        if recorded is None or ckpt.list_checkpoints(run_dir):
+            return None, False
+        path, partial = Path(recorded["source"]), bool(recorded.get("partial", False))
+    if path is None:
+        return None, False
+    source = read_source(path)
+    if ctx.resume and source.sha256 != _started_from(run_dir).get("sha256"):
+        raise DataError(f"{source.path}: the weights changed since the run {run_dir} started from them; "
+                        "start a new run")
+    check_family(source, ctx.config.model)
+    return source, partial
+
+
 def _train(ctx: TrainingContext) -> TrainResult:
     """Read (or open, when streamed) the showers, then run the loop."""
     tc, run_dir, geo, source = ctx.training, ctx.run_dir, ctx.geometry, ctx.source
     if ctx.resume and not (run_dir / "run.json").exists():  # before minutes of reading data
         _prepare_run_dir(run_dir, {}, ctx.resume)
+    init = _init_source(ctx)
     reader = None
     if ctx.resume and tc.stream != "false" and "stream" not in _started_config(run_dir).get("training", {"stream": 0}):
         # started before streaming existed: in memory, as then
@@ -484,19 +534,60 @@ def _train(ctx: TrainingContext) -> TrainResult:
             val_data = val_data.select(keep)
         prepared = _TrainingShowers(train_data, val_data, _fingerprint(train_data))
     try:
-        return _train_loop(ctx, prepared)
+        return _train_loop(ctx, prepared, *init)
     finally:
         if reader is not None:
             reader.close()
 
 
-def _train_loop(ctx: TrainingContext, prepared: _TrainingShowers) -> TrainResult:
+def _build_model(ctx: TrainingContext, showers, energy, conditions, init, partial: bool,
+                 kept_state: dict | None = None):
+    """The model, seeded: fitted on the training showers, or built with the source's fitted state
+    (``training.fine_tune.preprocessing``), then given the source's weights; the ``init_from``
+    record for ``run.json`` (None without a source).  ``kept_state``: a resumed run that kept its
+    source's preprocessing is built with its checkpoint's fitted state (the source may be gone)."""
+    from caloforge import fine_tuning
+    from caloforge.errors import CaloforgeError
+    from caloforge.models.base import build, fit  # imports every family: only when training
+
+    cfg, tc = ctx.config, ctx.training
+    keep = init is not None and fine_tuning.keeps_preprocessing(init, cfg.model, tc.fine_tune)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tc.seed)
+        if kept_state is not None:
+            model = build(cfg.model, kept_state, ckpt.model_loader)
+        elif keep:
+            try:
+                model = build(cfg.model, init.meta["state"], ckpt.model_loader)
+            except (CaloforgeError, KeyError, TypeError, ValueError, IndexError) as exc:
+                raise ConfigError(f"--init-from {init.describe()}: its fitted preprocessing does not suit this "
+                                  f"run's model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                                  "set training.fine_tune.preprocessing: refit") from None
+        else:
+            model = fit(cfg.model, showers.cpu(), energy.cpu(), {k: v.cpu() for k, v in conditions.items()},
+                        ctx.source, ckpt.model_loader)
+    if init is None:
+        return model, None
+    carried = fine_tuning.carry_weights(model, init, partial)
+    if dist.is_main():
+        import sys
+
+        print(carried.line(init) + ("; preprocessing kept" if keep else "; preprocessing refitted"),
+              file=sys.stderr, flush=True)
+    record = {"source": str(init.path), "sha256": init.sha256, "family": init.family, "geometry": init.geometry,
+              "iteration": init.meta.get("iteration"), "partial": partial,
+              "preprocessing": "keep" if keep else "refit", "carried": carried.carried, "fresh": carried.fresh}
+    return model, record
+
+
+def _train_loop(ctx: TrainingContext, prepared: _TrainingShowers, init=None, partial: bool = False) -> TrainResult:
     """Iterations, checkpoints, scores and the run directory's books, for any model family."""
-    from caloforge.models.base import BatchSource, fit  # imports every family: only when training
+    from caloforge import fine_tuning
+    from caloforge.models.base import BatchSource
     from caloforge.runtime import Progress
 
     cfg, tc, run_dir, dev, resume = ctx.config, ctx.training, ctx.run_dir, ctx.device, ctx.resume
-    train_data, val_data, source = prepared.training, prepared.validation, ctx.source
+    train_data, val_data = prepared.training, prepared.validation
     total, budget_s, on_checkpoint = ctx.total_iterations, ctx.budget_s, ctx.on_checkpoint
     main = dist.is_main()
     run_info = {"config": cfg.to_dict(), "data": prepared.fingerprint, "validation": _fingerprint(val_data)}
@@ -520,13 +611,24 @@ def _train_loop(ctx: TrainingContext, prepared: _TrainingShowers) -> TrainResult
                                        pool_rows=pool_rows_for(tc.stream_pool_mb, reader.n_voxels))
         sample = batches.fit_sample()
         showers, energy, conditions = sample.showers, sample.incident_energy, sample.conditions
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(tc.seed)
-        model = fit(cfg.model, showers.cpu(), energy.cpu(), {k: v.cpu() for k, v in conditions.items()}, source,
-                    ckpt.model_loader)
+    started_from = _started_from(run_dir) if resume else None
+    kept_state = None
+    if resume and existing and started_from is not None and started_from.get("preprocessing") == "keep":
+        kept_state = ckpt.read_config(existing[-1][1])[0]["state"]
+    model, init_record = _build_model(ctx, showers, energy, conditions, init, partial, kept_state)
     del showers, energy, conditions
     model.to(dev).train()
+    started_from = init_record or started_from
+    if tc.fine_tune.freeze and started_from is None:
+        raise ConfigError("training.fine_tune.freeze: freezing needs trained weights to keep; start the run "
+                          "with --init-from")
+    frozen = fine_tuning.freeze(model, tc.fine_tune.freeze)
     optimizers = model.configure_optimizers()
+    fine_tuning.exclude_frozen(optimizers)
+    lr_scale = fine_tuning.LearningRateScale(optimizers, tc.fine_tune.learning_rate_scale,
+                                             tc.fine_tune.warmup_iterations)
+    if init_record is not None:
+        run_info["init_from"] = {**init_record, "frozen": frozen}
     noise_rng = torch.Generator(device=dev).manual_seed(tc.seed + 2 + 7919 * dist.rank())
     loss_names = tuple(model.loss_names)
     columns = ("iteration", "elapsed_s", *loss_names)
@@ -573,6 +675,8 @@ def _train_loop(ctx: TrainingContext, prepared: _TrainingShowers) -> TrainResult
                     "score": scores[tc.select_by], "scores": scores, "history": history,
                     "training_cost": _training_cost(prior_wall_s + time.monotonic() - t0, dev, ctx.threads),
                     "rng": {"data": ckpt.rng_state(data_rng), "noise": noise_states}}
+            if started_from is not None:  # the model's lineage travels with its weights
+                meta["init_from"] = {k: started_from[k] for k in ("source", "sha256", "iteration")}
             if batches.state():  # a streamed source's pool position
                 meta["data_stream"] = batches.state()
             ckpt.write_checkpoint(path, model, optimizers=optimizers, meta=meta)
@@ -610,6 +714,7 @@ def _train_loop(ctx: TrainingContext, prepared: _TrainingShowers) -> TrainResult
         # with a checkpoint, so that --resume loses nothing; SIGUSR1 asks for a checkpoint and goes on
         with interrupt.handle_sigint(), interrupt.held(), bar:
             while iteration < total:
+                lr_scale.iteration = iteration
                 losses = model.training_step(batches, optimizers, noise_rng)
                 dist.broadcast_buffers(model)
                 losses = dist.all_reduce_mean({k: float(v) for k, v in losses.items()}, dev)

@@ -257,8 +257,11 @@ class ShowerModel(nn.Module):
         raise NotImplementedError
 
     def optimize(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
-        """zero_grad → backward → gradients averaged over ranks → step."""
+        """zero_grad → backward → gradients averaged over ranks → step; nothing for an optimiser whose
+        parameters are all frozen (``training.fine_tune.freeze``)."""
         optimizer.zero_grad(set_to_none=True)
+        if not any(p.requires_grad for g in optimizer.param_groups for p in g["params"]):
+            return
         loss.backward()
         distributed.all_reduce_gradients(p for g in optimizer.param_groups for p in g["params"])
         optimizer.step()
