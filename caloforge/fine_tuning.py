@@ -96,12 +96,15 @@ def check_family(source: InitSource, config) -> None:
 
 def keeps_preprocessing(source: InitSource, config, fine_tune: FineTuneConfig) -> bool:
     """Whether the new run takes the source's fitted preprocessing (``training.fine_tune.preprocessing``:
-    ``keep``, ``refit``, or ``auto``: keep it for the same geometry)."""
-    same_geometry = source.geometry == config.geometry
-    if fine_tune.preprocessing == "keep" and not same_geometry:
+    ``keep``, ``refit``, or ``auto``: keep it for the same geometry and conditions)."""
+    model = source.meta["model"]
+    differs = ("another geometry" if source.geometry != config.geometry else
+               "other conditions" if (model.get("conditions"), model.get("energy_condition")) !=
+               (config.conditions, config.energy_condition) else None)
+    if fine_tune.preprocessing == "keep" and differs:
         raise ConfigError(f"--init-from {source.describe()} cannot lend its preprocessing to {_target(config)}: "
-                          f"it was fitted on {source.geometry}; set training.fine_tune.preprocessing: refit")
-    return fine_tune.preprocessing == "keep" or (fine_tune.preprocessing == "auto" and same_geometry)
+                          f"it was fitted for {differs}; set training.fine_tune.preprocessing: refit")
+    return fine_tune.preprocessing == "keep" or (fine_tune.preprocessing == "auto" and differs is None)
 
 
 def carry_weights(model: torch.nn.Module, source: InitSource, partial: bool = False) -> Carried:

@@ -73,7 +73,9 @@ latest_checkpoint = ckpt.latest_checkpoint
 RESUMABLE_CHANGES = {"training.max_iterations", "training.max_time", "training.budget_clock", "training.log_every", "training.tensorboard",
                      "training.keep_checkpoints", "description"}
 # keys newer than some run directories: a run without them was trained in memory
-ADDED_KEYS = {"training.stream", "training.stream_pool_mb"}
+ADDED_KEYS = {"training.stream", "training.stream_pool_mb", "training.fine_tune.freeze",
+              "training.fine_tune.learning_rate_scale", "training.fine_tune.warmup_iterations",
+              "training.fine_tune.preprocessing"}
 
 
 @dataclass

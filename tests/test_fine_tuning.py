@@ -200,6 +200,10 @@ def test_fine_tune_options_are_checked(tmp_path, source, new_showers):
         train(_fine_tune(5, freeze=["decoder"]), new_showers, tmp_path / "a", progress=False, init_from=source)
     with pytest.raises(ConfigError, match="needs trained weights"):
         train(_fine_tune(5, freeze=["generator"]), new_showers, tmp_path / "b", progress=False)
+    linear = _fine_tune(5, preprocessing="keep")
+    linear["model"]["conditions"] = {"incident_energy": "linear"}
+    with pytest.raises(ConfigError, match="fitted for other conditions.*preprocessing: refit"):
+        train(linear, new_showers, tmp_path / "d", progress=False, init_from=source)
     with pytest.raises(ConfigError, match="every parameter"):
         train(_fine_tune(5, freeze=["generator", "critic"]), new_showers, tmp_path / "c", progress=False,
               init_from=source)
