@@ -227,3 +227,20 @@ def test_learning_rate_scale_follows_a_family_schedule():
         assert opt.param_groups[0]["lr"] == family_lr
     assert moves == [0.05, 0.05, 0.05]
     np.testing.assert_allclose([scale.factor(i) for i in range(3)], [0.05, 0.1, 0.1])
+
+
+def test_a_flow_with_a_cosine_schedule_fine_tunes_with_a_frozen_part(tmp_path, new_showers):
+    """Family-independent: the two-stage flow builds one Adam over its parameters and writes its own
+    cosine learning rate each step; its frozen layer flow still stays bit-identical."""
+    cfg = load_config("caloflow-tiny").to_dict()
+    cfg["model"]["lr_decay_iterations"] = 20
+    cfg["training"].update(max_iterations=6, checkpoint_every=6, score_max_showers=50)
+    train(cfg, new_showers, tmp_path / "src", progress=False, threads=1)
+    cfg["training"]["fine_tune"] = {"freeze": ["layer_flow"], "learning_rate_scale": 0.5, "warmup_iterations": 2}
+    train(cfg, new_showers, tmp_path / "ft", progress=False, threads=1, init_from=tmp_path / "src")
+    src, done = _weights(tmp_path / "src" / "best"), _weights(tmp_path / "ft" / "checkpoints" / "iter-0000006")
+    layer = [k for k in src if k.startswith("layer_flow.")]
+    voxel = [k for k in src if k.startswith("voxel_flow.") and k.endswith("weight")]
+    assert layer and voxel
+    assert all(torch.equal(src[k], done[k]) for k in layer)
+    assert any(not torch.equal(src[k], done[k]) for k in voxel)
