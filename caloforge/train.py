@@ -63,7 +63,9 @@ from caloforge.io import ShowerData, atomic_path, check_showers, read_showers
 from caloforge.models.base import load_config
 
 if TYPE_CHECKING:
+    from caloforge.fine_tuning import InitSource
     from caloforge.geometry import Geometry
+    from caloforge.models.base import ShowerModel
 
 __all__ = ["TrainResult", "StopTraining", "TrainingContext", "train", "split_validation", "split_indices", "load_config", "parse_duration",
            "TrainingConfig", "RunConfig", "latest_checkpoint"]
@@ -481,7 +483,7 @@ def _started_from(run_dir: Path) -> dict | None:
         return None
 
 
-def _init_source(ctx: TrainingContext):
+def _init_source(ctx: TrainingContext) -> tuple[InitSource | None, bool]:
     """(the trained model this run starts from or None, whether only matching tensors carry over).
 
     A new run reads ``ctx.init_from``; a resumed one that has a checkpoint needs no source, and one
@@ -542,8 +544,8 @@ def _train(ctx: TrainingContext) -> TrainResult:
             reader.close()
 
 
-def _build_model(ctx: TrainingContext, showers, energy, conditions, init, partial: bool,
-                 kept_state: dict | None = None):
+def _build_model(ctx: TrainingContext, showers: torch.Tensor, energy: torch.Tensor, conditions: dict[str, torch.Tensor],
+                 init: InitSource | None, partial: bool, kept_state: dict | None = None) -> tuple[ShowerModel, dict | None]:
     """The model, seeded: fitted on the training showers, or built with the source's fitted state
     (``training.fine_tune.preprocessing``), then given the source's weights; the ``init_from``
     record for ``run.json`` (None without a source).  ``kept_state``: a resumed run that kept its
@@ -582,7 +584,8 @@ def _build_model(ctx: TrainingContext, showers, energy, conditions, init, partia
     return model, record
 
 
-def _train_loop(ctx: TrainingContext, prepared: _TrainingShowers, init=None, partial: bool = False) -> TrainResult:
+def _train_loop(ctx: TrainingContext, prepared: _TrainingShowers, init: InitSource | None = None,
+                partial: bool = False) -> TrainResult:
     """Iterations, checkpoints, scores and the run directory's books, for any model family."""
     from caloforge import fine_tuning
     from caloforge.models.base import BatchSource
