@@ -223,17 +223,25 @@ class LearningRateScale:
 
 
 def summarize(names: list[str], chosen: list[str]) -> str:
-    """``chosen`` in few words: a top-level module whose tensors are all chosen by its name, the
-    others one by one."""
+    """``chosen`` in few words: the outermost modules whose tensors are all chosen, by their names.
+
+    >>> summarize(["g.net.0.w", "g.net.0.b", "g.net.1.w", "c.w"], ["g.net.0.w", "g.net.0.b", "c.w"])
+    'c, g.net.0'
+    """
     chosen_set = set(chosen)
-    by_top: dict[str, list[str]] = {}
-    for n in names:
-        by_top.setdefault(n.split(".")[0], []).append(n)
-    out = []
-    for top, members in sorted(by_top.items()):
+
+    def under(prefix: str) -> list[str]:
+        return [n for n in names if n == prefix or n.startswith(prefix + ".")]
+
+    def walk(prefix: str) -> list[str]:
+        members = under(prefix) if prefix else names
         picked = [n for n in members if n in chosen_set]
-        if picked and len(picked) == len(members):
-            out.append(top)
-        else:
-            out.extend(picked)
-    return ", ".join(out) or "none"
+        if not picked:
+            return []
+        if prefix and len(picked) == len(members):
+            return [prefix]
+        depth = prefix.count(".") + 1 if prefix else 0
+        children = sorted({".".join(n.split(".")[:depth + 1]) for n in members if n != prefix})
+        return [part for child in children for part in walk(child)]
+
+    return ", ".join(walk("")) or "none"
