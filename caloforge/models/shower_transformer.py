@@ -294,7 +294,8 @@ class ShowerTransformer(TwoStageFamily):
         return {"val_cfm": cfm.item(), "val_loss": loss.item(), "val_nll_layers": nll_layers.item()}
 
     # --- sampling ----------------------------------------------------------------------------
-    def transport(self, noise: Tensor, incident_energy: Tensor, conditions: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def transport(self, noise: Tensor, incident_energy: Tensor,
+                  conditions: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         c = self._context(incident_energy, conditions)
         L = self.n_layers
         noise = noise.to(torch.float32)
