@@ -64,6 +64,12 @@ TINY["flow_matching"] = [{"layer_flow": {"transform": "spline", "transforms": 2,
                           "hidden": [64, 64], "steps": 4},
                          {"layer_flow": {"transform": "spline", "transforms": 2, "hidden": [16], "bins": 4},
                           "hidden": [64, 64], "steps": 4, "radial_split": True}]  # r–α layers split into rings
+TINY["shower_transformer"] = [  # r–α (DS2) with learnt positions; the Cartesian toy grid with detector coordinates
+    {"geometry": "ds2", "layer_flow": {"transform": "spline", "transforms": 2, "hidden": [16], "bins": 4},
+     "patch": [5, 3, 8], "width": 16, "depth": 1, "heads": 2, "mlp_ratio": 2, "steps": 4},
+    {"geometry": TOY_SIW, "layer_flow": {"transform": "affine", "transforms": 2, "hidden": [16]},
+     "patch": [2, 4, 2], "width": 16, "depth": 2, "heads": 4, "mlp_ratio": 2, "steps": 3, "solver": "midpoint",
+     "position": "coordinates"}]
 TINY["student"] = [{"teacher": "<tiny flow_matching teacher>", "teacher_steps": 4, "pool_size": 64, "hidden": [32]},
                    {"teacher": "<tiny flow_matching teacher>", "teacher_steps": 4, "pool_size": 64, "hidden": [32],
                     "calibration_bins": 8, "calibration_knots": 9}]  # with the marginal map (per-E_inc gathers)

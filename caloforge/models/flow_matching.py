@@ -38,16 +38,13 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from caloforge.errors import ConfigError
 from caloforge.models.base import Batch, BatchSource, register
 from caloforge.models.parts.flows import FlowConfig, conditional_flow, flow_inverse, flow_log_prob
 from caloforge.models.parts.mlp import ACTIVATIONS, MLP
+from caloforge.models.parts.ode import SOLVERS, cfm_loss, check_sampling_options, integrate
 from caloforge.models.parts.two_stage import TwoStageConfig, TwoStageFamily
 
 __all__ = ["FlowMatchingConfig", "FlowMatching", "VelocityField", "SOLVERS", "integrate"]
-
-SOLVERS = ("euler", "midpoint", "rk4")
-
 
 @dataclass
 class FlowMatchingConfig(TwoStageConfig):
@@ -92,19 +89,6 @@ class VelocityField(nn.Module):
         return self.net(torch.cat([x, context, t, torch.sin(angles), torch.cos(angles)], dim=1))
 
 
-def integrate(velocity, x0: Tensor, steps: int, solver: str = "euler") -> Tensor:
-    """Integrate dx/dt = velocity(t, x) from t = 0 to 1 in ``steps`` fixed steps (torchdiffeq).
-
-    >>> x = integrate(lambda t, x: -x, torch.ones(1, 1), steps=64, solver="rk4")
-    >>> round(x.item(), 6) == round(math.exp(-1), 6)
-    True
-    """
-    from torchdiffeq import odeint
-
-    t = torch.tensor([0.0, 1.0], dtype=x0.dtype, device=x0.device)
-    return odeint(velocity, x0, t, method=solver, options={"step_size": 1.0 / steps})[-1]
-
-
 @register("flow_matching")
 class FlowMatching(TwoStageFamily):
     """Velocity field (+ optional layer flow); see the module docstring."""
@@ -129,10 +113,7 @@ class FlowMatching(TwoStageFamily):
         return {"steps": int(self.config.steps), "solver": str(self.config.solver)}
 
     def check_sampling(self, options: Mapping[str, Any]) -> None:
-        if options["steps"] <= 0:
-            raise ConfigError(f"sampling option steps must be a positive integer, got {options['steps']}")
-        if options["solver"] not in SOLVERS:
-            raise ConfigError(f"sampling option solver must be one of {', '.join(SOLVERS)}, got {options['solver']!r}")
+        check_sampling_options(options)
 
     # --- training ----------------------------------------------------------------------------
     def _target_and_context(self, c: Tensor, y1: Tensor, y2: Tensor) -> tuple[Tensor, Tensor]:
@@ -141,10 +122,7 @@ class FlowMatching(TwoStageFamily):
         return y2, torch.cat([c, y1], 1)
 
     def _cfm_loss(self, x1: Tensor, context: Tensor, generator: torch.Generator | None, velocity: nn.Module) -> Tensor:
-        x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
-        t = torch.rand(len(x1), 1, generator=generator, device=x1.device)
-        xt = (1 - t) * x0 + t * x1
-        return (velocity(xt, t, context) - (x1 - x0)).square().mean()
+        return cfm_loss(velocity, x1, context, generator)
 
     def _objective(self, c: Tensor, y1: Tensor, y2: Tensor, generator: torch.Generator | None,
                    velocity: nn.Module, layer_flow: nn.Module | None) -> tuple[Tensor, Tensor, Tensor]:

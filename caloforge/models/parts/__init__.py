@@ -10,6 +10,7 @@ module                 what
 ``layers``             per-layer sums and broadcasts of flat shower vectors
 ``energy_bins``        incident-energy bins (envelope, marginal map)
 ``flows``              conditional coupling flows (zuko)
+``ode``                the flow-matching loss and the fixed-step ODE sampler
 ``mlp``                a plain MLP and the named activations
 ``schedules``          cosine learning-rate decay and gradient clipping
 ``averaging``          Polyak averaging of weights (``model.ema_decay``)
