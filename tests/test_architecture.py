@@ -137,3 +137,15 @@ def test_the_readme_lists_every_command():
     readme = (PACKAGE.parent / "README.md").read_text()
     names = [c.name or c.callback.__name__ for c in app.registered_commands] + [g.name for g in app.registered_groups]
     assert [n for n in names if f"caloforge {n} " not in readme] == []
+
+
+def test_every_data_file_of_the_package_is_installed():
+    """A wheel carries only the package data pyproject.toml names: a file left out works in the
+    editable checkout and is missing for a user (the Geant4 sources are compiled on first use)."""
+    import tomllib
+
+    patterns = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    installed = {p for pattern in patterns["caloforge"] for p in PACKAGE.glob(pattern)}
+    data = {p for p in PACKAGE.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")
+            and "__pycache__" not in p.parts}
+    assert sorted(str(p.relative_to(PACKAGE)) for p in data - installed) == []
