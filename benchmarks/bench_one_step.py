@@ -1,4 +1,4 @@
-"""One-shot generators side by side: ms per shower through ``caloforge.generate`` (issue 11).
+"""One-shot generators side by side: ms per shower through ``caloforge.generate``.
 
 The issue asks for the one-step student's cost per shower on one core at batch 10 000
 within 2× of the CaloShowerGAN photon generator's.  On a shared machine only ratios

@@ -11,7 +11,7 @@ and reports that process's peak resident memory (``resource.getrusage(RUSAGE_CHI
 ``ru_maxrss``), so the numbers are what ``caloforge train`` needs, imports and all.  The files
 hold synthetic sparse showers (≈ 10 % of cells hit, exponential energies) written without
 compression: memory does not depend on the values, and an uncompressed file costs no CPU
-to decompress.  ``ds2`` uses the CaloShowerGAN MLP (the family issue 11 trains there).
+to decompress.  ``ds2`` uses the CaloShowerGAN MLP (the family the DS2 flow benchmarks compare with).
 """
 
 from __future__ import annotations

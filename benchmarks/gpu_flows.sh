@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 11 on one GPU: flow matching for DS1 photons, DS1 pions and DS2, trained side by side on
+# On one GPU: flow matching for DS1 photons, DS1 pions and DS2, trained side by side on
 # one GPU for the same wall-clock budget, evaluated with the full CaloChallenge protocol
 # (`caloforge evaluate --classifier`, 50 epochs, float64) on the GPU, and generation timed there.
 #

@@ -4,7 +4,7 @@ For each ``MODEL[@key=json,...]`` (``weights="raw"``: a model with ``ema_decay``
 with its trained weights instead of their average) the script generates one shower per validation shower and
 scores it with the CaloChallenge low-level classifier, after the protocol's voxel cut on both
 samples (1 MeV for DS1), float32, 50 epochs by default: the quick stand-in for the full
-protocol when choosing between training variants (issue 11)::
+protocol when choosing between training variants::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/screen_models.py runs/flows60s6/validation.h5 \\
         runs/flows60s7/flow-matching-photons/best@steps=4 runs/flows60s7/caloflow-photons/best@temperature=0.7

@@ -5,7 +5,7 @@ generates one shower per shower of an *independent* validation file (another sim
 for every value, and scores each sample with a screening version of the CaloChallenge
 low-level classifier (the official network and rule, float32 and 5 epochs unless told
 otherwise: minutes instead of an hour per value).  The value with the lowest AUC is printed
-last; quote the model at that value with the full protocol on the held-out file.  Issue 11::
+last; quote the model at that value with the full protocol on the held-out file.  For example::
 
     .venv/bin/caloforge simulate --preset ds1-photons --scale 0.1 --seed 2000 -o runs/flows60s6/validation.h5
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/select_sampling.py runs/flows60s6/caloflow-envelope \\

@@ -1,6 +1,6 @@
 """Does a higher readout threshold on generated showers lower the classifier's AUC?
 
-A diagnostic for issue 11: the flow-based models light up ten times too many small voxels
+A diagnostic: the flow-based models light up ten times too many small voxels
 at low energy (docs/benchmarks-log.md, "What the 50-epoch classifier still sees").  This script
 generates one shower per shower of an *independent* validation file, zeroes every voxel
 below each threshold in turn (the same sample each time) and scores each with the

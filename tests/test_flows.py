@@ -524,7 +524,7 @@ def test_student_of_a_caloflow_or_radially_split_teacher(tmp_path, data, teacher
 
 def test_shipped_student_stays_the_size_of_the_gan_photon_generator(tmp_path, data):
     """student-photons distilled from the shipped flow-matching-photons (radially split: 408
-    outputs) stays within the CaloShowerGAN photon generator's 0.26 M parameters (issue 11)."""
+    outputs) stays within the CaloShowerGAN photon generator's 0.26 M parameters."""
     from caloforge.checkpoint import model_loader, write_checkpoint
     from caloforge.models.base import fit
 
@@ -633,7 +633,7 @@ def test_shipped_flow_configs_load(name):
     assert cfg.model.geometry == ("ds1-pions" if name.endswith("pions") else "ds1-photons")
     if name.startswith("caloflow-p"):
         assert cfg.training.select_by == "val_nll"
-    if name == "flow-matching-photons":  # E_tot χ² on 10 000 showers is too noisy to pick by (session 11/12)
+    if name == "flow-matching-photons":  # E_tot χ² on 10 000 showers is too noisy to pick by
         assert cfg.training.select_by == "val_loss"
         assert (cfg.model.steps, cfg.model.solver) == (4, "euler")  # the sampler the full protocol measured
     if name == "student-photons":  # the student distils the sampler its teacher ships with

@@ -132,7 +132,7 @@ print(" ".join(str(study.ask().number) for _ in range(12)))
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_workers_asking_at_once_never_take_the_same_enqueued_trial(tmp_path, kind):
     # Optuna pops an enqueued trial by read-check-write; on SQLite that was not atomic, and
-    # 4 workers asking at once took ~25 % of the trials twice (the CI failure of session 8)
+    # 4 workers asking at once took ~25 % of the trials twice (a race the storage must survive)
     import time
 
     import optuna
