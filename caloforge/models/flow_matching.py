@@ -39,9 +39,9 @@ import torch
 from torch import Tensor, nn
 
 from caloforge.models.base import Batch, BatchSource, register
-from caloforge.models.parts.flows import FlowConfig, conditional_flow, flow_inverse, flow_log_prob
+from caloforge.models.parts.flows import FlowConfig, conditional_flow, flow_inverse
 from caloforge.models.parts.mlp import ACTIVATIONS, MLP
-from caloforge.models.parts.ode import SOLVERS, cfm_loss, check_sampling_options, integrate
+from caloforge.models.parts.ode import SOLVERS, check_sampling_options, integrate, staged_objective
 from caloforge.models.parts.two_stage import TwoStageConfig, TwoStageFamily
 
 __all__ = ["FlowMatchingConfig", "FlowMatching", "VelocityField", "SOLVERS", "integrate"]
@@ -116,25 +116,9 @@ class FlowMatching(TwoStageFamily):
         check_sampling_options(options)
 
     # --- training ----------------------------------------------------------------------------
-    def _target_and_context(self, c: Tensor, y1: Tensor, y2: Tensor) -> tuple[Tensor, Tensor]:
-        if self.layer_flow is None:
-            return torch.cat([y1, y2], 1), c
-        return y2, torch.cat([c, y1], 1)
-
-    def _cfm_loss(self, x1: Tensor, context: Tensor, generator: torch.Generator | None, velocity: nn.Module) -> Tensor:
-        return cfm_loss(velocity, x1, context, generator)
-
-    def _objective(self, c: Tensor, y1: Tensor, y2: Tensor, generator: torch.Generator | None,
-                   velocity: nn.Module, layer_flow: nn.Module | None) -> tuple[Tensor, Tensor, Tensor]:
-        """The training objective (velocity loss + layer-flow NLL per layer) and its two terms."""
-        x1, context = self._target_and_context(c, y1, y2)
-        cfm = self._cfm_loss(x1, context, generator, velocity)
-        nll_layers = -flow_log_prob(layer_flow, y1, c).mean() if layer_flow is not None else cfm * 0
-        return cfm + nll_layers / y1.shape[1], cfm, nll_layers
-
     def training_step(self, data: BatchSource, optimizers, generator) -> dict[str, float]:
         c, y1, y2, _ = self._encode(data.next(), generator)
-        loss, cfm, nll_layers = self._objective(c, y1, y2, generator, self.velocity, self.layer_flow)
+        loss, cfm, nll_layers = staged_objective(self.velocity, self.layer_flow, c, y1, y2, generator)
         self._step(loss, optimizers)
         return {"loss": loss.item(), "cfm": cfm.item(), "nll_layers": nll_layers.item()}
 
@@ -143,7 +127,7 @@ class FlowMatching(TwoStageFamily):
         with torch.no_grad():
             c, y1, y2, _ = self._encode(batch, g)
             layer_flow = self.sampling_net("layer_flow") if self.layer_flow is not None else None
-            loss, cfm, nll_layers = self._objective(c, y1, y2, g, self.sampling_net("velocity"), layer_flow)
+            loss, cfm, nll_layers = staged_objective(self.sampling_net("velocity"), layer_flow, c, y1, y2, g)
         out = {"val_cfm": cfm.item(), "val_loss": loss.item()}
         if layer_flow is not None:
             out["val_nll_layers"] = nll_layers.item()

@@ -47,9 +47,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from caloforge.models.base import Batch, BatchSource, register
-from caloforge.models.parts.flows import FlowConfig, conditional_flow, flow_inverse, flow_log_prob
+from caloforge.models.parts.flows import FlowConfig, conditional_flow, flow_inverse
 from caloforge.models.parts.mlp import MLP
-from caloforge.models.parts.ode import SOLVERS, cfm_loss, check_sampling_options, integrate
+from caloforge.models.parts.ode import SOLVERS, check_sampling_options, integrate, staged_objective
 from caloforge.models.parts.two_stage import TwoStageConfig, TwoStageFamily
 
 __all__ = ["ShowerTransformerConfig", "ShowerTransformer", "PatchVelocity", "voxel_grid", "auto_patch"]
@@ -272,16 +272,9 @@ class ShowerTransformer(TwoStageFamily):
         check_sampling_options(options)
 
     # --- training ----------------------------------------------------------------------------
-    def _objective(self, c: Tensor, y1: Tensor, y2: Tensor, generator: torch.Generator | None,
-                   velocity: nn.Module, layer_flow: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
-        """The training objective (velocity loss + layer-flow NLL per layer) and its two terms."""
-        cfm = cfm_loss(velocity, y2, torch.cat([c, y1], 1), generator)
-        nll_layers = -flow_log_prob(layer_flow, y1, c).mean()
-        return cfm + nll_layers / y1.shape[1], cfm, nll_layers
-
     def training_step(self, data: BatchSource, optimizers, generator) -> dict[str, float]:
         c, y1, y2, _ = self._encode(data.next(), generator)
-        loss, cfm, nll_layers = self._objective(c, y1, y2, generator, self.velocity, self.layer_flow)
+        loss, cfm, nll_layers = staged_objective(self.velocity, self.layer_flow, c, y1, y2, generator)
         self._step(loss, optimizers)
         return {"loss": loss.item(), "cfm": cfm.item(), "nll_layers": nll_layers.item()}
 
@@ -289,8 +282,8 @@ class ShowerTransformer(TwoStageFamily):
         g = torch.Generator(device=batch.showers.device).manual_seed(0)
         with torch.no_grad():
             c, y1, y2, _ = self._encode(batch, g)
-            loss, cfm, nll_layers = self._objective(c, y1, y2, g, self.sampling_net("velocity"),
-                                                    self.sampling_net("layer_flow"))
+            loss, cfm, nll_layers = staged_objective(self.sampling_net("velocity"), self.sampling_net("layer_flow"),
+                                                     c, y1, y2, g)
         return {"val_cfm": cfm.item(), "val_loss": loss.item(), "val_nll_layers": nll_layers.item()}
 
     # --- sampling ----------------------------------------------------------------------------

@@ -16,8 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from caloforge.errors import ConfigError
+from caloforge.models.parts.flows import flow_log_prob
 
-__all__ = ["SOLVERS", "integrate", "cfm_loss", "check_sampling_options"]
+__all__ = ["SOLVERS", "integrate", "cfm_loss", "staged_objective", "check_sampling_options"]
 
 SOLVERS = ("euler", "midpoint", "rk4")
 
@@ -37,6 +38,23 @@ def cfm_loss(velocity: nn.Module, x1: Tensor, context: Tensor, generator: torch.
     t = torch.rand(len(x1), 1, generator=generator, device=x1.device)
     xt = (1 - t) * x0 + t * x1
     return (velocity(xt, t, context) - (x1 - x0)).square().mean()
+
+
+def staged_objective(velocity: nn.Module, layer_flow: nn.Module | None, c: Tensor, y1: Tensor, y2: Tensor,
+                     generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The flow-matching families' training objective and its two terms: ``cfm + nll_layers / L``.
+
+    With a ``layer_flow`` (CaloDREAM's split) the velocity field transports the voxel vector ``y2``
+    given the conditions ``c`` and the layer vector ``y1``, and the flow's NLL of ``y1`` is the
+    second term; without one the field transports ``[y1, y2]`` given ``c`` and the term is zero.
+    """
+    if layer_flow is None:
+        cfm = cfm_loss(velocity, torch.cat([y1, y2], 1), c, generator)
+        nll_layers = cfm * 0
+    else:
+        cfm = cfm_loss(velocity, y2, torch.cat([c, y1], 1), generator)
+        nll_layers = -flow_log_prob(layer_flow, y1, c).mean()
+    return cfm + nll_layers / y1.shape[1], cfm, nll_layers
 
 
 def check_sampling_options(options: Mapping[str, Any]) -> None:
