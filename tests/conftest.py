@@ -15,12 +15,12 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:  # test-only modules (toy_family, processes) import by name
+if str(TESTS) not in sys.path:  # test-only modules (toy_family, toy_data, processes) import by name
     sys.path.insert(0, str(TESTS))
 # toy_family.py is a model family that tests import by name; collecting it for doctests too
 # would import (and register) it a second time under another module name.  processes.py
-# (running and signalling the command) has no doctests: one import of it is enough.
-collect_ignore = ["toy_family.py", "processes.py"]
+# (running and signalling the command) and toy_data.py have no doctests: one import is enough.
+collect_ignore = ["toy_family.py", "processes.py", "toy_data.py"]
 SHARED_REFERENCE = REPO.parent / "shared" / "reference" / "calochallenge"
 
 

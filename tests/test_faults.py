@@ -25,9 +25,10 @@ import numpy as np
 import pytest
 import yaml
 
-from caloforge.io import read_showers, write_showers
+from caloforge.io import read_showers
 
 from processes import CLI, ENV, Run, clean_exit, cmdline, temps
+from toy_data import write_toy_ds1
 
 FAULTS = ["group-int", "main-int", "main-term", "kill-worker"]
 EXIT = {"group-int": 130, "main-int": 130, "main-term": 143, "kill-worker": 4}
@@ -41,6 +42,17 @@ def _whole(path: Path, nonzero: bool = True) -> int:
     d = read_showers(path)  # validates every row
     assert not nonzero or np.all(d.showers.sum(axis=1) > 0), "a zero-filled row: half a write"
     return len(d)
+
+
+def _same_as_uninterrupted(partial: Path, n: int, blocks) -> None:
+    """The ``n`` rows of ``partial`` are the first ``n`` of the uninterrupted run's ``blocks``."""
+    kept, rows = [], 0
+    for block in blocks:
+        if rows >= n:
+            break
+        kept.append(block.showers)
+        rows += len(block)
+    assert np.array_equal(read_showers(partial).showers, np.concatenate(kept)[:n])
 
 
 # ----------------------------------------------------------------------------------
@@ -65,14 +77,8 @@ def test_simulate_under_faults(tmp_path, fault):
         n = _whole(partial, nonzero=False)  # a low-energy shower may be empty: compared row by row below
         from caloforge.simulate import get_preset, iter_plan
 
-        blocks, rows = [], 0
-        for block in iter_plan("ds1-photons", get_preset("ds1-photons").parts(None, 0.2), seed=3, workers=1,
-                               energy_scale="calibrated"):
-            if rows >= n:
-                break
-            blocks.append(block.showers)
-            rows += len(block)
-        assert np.array_equal(read_showers(partial).showers, np.concatenate(blocks)[:n])
+        _same_as_uninterrupted(partial, n, iter_plan("ds1-photons", get_preset("ds1-photons").parts(None, 0.2),
+                                                     seed=3, workers=1, energy_scale="calibrated"))
 
 
 def test_simulate_sigterm_to_the_group_keeps_the_partial_file(tmp_path):
@@ -132,14 +138,8 @@ def test_geant4_simulate_under_faults(tmp_path, fault):
         from caloforge.simulate import iter_plan
         from caloforge.simulate.api import make_part
 
-        blocks, rows = [], 0
-        for block in iter_plan("calogan", [make_part("photon", "1GeV:3GeV", 600)], seed=5, workers=1,
-                               engine="geant4"):
-            if rows >= n:
-                break
-            blocks.append(block.showers)
-            rows += len(block)
-        assert np.array_equal(read_showers(partial).showers, np.concatenate(blocks)[:n])
+        _same_as_uninterrupted(partial, n, iter_plan("calogan", [make_part("photon", "1GeV:3GeV", 600)], seed=5,
+                                                     workers=1, engine="geant4"))
 
 
 # ----------------------------------------------------------------------------------
@@ -148,11 +148,7 @@ def test_geant4_simulate_under_faults(tmp_path, fault):
 @pytest.fixture(scope="module")
 def train_files(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("faults-train")
-    rng = np.random.default_rng(0)
-    e = np.repeat([1024.0, 8192.0, 65536.0], 100)
-    showers = rng.gamma(0.5, 1.0, (300, 368)) * (rng.random((300, 368)) < 0.4)
-    showers *= (0.1 * rng.normal(1.0, 0.2, 300) * e / np.maximum(showers.sum(1), 1e-9))[:, None]
-    write_showers(d / "train.h5", e, showers)
+    write_toy_ds1(d / "train.h5")
     (d / "gan.yaml").write_text(yaml.safe_dump(GAN))
     return {"data": d / "train.h5", "config": d / "gan.yaml", "dir": d}
 

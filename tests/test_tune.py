@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from caloforge.cli import app
 from caloforge.errors import ConfigError
-from caloforge.io import write_showers
 from caloforge.models import load_config
 from caloforge.tuning import SearchSpace, TuneOptions, run_worker
 
 from processes import CLI, ENV
+from toy_data import write_toy_ds1
 
 # A tiny GAN.  The two voxel_scale choices make pruning deterministic: with voxel_scale 1
 # every generated E_tot/E_inc lies far above the reference, so the E_tot χ² is at its
@@ -38,11 +38,7 @@ CEILING = 300.0
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("tune")
-    rng = np.random.default_rng(0)
-    e = np.repeat([1024.0, 8192.0, 65536.0], 100)
-    showers = rng.gamma(0.5, 1.0, (300, 368)) * (rng.random((300, 368)) < 0.4)
-    showers *= (0.1 * rng.normal(1.0, 0.2, 300) * e / np.maximum(showers.sum(1), 1e-9))[:, None]
-    write_showers(d / "train.h5", e, showers)
+    write_toy_ds1(d / "train.h5")
     (d / "base.yaml").write_text(yaml.safe_dump(BASE))
     (d / "space.yaml").write_text(yaml.safe_dump(SPACE))
     return {"data": d / "train.h5", "base": d / "base.yaml", "space": d / "space.yaml"}
